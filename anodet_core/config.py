@@ -1,0 +1,70 @@
+"""Runtime settings: environment variables ``ANODET_*`` with defaults that run on a laptop.
+
+CLI flags override these; everything else reads a :class:`Settings` instead of ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"ANODET_{name}", default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All knobs of a run. ``ANODET_<FIELD>`` (upper case) sets a field from the environment."""
+
+    store: str = "./anodet-data"  # any fsspec URL: ./folder, file:///..., s3://bucket/prefix
+    dask_address: str = ""  # empty: start a LocalCluster for the flow
+    dask_workers: int = 1  # LocalCluster worker processes
+    dask_threads: int = 1  # threads per worker (torch gets the cores, see torch_threads)
+    torch_threads: int = 0  # 0: all cores of the machine divided among the workers
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    batch_size: int = 16  # pairs per Prefect task / inference batch
+    threshold: float = 0.5  # sigmoid map threshold for findings and decisions
+    min_finding_area: int = 64  # native px; smaller connected regions are ignored as noise
+    model: str = "anodfdnet"  # model name in the store's registry (its production version is used)
+    fast: bool = True  # bf16 autocast (when the hardware supports it) + channels_last
+    registration: str = "auto"  # auto | phase | features
+    map_dtype: str = "uint8"  # uint8 (score*255) | float16
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "Settings":
+        """Defaults, then ``ANODET_*`` variables, then explicit ``overrides`` (None values are ignored)."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name == "storage_options":
+                continue
+            raw = os.environ.get(f"ANODET_{f.name.upper()}")
+            if raw is None:
+                continue
+            default = getattr(cls(), f.name)
+            if isinstance(default, bool):
+                values[f.name] = raw.strip().lower() in {"1", "true", "yes", "on"}
+            elif isinstance(default, int):
+                values[f.name] = int(raw)
+            elif isinstance(default, float):
+                values[f.name] = float(raw)
+            else:
+                values[f.name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> "Settings":
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def resolve_device(name: str = "auto") -> str:
+    """``auto`` picks CUDA when present, else CPU; an explicit ``cuda`` without a GPU is an error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return name
