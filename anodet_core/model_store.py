@@ -1,0 +1,156 @@
+"""Model registry in the store: immutable versions (safetensors + JSON card) and aliases such as ``production``.
+
+A model reference is one of:
+  * ``NAME``            the version the ``production`` alias of NAME points to
+  * ``NAME:VERSION``    that version (``NAME:latest`` for the newest)
+  * a local folder (or its ``weights.safetensors``) holding ``weights.safetensors`` and ``card.json``
+
+Weights are safetensors, so loading never unpickles code; the card holds what is needed to rebuild the module
+through :func:`anodet_core.models.create_model`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .layout import Store, check_name
+
+PRODUCTION = "production"
+WEIGHTS = "weights.safetensors"
+CARD = "card.json"
+
+
+@dataclass
+class ModelCard:
+    name: str  # registry name, e.g. "anodfdnet"
+    arch: str  # create_model name
+    preset: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # create_model overrides
+    version: str = ""
+    created_at: str = ""
+    threshold: float = 0.5
+    metrics: dict[str, Any] = field(default_factory=dict)  # on the card's evaluation split
+    eval_split: str = ""  # what the metrics were measured on
+    data_fingerprint: str = ""
+    code_version: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelCard":
+        raw = json.loads(text)
+        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+        return cls(**known)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
+
+
+def code_version() -> str:
+    """Package version plus the git commit when running from a checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("anodet")
+    except PackageNotFoundError:
+        v = "0+unknown"
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        sha = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        if sha.returncode == 0:
+            v += f"+g{sha.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return v
+
+
+def list_versions(store: Store, name: str) -> list[str]:
+    """Versions of a model, oldest first (versions are positive integers as strings)."""
+    vs = store.ls(f"models/{check_name(name, 'model name')}/versions")
+    return sorted((v for v in vs if v.isdigit()), key=int)
+
+
+def get_alias(store: Store, name: str, alias: str = PRODUCTION) -> str | None:
+    rel = store.model_alias_rel(name, alias)
+    return store.read_text(rel).strip() if store.exists(rel) else None
+
+
+def set_alias(store: Store, name: str, version: str, alias: str = PRODUCTION) -> None:
+    if version not in list_versions(store, name):
+        raise ValueError(f"model {name!r} has no version {version!r}")
+    store.write_text(store.model_alias_rel(name, alias), version + "\n")
+
+
+def save_version(store: Store, model: torch.nn.Module, card: ModelCard) -> ModelCard:
+    """Write a new immutable version (next integer); returns the card with version and created_at filled."""
+    check_name(card.name, "model name")
+    existing = list_versions(store, card.name)
+    nxt = int(existing[-1]) + 1 if existing else 1
+    while store.exists(store.model_version_rel(card.name, str(nxt))):  # a concurrent writer took it
+        nxt += 1
+    card.version = str(nxt)
+    card.created_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    card.code_version = card.code_version or code_version()
+    rel = store.model_version_rel(card.name, card.version)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    store.write_bytes(f"{rel}/{WEIGHTS}", st_save(state, metadata={"name": card.name, "version": card.version}))
+    store.write_text(f"{rel}/{CARD}", card.to_json())
+    return card
+
+
+def update_card(store: Store, card: ModelCard) -> None:
+    """Attach evidence (e.g. a promotion comparison) to a version's card; weights stay untouched."""
+    store.write_text(f"{store.model_version_rel(card.name, card.version)}/{CARD}", card.to_json())
+
+
+def _read_local(path: str) -> tuple[bytes, ModelCard]:
+    folder = os.path.dirname(path) if path.endswith(".safetensors") else path
+    with open(os.path.join(folder, CARD)) as fh:
+        card = ModelCard.from_json(fh.read())
+    with open(os.path.join(folder, WEIGHTS), "rb") as fh:
+        return fh.read(), card
+
+
+def resolve(store: Store, ref: str) -> tuple[bytes, ModelCard]:
+    """Weights bytes and card for a model reference (see the module docstring)."""
+    if os.path.exists(ref):
+        return _read_local(ref)
+    name, _, version = ref.partition(":")
+    check_name(name, "model name")
+    if not version:
+        version = get_alias(store, name, PRODUCTION) or ""
+        if not version:
+            raise LookupError(f"model {name!r} has no production version in {store.root}; train one or pass NAME:VERSION")
+    elif version == "latest":
+        versions = list_versions(store, name)
+        if not versions:
+            raise LookupError(f"model {name!r} has no versions in {store.root}")
+        version = versions[-1]
+    rel = store.model_version_rel(name, version)
+    if not store.exists(f"{rel}/{CARD}"):
+        raise LookupError(f"model {name}:{version} not found in {store.root}")
+    return store.read_bytes(f"{rel}/{WEIGHTS}"), ModelCard.from_json(store.read_text(f"{rel}/{CARD}"))
+
+
+def build(card: ModelCard, weights: bytes | None = None) -> torch.nn.Module:
+    """Rebuild the module a card describes and load its weights (strict: every tensor must match)."""
+    from .models import create_model
+
+    model = create_model(card.arch, preset=card.preset, **card.config)
+    if weights is not None:
+        model.load_state_dict(st_load(weights), strict=True)
+    return model
+
+
+def load(store: Store, ref: str, device: str = "cpu") -> tuple[torch.nn.Module, ModelCard]:
+    weights, card = resolve(store, ref)
+    model = build(card, weights).to(device).eval()
+    return model, card

@@ -1,0 +1,135 @@
+"""A night's run without the orchestration: plan, report, summarise. The Prefect flow composes these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from .history import PairJob, resolve_histories
+from .layout import DECISION_ANOMALOUS, Store, check_name, check_night
+from .maps import create_night_maps
+from .model_store import resolve
+
+
+@dataclass
+class NightPlan:
+    depot: str
+    night: str
+    model_ref: str  # pinned NAME:VERSION, so every batch of the night uses the same weights
+    model_name: str
+    model_version: str
+    threshold: float
+    jobs: list[PairJob]
+    maps_url: str
+
+
+def plan_night(store: Store, depot: str, night: str, model: str, map_dtype: str = "uint8", run_id: str = "") -> NightPlan:
+    """Read the manifest, resolve histories, pin the model version and create the night's (empty) map group."""
+    depot, night = check_name(depot, "depot"), check_night(night)
+    manifest = store.read_manifest(depot, night)
+    dupes = manifest["capture_id"][manifest["capture_id"].duplicated()].tolist()
+    if dupes:
+        raise ValueError(f"manifest {depot}/{night} repeats capture ids: {dupes[:5]}")
+    _, card = resolve(store, model)
+    jobs = resolve_histories(store, manifest, depot, night)
+    sizes = [(int(j.capture["width"]), int(j.capture["height"])) for j in jobs]
+    url = create_night_maps(
+        store,
+        depot,
+        night,
+        [j.capture["capture_id"] for j in jobs],
+        sizes,
+        dtype=map_dtype,
+        attrs={"model_name": card.name, "model_version": card.version, "threshold": card.threshold, "run_id": run_id},
+    )
+    ref = model if ":" not in model and not _is_path(model) else model
+    pinned = f"{card.name}:{card.version}" if not _is_path(model) else ref
+    return NightPlan(depot, night, pinned, card.name, card.version, card.threshold, jobs, url)
+
+
+def _is_path(ref: str) -> bool:
+    import os
+
+    return os.path.exists(ref)
+
+
+def split_jobs(jobs: list[PairJob], batch_size: int) -> list[list[PairJob]]:
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    return [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
+
+
+def write_reports(store: Store, depot: str, night: str, captures: list[dict[str, Any]], findings: list[dict[str, Any]]) -> dict[str, str]:
+    """Replace the night's partitions of both report tables; captures sorted by map row for stable output."""
+    captures = sorted(captures, key=lambda r: r["map_index"])
+    findings = sorted(findings, key=lambda r: (r["capture_id"], r["finding_id"]))
+    return {
+        "captures": store.write_report("captures", depot, night, captures),
+        "findings": store.write_report("findings", depot, night, findings),
+    }
+
+
+@dataclass
+class NightSummary:
+    depot: str
+    night: str
+    model: str
+    n_captures: int
+    by_status: dict[str, int]
+    n_anomalous: int
+    top: list[dict[str, Any]] = field(default_factory=list)  # highest score_max first
+    seconds: float = 0.0
+    reports: dict[str, str] = field(default_factory=dict)
+    maps_url: str = ""
+    image_auroc: float | None = None  # only when ground-truth labels exist for the night
+
+    def markdown(self, top_n: int = 15) -> str:
+        lines = [
+            f"# Night {self.night} at depot {self.depot}",
+            "",
+            f"- model: `{self.model}`",
+            f"- captures: {self.n_captures} ({', '.join(f'{k}: {v}' for k, v in sorted(self.by_status.items()))})",
+            f"- anomalous: {self.n_anomalous}",
+            f"- wall time: {self.seconds:.1f} s ({self.n_captures / max(self.seconds, 1e-9):.2f} captures/s)",
+        ]
+        if self.image_auroc is not None:
+            lines.append(f"- image AUROC against the night's labels: {self.image_auroc:.3f}")
+        lines += ["", "| rank | capture | region | status | decision | score max | findings | label |", "|---|---|---|---|---|---|---|---|"]
+        for i, r in enumerate(self.top[:top_n], 1):
+            score = "" if pd.isna(r.get("score_max")) else f"{r['score_max']:.3f}"
+            lines.append(
+                f"| {i} | {r['capture_id']} | {r['train_id']}/{r['car']}/{r['region_id']} | {r['status']} | "
+                f"{r.get('decision') or ''} | {score} | {r.get('n_findings') or 0} | {r.get('label', '')} |"
+            )
+        lines += ["", f"maps: {self.maps_url}", *(f"{k}: {v}" for k, v in self.reports.items())]
+        return "\n".join(lines)
+
+
+def summarize(store: Store, plan: NightPlan, captures: list[dict[str, Any]], seconds: float, reports: dict[str, str]) -> NightSummary:
+    from .metrics import roc_auc
+
+    df = pd.DataFrame(captures)
+    labels = store.read_labels(plan.depot, plan.night)
+    auroc = None
+    if not df.empty and not labels.empty:
+        lab = dict(zip(labels["capture_id"], labels["anomalous"]))
+        df["label"] = df["capture_id"].map(lambda c: ("anomalous" if lab[c] else "normal") if c in lab else "")
+        scored = df[df["score_max"].notna() & (df["label"] != "")]
+        if scored["label"].nunique() == 2:
+            auroc = float(roc_auc(scored["score_max"].to_numpy(float), (scored["label"] == "anomalous").to_numpy()))
+    top = df.sort_values("score_max", ascending=False, na_position="last").to_dict("records") if not df.empty else []
+    return NightSummary(
+        depot=plan.depot,
+        night=plan.night,
+        model=plan.model_ref,
+        n_captures=len(df),
+        by_status=df["status"].value_counts().to_dict() if not df.empty else {},
+        n_anomalous=int((df.get("decision") == DECISION_ANOMALOUS).sum()) if not df.empty else 0,
+        top=top,
+        seconds=seconds,
+        reports=reports,
+        maps_url=plan.maps_url,
+        image_auroc=auroc,
+    )

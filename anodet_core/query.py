@@ -1,0 +1,42 @@
+"""SQL over the reports with DuckDB: views ``captures`` and ``findings`` over the hive-partitioned Parquet."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .layout import PARTITION_SCHEMA, REPORT_SCHEMAS, Store
+
+
+def connect(store: Store):
+    """A DuckDB connection with one view per report table (empty views when nothing was written yet).
+
+    Reads go through the store's fsspec filesystem (DuckDB's httpfs extension would need the internet to
+    install), so s3:// stores work the same as local folders.
+    """
+    import duckdb
+    import pyarrow as pa
+
+    con = duckdb.connect()
+    for table in REPORT_SCHEMAS:
+        ds = store.report_dataset(table)
+        if ds is None:
+            empty = pa.unify_schemas([REPORT_SCHEMAS[table], PARTITION_SCHEMA]).empty_table()
+            con.register(f"_{table}", empty)
+        else:
+            con.register(f"_{table}", ds)  # pyarrow dataset: filters and projections are pushed down
+        con.execute(f"create view {table} as select * from _{table}")
+    return con
+
+
+def run_query(store: Store, sql: str) -> pd.DataFrame:
+    if not sql.strip():
+        raise ValueError("empty query")
+    con = connect(store)
+    try:
+        return con.execute(sql).df()
+    except Exception as exc:  # duckdb's error classes vary by version: report them as bad input
+        if type(exc).__module__.startswith("duckdb"):
+            raise ValueError(f"query failed: {exc}") from exc
+        raise
+    finally:
+        con.close()

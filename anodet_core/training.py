@@ -1,0 +1,342 @@
+"""Supervised training of paired models (AnoDFDNet and baselines) from labelled pairs.
+
+Protocol (AnoDFDNet paper): BCE on the sigmoid map (computed from logits, which is the same loss without
+the log(0) hazard), Adam lr 2e-4 betas (0.5, 0.999), batch 4, one augmentation per sample drawn from
+{identity, vertical flip, horizontal flip, 180° rotation} applied jointly to cur, his and mask, 256x256.
+Beyond the paper (switchable): independent photometric jitter of cur and his (gain, gamma), because nightly
+illumination changes are nuisance the model must learn to ignore.
+
+The best checkpoint is the one with the best validation F1 (micro, pixels, threshold 0.5).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .imaging import read_mask, resize
+from .inference import to_input
+from .layout import Store
+from .metrics import PixelMetrics
+from .preprocess import MODEL_SIZE, prepare_pair
+
+
+@dataclass
+class LabelledPair:
+    """One supervised sample: where cur, his and the mask live (store-relative or absolute paths)."""
+
+    key: str  # capture id or pair folder name
+    cur_uri: str
+    his_uri: str
+    mask_uri: str | None  # None: normal (all-zero mask)
+    group: str = ""  # e.g. the night: used for held-out splits
+
+
+@dataclass
+class PairArrays:
+    """Prepared samples in memory: uint8 NHWC images and uint8 {0,1} masks at model size."""
+
+    keys: list[str]
+    cur: np.ndarray
+    his: np.ndarray
+    mask: np.ndarray
+    groups: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def subset(self, idx: Sequence[int]) -> "PairArrays":
+        idx = list(idx)
+        return PairArrays([self.keys[i] for i in idx], self.cur[idx], self.his[idx], self.mask[idx], [self.groups[i] for i in idx] if self.groups else [])
+
+    def fingerprint(self) -> str:
+        """Content hash of the samples: tells whether two models saw the same data."""
+        h = hashlib.sha256()
+        for a in (self.cur, self.his, self.mask):
+            h.update(a.tobytes())
+        return h.hexdigest()[:16]
+
+
+def mask_to_model(mask: np.ndarray, size: int = MODEL_SIZE) -> np.ndarray:
+    """Native bool mask -> model-size {0,1}: a model pixel is anomalous when >= 1/4 of it is (keeps thin scratches)."""
+    cover = resize((mask.astype(np.uint8) * 255), (size, size), resample=4)  # Image.Resampling.BOX = 4
+    return (cover >= 64).astype(np.uint8)
+
+
+def prepare_arrays(
+    read: Callable[[str], bytes],
+    pairs: Sequence[LabelledPair],
+    *,
+    registration: str = "auto",
+    progress: bool = False,
+) -> PairArrays:
+    """Decode, register and resize every pair exactly as the nightly run does."""
+    from tqdm import tqdm
+
+    n = len(pairs)
+    cur = np.zeros((n, MODEL_SIZE, MODEL_SIZE, 3), np.uint8)
+    his = np.zeros_like(cur)
+    mask = np.zeros((n, MODEL_SIZE, MODEL_SIZE), np.uint8)
+    for i, p in enumerate(tqdm(pairs, desc="preparing pairs", disable=not progress)):
+        prep = prepare_pair(read(p.cur_uri), read(p.his_uri), registration=registration)
+        cur[i], his[i] = prep.cur, prep.his
+        if p.mask_uri:
+            mask[i] = mask_to_model(read_mask(read(p.mask_uri), prep.native_size))
+    return PairArrays([p.key for p in pairs], cur, his, mask, [p.group for p in pairs])
+
+
+def store_pairs(store: Store, depot: str, nights: Sequence[str]) -> list[LabelledPair]:
+    """Labelled captures of the given nights paired with the history production would use.
+
+    History: the most recent earlier capture of the same region labelled normal, else the pinned reference.
+    Captures without a label row or without any history are skipped.
+    """
+    pairs: list[LabelledPair] = []
+    last_normal: dict[tuple, str] = {}
+    for night in sorted(nights):
+        labels = store.read_labels(depot, night)
+        if labels.empty:
+            continue
+        manifest = store.read_manifest(depot, night).sort_values("captured_at")
+        lab = labels.set_index("capture_id")
+        normal_tonight: dict[tuple, str] = {}
+        for row in manifest.itertuples():
+            if row.capture_id not in lab.index:
+                continue
+            key = (row.train_id, int(row.car), row.region_id)
+            his = last_normal.get(key)
+            if his is None:
+                ref = store.reference_rel(row.train_id, int(row.car), row.region_id)
+                his = ref if store.exists(ref) else None
+            l = lab.loc[row.capture_id]
+            if his is not None:
+                pairs.append(LabelledPair(row.capture_id, row.uri, his, l["mask_uri"] if l["anomalous"] else None, night))
+            if not l["anomalous"]:
+                normal_tonight[key] = row.uri
+        last_normal.update(normal_tonight)
+    return pairs
+
+
+def folder_pairs(root: str) -> list[LabelledPair]:
+    """A paired-folder dataset: ``root/<pair>/cur.*, his.*[, mask.*]`` (white mask = anomaly)."""
+    import glob
+    import os
+
+    pairs = []
+    for d in sorted(glob.glob(os.path.join(root, "*", ""))):
+        def one(stem: str) -> str | None:
+            found = sorted(glob.glob(os.path.join(d, stem + ".*")))
+            return found[0] if found else None
+
+        cur, his = one("cur"), one("his")
+        if cur and his:
+            pairs.append(LabelledPair(os.path.basename(d.rstrip("/")), cur, his, one("mask"), os.path.basename(root.rstrip("/"))))
+    return pairs
+
+
+# ------------------------------------------------------------------------------------------ training
+
+AUGMENTATIONS = ("identity", "vflip", "hflip", "rot180")
+
+
+def _augment(x: torch.Tensor, which: int) -> torch.Tensor:
+    if which == 1:
+        return x.flip(-2)
+    if which == 2:
+        return x.flip(-1)
+    if which == 3:
+        return x.flip(-2, -1)
+    return x
+
+
+def _photometric(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random gain and gamma per sample on [-1, 1] images."""
+    b = x.shape[0]
+    gain = torch.empty(b, 1, 1, 1).uniform_(0.75, 1.25, generator=gen).to(x.device)
+    gamma = torch.empty(b, 1, 1, 1).uniform_(0.8, 1.25, generator=gen).to(x.device)
+    y = ((x + 1) / 2).clamp(0, 1).pow(gamma) * gain
+    return y.clamp(0, 1) * 2 - 1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    max_seconds: float = math.inf
+    batch_size: int = 4
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    seed: int = 0
+    photometric: bool = True
+    device: str = "cpu"
+    bf16: bool = False  # autocast bf16 for the forward/backward (CPU with AVX-512 BF16, or GPU)
+
+
+@dataclass
+class TrainResult:
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_val: dict[str, float]
+    history: list[dict[str, Any]]
+    seconds: float
+
+
+@torch.inference_mode()
+def evaluate_arrays(model: torch.nn.Module, data: PairArrays, device: str = "cpu", batch_size: int = 16, threshold: float = 0.5) -> dict[str, float]:
+    """Pixel metrics (see anodet_core.metrics) of a model on prepared pairs at model resolution."""
+    model.eval()
+    pm = PixelMetrics(threshold=threshold)
+    for s in range(0, len(data), batch_size):
+        sl = slice(s, s + batch_size)
+        out = model(to_input(data.cur[sl], device, False), to_input(data.his[sl], device, False))[:, 0]
+        pm.update(out.float().cpu().numpy(), data.mask[sl])
+    return pm.compute()
+
+
+def train_pairs(
+    model: torch.nn.Module,
+    train: PairArrays,
+    val: PairArrays | None,
+    cfg: TrainConfig,
+    *,
+    progress: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train with the paper's protocol; validate every epoch and keep the best-F1 weights."""
+    from tqdm import tqdm
+
+    if len(train) == 0:
+        raise ValueError("no training pairs")
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model.to(cfg.device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
+    # class balance from the data: anomalies are a few % of pixels, the paper's plain BCE is kept (pos_weight=1)
+    t_start = time.perf_counter()
+    history: list[dict[str, Any]] = []
+    best: tuple[float, int, dict, dict] = (-1.0, -1, {}, {})
+    n = len(train)
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = torch.randperm(n, generator=gen).tolist()
+        losses = []
+        bar = tqdm(range(0, n, cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        for s in bar:
+            idx = order[s : s + cfg.batch_size]
+            if len(idx) < 2 and n >= 2:  # BatchNorm needs > 1 sample; the leftover joins the next epoch
+                continue
+            cur = to_input(train.cur[idx], cfg.device, False)
+            his = to_input(train.his[idx], cfg.device, False)
+            y = torch.from_numpy(train.mask[idx]).float().unsqueeze(1).to(cfg.device)
+            aug = torch.randint(0, 4, (len(idx),), generator=gen).tolist()
+            cur = torch.stack([_augment(c, a) for c, a in zip(cur, aug)])
+            his = torch.stack([_augment(c, a) for c, a in zip(his, aug)])
+            y = torch.stack([_augment(c, a) for c, a in zip(y, aug)])
+            if cfg.photometric:
+                cur, his = _photometric(cur, gen), _photometric(his, gen)
+            with torch.autocast("cuda" if cfg.device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                logits = model.forward_logits(cur, his)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        rec: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"), "seconds": time.perf_counter() - t_start}
+        if val is not None and len(val):
+            m = evaluate_arrays(model, val, cfg.device)
+            rec.update({f"val_{k}": v for k, v in m.items() if k in ("precision", "recall", "f1", "iou", "auc")})
+            score = m["f1"]
+        else:
+            score = -rec["loss"]
+        history.append(rec)
+        if on_epoch:
+            on_epoch(rec)
+        if score > best[0]:
+            best = (score, epoch + 1, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}), rec)
+        if time.perf_counter() - t_start > cfg.max_seconds:
+            break
+    model.load_state_dict(best[2])
+    return TrainResult(best[2], best[1], best[3], history, time.perf_counter() - t_start)
+
+
+def split_indices(n: int, val_frac: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Seeded 8:2 (by default) split of n samples."""
+    perm = np.random.default_rng(seed).permutation(n).tolist()
+    k = int(round(n * val_frac))
+    return sorted(perm[k:]), sorted(perm[:k])
+
+
+# ------------------------------------------------------------------------------------------ candidates
+
+
+@dataclass
+class Candidate:
+    model: torch.nn.Module
+    card: Any  # model_store.ModelCard (not yet saved: version empty)
+    result: TrainResult
+    test: PairArrays | None
+
+
+def train_candidate(
+    store: Store,
+    depot: str,
+    train_nights: Sequence[str],
+    test_nights: Sequence[str],
+    *,
+    name: str = "anodfdnet",
+    arch: str = "anodfdnet",
+    preset: str | None = "lite",
+    overrides: dict[str, Any] | None = None,
+    cfg: TrainConfig | None = None,
+    registration: str = "auto",
+    progress: bool = False,
+) -> Candidate:
+    """Train a model on the labelled pairs of ``train_nights`` (8:2 train/validation split, best val F1) and
+    measure it on ``test_nights``; returns an unsaved candidate whose card carries the test metrics."""
+    from .model_store import ModelCard
+    from .models import create_model
+
+    cfg = cfg or TrainConfig()
+    pairs = store_pairs(store, depot, train_nights)
+    if len(pairs) < 2:
+        raise ValueError(f"need at least 2 labelled pairs in {depot} nights {list(train_nights)}, found {len(pairs)}")
+    data = prepare_arrays(store.read_bytes, pairs, registration=registration, progress=progress)
+    tr, va = split_indices(len(data), 0.2, cfg.seed)
+    model = create_model(arch, preset=preset, **(overrides or {}))
+    result = train_pairs(model, data.subset(tr), data.subset(va), cfg, progress=progress)
+    test = None
+    metrics: dict[str, Any] = {}
+    split = ""
+    test_pairs = store_pairs(store, depot, test_nights) if test_nights else []
+    if test_pairs:
+        test = prepare_arrays(store.read_bytes, test_pairs, registration=registration, progress=progress)
+        metrics = evaluate_arrays(model, test, cfg.device)
+        split = f"{depot}:{','.join(sorted(test_nights))}"
+    card = ModelCard(
+        name=name,
+        arch=arch,
+        preset=preset,
+        config=dict(overrides or {}),
+        metrics=metrics,
+        eval_split=split,
+        data_fingerprint=data.fingerprint(),
+        extra={
+            "train_nights": sorted(train_nights),
+            "n_train": len(tr),
+            "n_val": len(va),
+            "n_test": len(test_pairs),
+            "best_epoch": result.best_epoch,
+            "best_val": result.best_val,
+            "train_seconds": round(result.seconds, 1),
+            "train_config": {k: v for k, v in cfg.__dict__.items() if k != "max_seconds" or math.isfinite(v)},
+        },
+    )
+    return Candidate(model, card, result, test)

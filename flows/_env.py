@@ -1,0 +1,12 @@
+"""Prefect settings that must be in place before ``import prefect`` (see ../shared/STACK.md).
+
+Only defaults: anything the user set (a real server's PREFECT_API_URL, another PREFECT_HOME) wins.
+"""
+
+import os
+
+os.environ.setdefault("PREFECT_HOME", os.path.abspath(os.environ.get("ANODET_PREFECT_HOME", ".prefect")))
+# the ephemeral API server takes 15-19 s to start cold here, close to Prefect's 20 s default
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

@@ -1,0 +1,266 @@
+"""``anodet`` command line: demo, data, training, nightly runs, prediction and queries.
+
+Every option has an ``ANODET_*`` environment default (see anodet_core.config.Settings); flags win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+from . import _env  # noqa: F401  (Prefect defaults before anything imports prefect)
+
+
+def _settings(args: argparse.Namespace):
+    from anodet_core.config import Settings
+
+    return Settings.from_env(
+        store=getattr(args, "store", None),
+        model=getattr(args, "model", None),
+        batch_size=getattr(args, "batch_size", None),
+        device=getattr(args, "device", None),
+    )
+
+
+def _store(settings):
+    from anodet_core.layout import Store
+
+    return Store(settings.store, settings.storage_options or None)
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from anodet_core.demo_data import DemoSpec, generate_depot
+
+    settings = _settings(args)
+    spec = DemoSpec(
+        depot=args.depot, first_night=args.first_night, nights=args.nights, trains=args.trains, cars=args.cars,
+        regions=args.regions, width=args.width, height=args.height, seed=args.seed,
+    )
+    t0 = time.perf_counter()
+    summary = generate_depot(_store(settings), spec)
+    print(f"wrote {summary.n_captures} captures ({summary.n_anomalous} anomalous: {summary.counts_by_type}) and "
+          f"{summary.n_references} references for depot {summary.depot}, nights {summary.nights[0]}..{summary.nights[-1]} "
+          f"into {settings.store} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from anodet_core import model_store
+    from anodet_core.training import TrainConfig, train_candidate
+
+    settings = _settings(args)
+    store = _store(settings)
+    nights = args.nights or store.nights(args.depot)
+    if not nights:
+        print(f"error: depot {args.depot!r} has no nights in {settings.store}", file=sys.stderr)
+        return 2
+    test = [args.holdout_night] if args.holdout_night else ([nights[-1]] if len(nights) > 1 else [])
+    train = [n for n in nights if n not in test]
+    cfg = TrainConfig(epochs=args.epochs, max_seconds=args.max_minutes * 60, seed=args.seed, device=_device(settings),
+                      bf16=args.bf16)
+    overrides = json.loads(args.overrides) if args.overrides else {}
+    print(f"training {args.arch} preset={args.preset} on {args.depot} nights {train}, testing on {test}")
+    cand = train_candidate(store, args.depot, train, test, name=args.name, arch=args.arch, preset=args.preset,
+                           overrides=overrides, cfg=cfg, registration=settings.registration, progress=True)
+    card = model_store.save_version(store, cand.model, cand.card)
+    promote = args.promote or model_store.get_alias(store, card.name) is None
+    if promote:
+        model_store.set_alias(store, card.name, card.version)
+    m = card.metrics
+    print(f"saved {card.name}:{card.version} ({'production' if promote else 'not promoted'}); best epoch "
+          f"{cand.result.best_epoch}, {cand.result.seconds:.0f} s; test F1 {m.get('f1', float('nan')):.3f} "
+          f"IoU {m.get('iou', float('nan')):.3f} AUC {m.get('auc', float('nan')):.3f}")
+    return 0
+
+
+def _device(settings) -> str:
+    from anodet_core.config import resolve_device
+
+    return resolve_device(settings.device)
+
+
+def run_night(settings, depot: str, night: str):
+    """Run the Prefect flow for one night with the task runner these settings ask for."""
+    from flows.nightly import nightly_inspection
+    from flows.runners import build_task_runner
+
+    flow = nightly_inspection.with_options(task_runner=build_task_runner(settings))
+    return flow(depot=depot, night=night, store=settings.store, model=settings.model, batch_size=settings.batch_size)
+
+
+def cmd_run_night(args: argparse.Namespace) -> int:
+    from anodet_core.layout import check_night
+
+    settings = _settings(args)
+    summary = run_night(settings, args.depot, check_night(args.night))
+    print(summary.markdown())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from distributed import LocalCluster
+
+    from anodet_core import model_store
+    from anodet_core.demo_data import DemoSpec, generate_depot
+    from anodet_core.training import TrainConfig, train_candidate
+    from flows.runners import local_cluster_kwargs
+
+    settings = _settings(args)
+    store = _store(settings)
+    t0 = time.perf_counter()
+    spec = DemoSpec(depot=args.depot, nights=args.nights, seed=args.seed)
+    if not store.nights(spec.depot):
+        s = generate_depot(store, spec)
+        print(f"[{time.perf_counter() - t0:5.0f}s] demo depot: {s.n_captures} captures, {s.n_anomalous} anomalous "
+              f"({s.counts_by_type}), nights {s.nights[0]}..{s.nights[-1]} in {settings.store}")
+    nights = store.nights(spec.depot)
+    if model_store.get_alias(store, settings.model) is None:
+        cfg = TrainConfig(epochs=args.epochs, max_seconds=args.train_minutes * 60, device=_device(settings), seed=args.seed)
+        print(f"[{time.perf_counter() - t0:5.0f}s] no production {settings.model!r}: training the lite preset on "
+              f"nights {nights[:-1]} (held out: {nights[-1]}), at most {args.train_minutes} min")
+        cand = train_candidate(store, spec.depot, nights[:-1], nights[-1:], name=settings.model, preset="lite", cfg=cfg,
+                               registration=settings.registration, progress=True)
+        card = model_store.save_version(store, cand.model, cand.card)
+        model_store.set_alias(store, card.name, card.version)
+        m = card.metrics
+        print(f"[{time.perf_counter() - t0:5.0f}s] {card.name}:{card.version} is production; held-out night "
+              f"{nights[-1]}: F1 {m['f1']:.3f} IoU {m['iou']:.3f} precision {m['precision']:.3f} recall {m['recall']:.3f} "
+              f"pixel AUC {m['auc']:.3f}")
+    # one cluster for all nights: workers keep the model loaded between flow runs
+    with LocalCluster(**local_cluster_kwargs(settings)) as cluster:
+        run_settings = settings.with_(dask_address=cluster.scheduler_address)
+        summary = None
+        for night in nights:
+            summary = run_night(run_settings, spec.depot, night)
+            print(f"[{time.perf_counter() - t0:5.0f}s] night {night}: {summary.n_captures} captures, "
+                  f"{summary.n_anomalous} anomalous, {summary.by_status}"
+                  + (f", image AUROC {summary.image_auroc:.3f}" if summary.image_auroc is not None else ""))
+    assert summary is not None
+    print()
+    print(summary.markdown(top_n=args.top))
+    print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s. Try: anodet query \"select night, decision, count(*) "
+          f"from captures group by all order by all\"")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from anodet_core.predict_folders import predict_folders
+
+    settings = _settings(args)
+    out = predict_folders(_store(settings), args.model, args.pairs, args.out, settings)
+    print(f"wrote {out['n']} maps and {out['table']}")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from anodet_core.query import run_query
+
+    settings = _settings(args)
+    df = run_query(_store(settings), args.sql)
+    if args.format == "csv":
+        df.to_csv(sys.stdout, index=False)
+    elif args.format == "json":
+        print(df.to_json(orient="records", date_format="iso"))
+    else:
+        import pandas as pd
+
+        with pd.option_context("display.max_rows", args.max_rows, "display.max_columns", 50, "display.width", 200):
+            print(df.to_string(index=False) if len(df) else "(no rows)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", help="store root, any fsspec URL (env ANODET_STORE, default ./anodet-data)")
+    p = argparse.ArgumentParser(prog="anodet", description=__doc__.split("\n")[0], parents=[common])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add = sub.add_parser
+
+    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return _add(name, parents=[common], **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
+
+    d = sub.add_parser("demo", help="generate a demo depot, train the lite model if none, run every night, print the summary")
+    d.add_argument("--depot", default="demo")
+    d.add_argument("--nights", type=int, default=5, help="nights to generate (the last is held out from training)")
+    d.add_argument("--epochs", type=int, default=40)
+    d.add_argument("--train-minutes", type=float, default=3.0, help="wall-time cap of the demo training")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--top", type=int, default=20, help="captures listed in the summary")
+    d.set_defaults(func=cmd_demo)
+
+    g = sub.add_parser("demo-data", help="write a seeded demo depot (captures, manifests, labels, references)")
+    g.add_argument("--depot", default="demo")
+    g.add_argument("--first-night", default="2026-11-16")
+    g.add_argument("--nights", type=int, default=5)
+    g.add_argument("--trains", type=int, default=2)
+    g.add_argument("--cars", type=int, default=2)
+    g.add_argument("--regions", type=int, default=5)
+    g.add_argument("--width", type=int, default=1920)
+    g.add_argument("--height", type=int, default=1200)
+    g.add_argument("--seed", type=int, default=0)
+    g.set_defaults(func=cmd_demo_data)
+
+    t = sub.add_parser("train", help="train a paired model on labelled nights of a depot and register it")
+    t.add_argument("--depot", default="demo")
+    t.add_argument("--nights", nargs="*", help="training nights (default: all but the hold-out)")
+    t.add_argument("--holdout-night", help="night kept for the card's test metrics (default: the last)")
+    t.add_argument("--name", default="anodfdnet", help="registry name the version is saved under")
+    t.add_argument("--arch", default="anodfdnet", help="model architecture (anodet_core.models)")
+    t.add_argument("--preset", default="lite", help="architecture preset: paper | lite")
+    t.add_argument("--overrides", help='JSON of config overrides, e.g. \'{"depth": 4}\'')
+    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--max-minutes", type=float, default=30.0)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--bf16", action="store_true", help="bf16 autocast in training (CPU AVX-512 BF16 or GPU)")
+    t.add_argument("--promote", action="store_true", help="make the new version production (default: only if none)")
+    t.add_argument("--device", help="auto | cpu | cuda")
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("run-night", help="run the nightly inspection flow for one depot-night")
+    r.add_argument("--depot", required=True)
+    r.add_argument("--night", required=True, help="YYYY-MM-DD")
+    r.add_argument("--model", help="model reference: NAME (its production version), NAME:VERSION or a local folder")
+    r.add_argument("--batch-size", type=int)
+    r.add_argument("--device", help="auto | cpu | cuda")
+    r.set_defaults(func=cmd_run_night)
+
+    pr = sub.add_parser("predict", help="score unlabelled pair folders (DIR/<pair>/cur.*, his.*): map PNGs + scores.parquet")
+    pr.add_argument("--model", required=True, help="NAME, NAME:VERSION or a local model folder")
+    pr.add_argument("--pairs", required=True)
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--batch-size", type=int)
+    pr.add_argument("--device", help="auto | cpu | cuda")
+    pr.set_defaults(func=cmd_predict)
+
+    q = sub.add_parser("query", help="SQL (DuckDB) over the reports: tables `captures` and `findings`")
+    q.add_argument("sql")
+    q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    q.add_argument("--max-rows", type=int, default=200)
+    q.set_defaults(func=cmd_query)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, LookupError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

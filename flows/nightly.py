@@ -1,0 +1,53 @@
+"""The nightly inspection flow: manifest -> histories -> batches on Dask -> Zarr maps + Parquet reports."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from anodet_core.config import Settings
+from anodet_core.layout import Store
+from anodet_core.night import NightSummary, split_jobs, summarize
+from tasks.inspection import plan_night_task, score_batch_task, write_reports_task
+
+from .runners import build_task_runner
+
+
+@flow(name="nightly-inspection", task_runner=build_task_runner(Settings.from_env()), log_prints=False)
+def nightly_inspection(
+    depot: str,
+    night: str,
+    store: str | None = None,
+    model: str | None = None,
+    batch_size: int | None = None,
+) -> NightSummary:
+    """Score every capture of one depot-night against its history with the depot's production model.
+
+    One Prefect task per batch of pairs (not per capture); batches run in Dask workers, each of which loads
+    the model once. Re-running a night replaces its maps and report partitions.
+    """
+    settings = Settings.from_env(store=store, model=model, batch_size=batch_size)
+    st = Store(settings.store, settings.storage_options or None)
+    logger = get_run_logger()
+    run_id = str(flow_run.get_id() or "")
+    t0 = time.perf_counter()
+    plan = plan_night_task(st, depot, night, settings.model, settings.map_dtype, run_id)
+    logger.info("night %s/%s: %d captures, model %s", plan.depot, plan.night, len(plan.jobs), plan.model_ref)
+    futures = [
+        score_batch_task.submit(st, plan.depot, plan.night, batch, plan.model_ref, settings, run_id)
+        for batch in split_jobs(plan.jobs, settings.batch_size)
+    ]
+    captures, findings = [], []
+    for fut in futures:
+        res = fut.result()
+        captures += res.captures
+        findings += res.findings
+    reports = write_reports_task(st, plan.depot, plan.night, captures, findings)
+    summary = summarize(st, plan, captures, time.perf_counter() - t0, reports)
+    key = re.sub(r"[^a-z0-9-]+", "-", f"night-{plan.depot}-{plan.night}".lower())
+    create_markdown_artifact(summary.markdown(), key=key, description=f"anodet night {plan.depot} {plan.night}")
+    return summary

@@ -1,0 +1,29 @@
+"""Tasks of the nightly inspection flow."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NONE
+
+from anodet_core.config import Settings
+from anodet_core.history import PairJob
+from anodet_core.layout import Store
+from anodet_core.night import NightPlan, plan_night, write_reports
+from anodet_core.pipeline import BatchResult, process_batch
+
+
+@task(name="plan-night", cache_policy=NONE)
+def plan_night_task(store: Store, depot: str, night: str, model: str, map_dtype: str, run_id: str) -> NightPlan:
+    """Manifest -> histories -> pinned model version -> empty map group."""
+    return plan_night(store, depot, night, model, map_dtype=map_dtype, run_id=run_id)
+
+
+@task(name="score-batch", cache_policy=NONE, retries=1, retry_delay_seconds=5)
+def score_batch_task(store: Store, depot: str, night: str, jobs: list[PairJob], model_ref: str, settings: Settings, run_id: str) -> BatchResult:
+    """One batch of pairs in one Dask worker: decode, register, infer, write maps, return report rows."""
+    return process_batch(store, depot, night, jobs, model_ref, settings, run_id)
+
+
+@task(name="write-reports", cache_policy=NONE, retries=2, retry_delay_seconds=5)
+def write_reports_task(store: Store, depot: str, night: str, captures: list[dict], findings: list[dict]) -> dict[str, str]:
+    return write_reports(store, depot, night, captures, findings)
