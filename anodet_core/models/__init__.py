@@ -72,3 +72,5 @@ def _check_name(name: str) -> None:
 # Model modules register themselves on import; keep these imports at the bottom so the
 # decorator above already exists when they run.
 from . import anodfdnet  # noqa: E402,F401
+from . import fc_siam_diff  # noqa: E402,F401
+from . import unet_cat  # noqa: E402,F401
