@@ -25,7 +25,7 @@ class Settings:
     torch_threads: int = 0  # 0: all cores of the machine divided among the workers
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     batch_size: int = 16  # pairs per Prefect task / inference batch
-    threshold: float = 0.5  # sigmoid map threshold for findings and decisions
+    threshold: float | None = None  # map threshold for findings and decisions; None: the model card's (0.5 by default)
     min_finding_area: int = 64  # native px; smaller connected regions are ignored as noise
     model: str = "anodfdnet"  # model name in the store's registry (its production version is used)
     fast: bool = True  # bf16 autocast (when the hardware supports it) + channels_last
@@ -44,7 +44,9 @@ class Settings:
             if raw is None:
                 continue
             default = getattr(cls(), f.name)
-            if isinstance(default, bool):
+            if f.name == "threshold":
+                values[f.name] = float(raw) if raw.strip() else None
+            elif isinstance(default, bool):
                 values[f.name] = raw.strip().lower() in {"1", "true", "yes", "on"}
             elif isinstance(default, int):
                 values[f.name] = int(raw)

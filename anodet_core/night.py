@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,14 +26,28 @@ class NightPlan:
     maps_url: str
 
 
-def plan_night(store: Store, depot: str, night: str, model: str, map_dtype: str = "uint8", run_id: str = "") -> NightPlan:
-    """Read the manifest, resolve histories, pin the model version and create the night's (empty) map group."""
+def plan_night(
+    store: Store,
+    depot: str,
+    night: str,
+    model: str,
+    map_dtype: str = "uint8",
+    run_id: str = "",
+    threshold: float | None = None,
+) -> NightPlan:
+    """Read the manifest, resolve histories, pin the model version and create the night's (empty) map group.
+
+    The threshold is the model card's unless one is given (ANODET_THRESHOLD).
+    """
     depot, night = check_name(depot, "depot"), check_night(night)
     manifest = store.read_manifest(depot, night)
     dupes = manifest["capture_id"][manifest["capture_id"].duplicated()].tolist()
     if dupes:
         raise ValueError(f"manifest {depot}/{night} repeats capture ids: {dupes[:5]}")
     _, card = resolve(store, model)
+    threshold = card.threshold if threshold is None else float(threshold)
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
     jobs = resolve_histories(store, manifest, depot, night)
     sizes = [(int(j.capture["width"]), int(j.capture["height"])) for j in jobs]
     url = create_night_maps(
@@ -42,17 +57,10 @@ def plan_night(store: Store, depot: str, night: str, model: str, map_dtype: str 
         [j.capture["capture_id"] for j in jobs],
         sizes,
         dtype=map_dtype,
-        attrs={"model_name": card.name, "model_version": card.version, "threshold": card.threshold, "run_id": run_id},
+        attrs={"model_name": card.name, "model_version": card.version, "threshold": threshold, "run_id": run_id},
     )
-    ref = model if ":" not in model and not _is_path(model) else model
-    pinned = f"{card.name}:{card.version}" if not _is_path(model) else ref
-    return NightPlan(depot, night, pinned, card.name, card.version, card.threshold, jobs, url)
-
-
-def _is_path(ref: str) -> bool:
-    import os
-
-    return os.path.exists(ref)
+    pinned = model if os.path.exists(model) else f"{card.name}:{card.version}"
+    return NightPlan(depot, night, pinned, card.name, card.version, threshold, jobs, url)
 
 
 def split_jobs(jobs: list[PairJob], batch_size: int) -> list[list[PairJob]]:

@@ -110,7 +110,12 @@ def process_batch(
     settings: Settings,
     run_id: str = "",
 ) -> BatchResult:
-    """Score a batch of pairs and write their maps; every job yields exactly one capture row."""
+    """Score a batch of pairs and write their maps; every job yields exactly one capture row.
+
+    ``settings.threshold`` must be set (the flow passes the night's plan threshold).
+    """
+    if settings.threshold is None:
+        raise ValueError("process_batch needs an explicit threshold (see NightPlan.threshold)")
     predictor, card = get_predictor(store, model_ref, settings)
     result = BatchResult()
     scorable = [j for j in jobs if j.history_uri]

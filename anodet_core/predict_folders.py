@@ -53,6 +53,7 @@ def predict_folders(store: Store, model_ref: str, pairs_dir: str, out_dir: str, 
     rows: list[dict[str, Any]] = []
     ready: list[tuple[dict[str, Any], Any]] = []
     model_name = f"{card.name}:{card.version}" if card.version else card.name
+    threshold = card.threshold if settings.threshold is None else settings.threshold
 
     def flush() -> None:
         if not ready:
@@ -60,7 +61,7 @@ def predict_folders(store: Store, model_ref: str, pairs_dir: str, out_dir: str, 
         scores = predictor.predict(np.stack([p.cur for _, p in ready]), np.stack([p.his for _, p in ready]))
         for k, (row, prep) in enumerate(ready):
             native = to_native(scores[k], prep.native_size)
-            finds = find_regions(native, settings.threshold, settings.min_finding_area)
+            finds = find_regions(native, threshold, settings.min_finding_area)
             png = os.path.join(out_dir, f"{row['pair_id']}.png")
             with open(png, "wb") as fh:
                 fh.write(encode_png(quantize(native, "uint8")))
@@ -68,7 +69,7 @@ def predict_folders(store: Store, model_ref: str, pairs_dir: str, out_dir: str, 
                 decision="anomalous" if finds else "normal",
                 score_max=float(native.max()),
                 score_mean=float(native.mean()),
-                anomalous_area_frac=float((native > settings.threshold).mean()),
+                anomalous_area_frac=float((native > threshold).mean()),
                 n_findings=len(finds),
                 map_png=png,
             )

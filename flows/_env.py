@@ -10,3 +10,4 @@ os.environ.setdefault("PREFECT_HOME", os.path.abspath(os.environ.get("ANODET_PRE
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # the scheduler's INFO lines drown the summary

@@ -100,7 +100,11 @@ def cmd_run_night(args: argparse.Namespace) -> int:
     from anodet_core.layout import check_night
 
     settings = _settings(args)
-    summary = run_night(settings, args.depot, check_night(args.night))
+    store = _store(settings)
+    night = check_night(args.night)
+    if not store.exists(store.manifest_rel(args.depot, night)):  # say it plainly before starting Prefect
+        raise FileNotFoundError(f"no manifest for depot {args.depot!r} night {night} in {settings.store}")
+    summary = run_night(settings, args.depot, night)
     print(summary.markdown())
     return 0
 
@@ -182,7 +186,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--store", help="store root, any fsspec URL (env ANODET_STORE, default ./anodet-data)")
+    common.add_argument("--store", default=argparse.SUPPRESS, help="store root, any fsspec URL (env ANODET_STORE, default ./anodet-data)")
     p = argparse.ArgumentParser(prog="anodet", description=__doc__.split("\n")[0], parents=[common])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add = sub.add_parser

@@ -35,7 +35,8 @@ def nightly_inspection(
     logger = get_run_logger()
     run_id = str(flow_run.get_id() or "")
     t0 = time.perf_counter()
-    plan = plan_night_task(st, depot, night, settings.model, settings.map_dtype, run_id)
+    plan = plan_night_task(st, depot, night, settings, run_id)
+    settings = settings.with_(threshold=plan.threshold)
     logger.info("night %s/%s: %d captures, model %s", plan.depot, plan.night, len(plan.jobs), plan.model_ref)
     futures = [
         score_batch_task.submit(st, plan.depot, plan.night, batch, plan.model_ref, settings, run_id)

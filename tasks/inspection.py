@@ -13,9 +13,9 @@ from anodet_core.pipeline import BatchResult, process_batch
 
 
 @task(name="plan-night", cache_policy=NONE)
-def plan_night_task(store: Store, depot: str, night: str, model: str, map_dtype: str, run_id: str) -> NightPlan:
-    """Manifest -> histories -> pinned model version -> empty map group."""
-    return plan_night(store, depot, night, model, map_dtype=map_dtype, run_id=run_id)
+def plan_night_task(store: Store, depot: str, night: str, settings: Settings, run_id: str) -> NightPlan:
+    """Manifest -> histories -> pinned model version and threshold -> empty map group."""
+    return plan_night(store, depot, night, settings.model, map_dtype=settings.map_dtype, run_id=run_id, threshold=settings.threshold)
 
 
 @task(name="score-batch", cache_policy=NONE, retries=1, retry_delay_seconds=5)
