@@ -24,7 +24,10 @@ def bf16_supported(device: str) -> bool:
 
 def to_input(batch: np.ndarray, device: str, channels_last: bool) -> torch.Tensor:
     """uint8 NHWC -> float NCHW normalised with mean = std = 0.5 (i.e. [-1, 1]), as the paper trains."""
-    t = torch.from_numpy(np.ascontiguousarray(batch)).to(device, non_blocking=True)
+    batch = np.ascontiguousarray(batch)
+    if not batch.flags.writeable:  # decoded images can be read-only views; torch wants to own writable memory
+        batch = batch.copy()
+    t = torch.from_numpy(batch).to(device, non_blocking=True)
     t = t.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
     return t.contiguous(memory_format=torch.channels_last) if channels_last else t.contiguous()
 

@@ -31,12 +31,12 @@ def connect(store: Store):
 def run_query(store: Store, sql: str) -> pd.DataFrame:
     if not sql.strip():
         raise ValueError("empty query")
+    import duckdb
+
     con = connect(store)
     try:
         return con.execute(sql).df()
-    except Exception as exc:  # duckdb's error classes vary by version: report them as bad input
-        if type(exc).__module__.startswith("duckdb"):
-            raise ValueError(f"query failed: {exc}") from exc
-        raise
+    except duckdb.Error as exc:  # SQL mistakes are bad input: a clear message, not a traceback
+        raise ValueError(f"query failed: {exc}") from exc
     finally:
         con.close()

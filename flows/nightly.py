@@ -24,13 +24,14 @@ def nightly_inspection(
     store: str | None = None,
     model: str | None = None,
     batch_size: int | None = None,
+    threshold: float | None = None,
 ) -> NightSummary:
     """Score every capture of one depot-night against its history with the depot's production model.
 
     One Prefect task per batch of pairs (not per capture); batches run in Dask workers, each of which loads
     the model once. Re-running a night replaces its maps and report partitions.
     """
-    settings = Settings.from_env(store=store, model=model, batch_size=batch_size)
+    settings = Settings.from_env(store=store, model=model, batch_size=batch_size, threshold=threshold)
     st = Store(settings.store, settings.storage_options or None)
     logger = get_run_logger()
     run_id = str(flow_run.get_id() or "")
