@@ -166,6 +166,56 @@ def _photometric(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return y.clamp(0, 1) * 2 - 1
 
 
+def _blob(h: int, w: int, gen: torch.Generator) -> torch.Tensor:
+    """A random soft-edged blob (rotated ellipse with a wobbly border), alpha in [0, 1], size 3-25 % of the side."""
+    side = min(h, w)
+    r = float(torch.empty(1).uniform_(0.015, 0.12, generator=gen)) * side
+    aspect = float(torch.empty(1).uniform_(0.25, 1.0, generator=gen))
+    cy, cx = (float(torch.rand(1, generator=gen)) * (h - 2 * r) + r), (float(torch.rand(1, generator=gen)) * (w - 2 * r) + r)
+    theta = float(torch.rand(1, generator=gen)) * math.pi
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32) - cy, torch.arange(w, dtype=torch.float32) - cx, indexing="ij")
+    u = xx * math.cos(theta) + yy * math.sin(theta)
+    v = -xx * math.sin(theta) + yy * math.cos(theta)
+    ang = torch.atan2(v, u)
+    k = torch.randint(2, 6, (1,), generator=gen).item()
+    wobble = 1 + 0.25 * torch.sin(k * ang + float(torch.rand(1, generator=gen)) * 6.28)
+    d = torch.sqrt((u / r) ** 2 + (v / (r * aspect)) ** 2) / wobble
+    return (1.5 - d * 1.5 / 1.0).clamp(0, 1) ** 0.5 * (d < 1)
+
+
+def _synthesize(cur: torch.Tensor, his: torch.Tensor, y: torch.Tensor, gen: torch.Generator, p: float) -> None:
+    """In place: with probability ``p`` per sample, paste a synthetic change into cur or his and mark it.
+
+    Content is a patch of another sample (foreign texture), a dark stain or a bright/dark flat object; the
+    network is symmetric in (cur, his), so pasting into his stands for a part that went missing.
+    """
+    b, _, h, w = cur.shape
+    for i in range(b):
+        if float(torch.rand(1, generator=gen)) >= p:
+            continue
+        alpha = _blob(h, w, gen).to(cur.device)
+        kind = torch.randint(0, 3, (1,), generator=gen).item()
+        target = cur if torch.rand(1, generator=gen).item() < 0.7 else his
+        if kind == 0:  # texture from elsewhere (another sample, rolled)
+            j = torch.randint(0, b, (1,), generator=gen).item()
+            sy, sx = torch.randint(0, h, (1,), generator=gen).item(), torch.randint(0, w, (1,), generator=gen).item()
+            content = torch.roll(cur[j], shifts=(sy, sx), dims=(1, 2))
+        elif kind == 1:  # stain: darker, slightly glossy version of the background
+            content = target[i] * float(torch.empty(1).uniform_(0.2, 0.7, generator=gen)) - 0.3
+        else:  # flat object with noise
+            level = float(torch.empty(1).uniform_(-1, 1, generator=gen))
+            content = torch.full_like(target[i], level) + 0.1 * torch.randn(target[i].shape, generator=gen).to(cur.device)
+        target[i] = target[i] * (1 - alpha) + content.clamp(-1, 1) * alpha
+        y[i, 0] = torch.maximum(y[i, 0], (alpha > 0.5).float())
+
+
+def _dice_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Soft Dice over the batch: gives the rare anomaly pixels the weight plain BCE denies them."""
+    p = torch.sigmoid(logits)
+    inter = (p * y).sum()
+    return 1 - (2 * inter + 1) / (p.sum() + y.sum() + 1)
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 20
@@ -175,6 +225,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.5, 0.999)
     seed: int = 0
     photometric: bool = True
+    loss: str = "bce+dice"  # "bce": the paper's loss; "bce+dice" adds soft Dice for tiny anomalies
+    synthetic: float = 0.5  # probability per sample of a pasted synthetic change (0: the paper's protocol)
     device: str = "cpu"
     bf16: bool = False  # autocast bf16 for the forward/backward (CPU with AVX-512 BF16, or GPU)
 
@@ -239,11 +291,17 @@ def train_pairs(
             cur = torch.stack([_augment(c, a) for c, a in zip(cur, aug)])
             his = torch.stack([_augment(c, a) for c, a in zip(his, aug)])
             y = torch.stack([_augment(c, a) for c, a in zip(y, aug)])
+            if cfg.synthetic > 0:
+                _synthesize(cur, his, y, gen, cfg.synthetic)
             if cfg.photometric:
                 cur, his = _photometric(cur, gen), _photometric(his, gen)
             with torch.autocast("cuda" if cfg.device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
                 logits = model.forward_logits(cur, his)
             loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+            if cfg.loss == "bce+dice":
+                loss = loss + _dice_loss(logits.float(), y)
+            elif cfg.loss != "bce":
+                raise ValueError(f"unknown loss {cfg.loss!r}: bce | bce+dice")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
