@@ -475,6 +475,21 @@ class PixelMetrics:
         """Histogram ROC curve ``(fpr, tpr, thresholds)``, see :func:`roc_curve_from_hist`."""
         return roc_curve_from_hist(self.pos_hist, self.neg_hist)
 
+    def best_f1_threshold(self) -> tuple[float, float]:
+        """(threshold, F1) maximising F1 over the histogram's bin edges; (0.5, 0.0) without positives.
+
+        The threshold sits half a bin below the chosen edge, so ``score > threshold`` keeps that bin: use it
+        to calibrate an operating point on validation data (resolution 1/bins).
+        """
+        n_pos = int(self.pos_hist.sum())
+        if n_pos == 0:
+            return 0.5, 0.0
+        tp = np.cumsum(self.pos_hist[::-1])[::-1].astype(np.float64)  # positives with bin >= b
+        fp = np.cumsum(self.neg_hist[::-1])[::-1].astype(np.float64)
+        f1 = 2 * tp / np.maximum(2 * tp + fp + (n_pos - tp), 1)
+        b = int(np.argmax(f1))
+        return max(0.0, (b - 0.5) / self.bins), float(f1[b])
+
     def auc_error_bound(self) -> float:
         """Upper bound on |histogram AUC - exact AUC| (pairs sharing a bin); NaN if one class."""
         n_pos = float(self.pos_hist.sum())

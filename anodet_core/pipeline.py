@@ -38,11 +38,27 @@ _MODELS: dict[tuple, tuple[Predictor, ModelCard]] = {}
 _LOCK = threading.Lock()
 
 
+def available_cores() -> int:
+    """Cores this process may use: CPU affinity, capped by a cgroup v2 quota (containers see the host's count)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as fh:
+            quota, period = fh.read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
 def worker_threads(settings: Settings) -> int:
-    """Torch threads for this worker: explicit setting, else the machine's cores shared among the workers."""
+    """Torch threads for this worker: explicit setting, else the cores it may use shared among the workers."""
     if settings.torch_threads > 0:
         return settings.torch_threads
-    return max(1, (os.cpu_count() or 1) // max(1, settings.dask_workers))
+    return max(1, available_cores() // max(1, settings.dask_workers))
 
 
 def get_predictor(store: Store, model_ref: str, settings: Settings) -> tuple[Predictor, ModelCard]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -128,7 +129,6 @@ def store_pairs(store: Store, depot: str, nights: Sequence[str]) -> list[Labelle
 def folder_pairs(root: str) -> list[LabelledPair]:
     """A paired-folder dataset: ``root/<pair>/cur.*, his.*[, mask.*]`` (white mask = anomaly)."""
     import glob
-    import os
 
     pairs = []
     for d in sorted(glob.glob(os.path.join(root, "*", ""))):
@@ -238,18 +238,24 @@ class TrainResult:
     best_val: dict[str, float]
     history: list[dict[str, Any]]
     seconds: float
+    threshold: float = 0.5  # operating threshold: best validation F1 (0.5 without validation data)
 
 
 @torch.inference_mode()
-def evaluate_arrays(model: torch.nn.Module, data: PairArrays, device: str = "cpu", batch_size: int = 16, threshold: float = 0.5) -> dict[str, float]:
-    """Pixel metrics (see anodet_core.metrics) of a model on prepared pairs at model resolution."""
+def pixel_metrics(model: torch.nn.Module, data: PairArrays, device: str = "cpu", batch_size: int = 16, threshold: float = 0.5) -> PixelMetrics:
+    """Accumulated pixel metrics (see anodet_core.metrics) of a model on prepared pairs at model resolution."""
     model.eval()
     pm = PixelMetrics(threshold=threshold)
     for s in range(0, len(data), batch_size):
         sl = slice(s, s + batch_size)
         out = model(to_input(data.cur[sl], device, False), to_input(data.his[sl], device, False))[:, 0]
         pm.update(out.float().cpu().numpy(), data.mask[sl])
-    return pm.compute()
+    return pm
+
+
+def evaluate_arrays(model: torch.nn.Module, data: PairArrays, device: str = "cpu", batch_size: int = 16, threshold: float = 0.5) -> dict[str, float]:
+    """Pixel metrics at ``threshold`` (the paper's 0.5 by default), plus AUC and EER."""
+    return pixel_metrics(model, data, device, batch_size, threshold).compute()
 
 
 def train_pairs(
@@ -260,8 +266,14 @@ def train_pairs(
     *,
     progress: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint: str | None = None,
 ) -> TrainResult:
-    """Train with the paper's protocol; validate every epoch and keep the best-F1 weights."""
+    """Train with the paper's protocol; validate every epoch and keep the best-F1 weights.
+
+    With ``checkpoint`` (a local file) the state after every epoch is saved there, and a later call with the
+    same file resumes after the last finished epoch: same weights, optimiser, random streams and history, so
+    an interrupted run ends where an uninterrupted one would. The wall-time limit counts both sessions.
+    """
     from tqdm import tqdm
 
     if len(train) == 0:
@@ -270,12 +282,21 @@ def train_pairs(
     gen = torch.Generator().manual_seed(cfg.seed)
     model.to(cfg.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
-    # class balance from the data: anomalies are a few % of pixels, the paper's plain BCE is kept (pos_weight=1)
-    t_start = time.perf_counter()
     history: list[dict[str, Any]] = []
-    best: tuple[float, int, dict, dict] = (-1.0, -1, {}, {})
+    best: tuple[tuple[float, float], int, dict, dict] = ((-1.0, -1.0), -1, {}, {})
     n = len(train)
-    for epoch in range(cfg.epochs):
+    first_epoch, elapsed_before = 0, 0.0
+    if checkpoint and os.path.exists(checkpoint):
+        ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        gen.set_state(ck["generator"])
+        torch.set_rng_state(ck["torch_rng"])
+        history = ck["history"]
+        best = (tuple(ck["best_score"]), ck["best_epoch"], ck["best_state"], ck["best_val"])
+        first_epoch, elapsed_before = ck["epoch"], ck["elapsed"]
+    t_start = time.perf_counter() - elapsed_before
+    for epoch in range(first_epoch, cfg.epochs):
         model.train()
         order = torch.randperm(n, generator=gen).tolist()
         losses = []
@@ -311,18 +332,36 @@ def train_pairs(
         if val is not None and len(val):
             m = evaluate_arrays(model, val, cfg.device)
             rec.update({f"val_{k}": v for k, v in m.items() if k in ("precision", "recall", "f1", "iou", "auc")})
-            score = m["f1"]
+            # best F1; AUC breaks ties (early on every epoch can have F1 = 0 while ranking already improves)
+            score = (m["f1"], m["auc"] if m["auc"] == m["auc"] else -1.0)
         else:
-            score = -rec["loss"]
+            score = (-rec["loss"], 0.0)
         history.append(rec)
         if on_epoch:
             on_epoch(rec)
         if score > best[0]:
             best = (score, epoch + 1, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}), rec)
+        if checkpoint:
+            state = {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                "torch_rng": torch.get_rng_state(), "history": history, "best_score": list(best[0]),
+                "best_epoch": best[1], "best_state": best[2], "best_val": best[3], "epoch": epoch + 1,
+                "elapsed": time.perf_counter() - t_start,
+            }
+            torch.save(state, checkpoint + ".tmp")
+            os.replace(checkpoint + ".tmp", checkpoint)  # a crash mid-write never leaves a torn checkpoint
         if time.perf_counter() - t_start > cfg.max_seconds:
             break
     model.load_state_dict(best[2])
-    return TrainResult(best[2], best[1], best[3], history, time.perf_counter() - t_start)
+    threshold = 0.5
+    if val is not None and len(val) and val.mask.any():
+        # move off the paper's 0.5 only for a clear validation gain, and not far: small validation splits are noisy
+        pm = pixel_metrics(model, val, cfg.device)
+        cand, f1_cand = pm.best_f1_threshold()
+        cand = float(min(max(cand, 0.25), 0.75))
+        if f1_cand > pm.compute()["f1"] + 0.02:
+            threshold = cand
+    return TrainResult(best[2], best[1], best[3], history, time.perf_counter() - t_start, threshold)
 
 
 def split_indices(n: int, val_frac: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -377,6 +416,8 @@ def train_candidate(
     if test_pairs:
         test = prepare_arrays(store.read_bytes, test_pairs, registration=registration, progress=progress)
         metrics = evaluate_arrays(model, test, cfg.device)
+        at_op = evaluate_arrays(model, test, cfg.device, threshold=result.threshold)
+        metrics.update({f"{k}_at_threshold": at_op[k] for k in ("precision", "recall", "f1", "iou")})
         split = f"{depot}:{','.join(sorted(test_nights))}"
     card = ModelCard(
         name=name,
@@ -384,6 +425,7 @@ def train_candidate(
         preset=preset,
         config=dict(overrides or {}),
         metrics=metrics,
+        threshold=result.threshold,
         eval_split=split,
         data_fingerprint=data.fingerprint(),
         extra={

@@ -1,0 +1,90 @@
+"""The `anodet` command line on tiny data: demo-data, train, predict, query, and clear errors."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from anodet_core import model_store
+from anodet_core.demo_data import write_pair_folders
+from anodet_core.layout import Store
+from flows.cli import build_parser, main
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("cli-store"))
+    rc = main(["--store", root, "demo-data", "--nights", "3", "--trains", "1", "--cars", "1", "--regions", "4",
+               "--width", "320", "--height", "200", "--seed", "5"])
+    assert rc == 0
+    return root
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ["demo", "demo-data", "train", "run-night", "predict", "query"]:
+        assert cmd in out
+
+
+def test_demo_data_writes_a_consistent_depot(tiny_store):
+    store = Store(tiny_store)
+    assert store.nights("demo") == ["2026-11-16", "2026-11-17", "2026-11-18"]
+    man = store.read_manifest("demo", "2026-11-17")
+    assert len(man) == 4 and (man.width == 320).all() and (man.height == 200).all()
+
+
+def test_train_saves_an_immutable_version_and_promotes_only_the_first(tiny_store, capsys):
+    args = ["--store", tiny_store, "train", "--epochs", "1", "--seed", "1", "--overrides", '{"depth": 0}']
+    assert main(args) == 0
+    store = Store(tiny_store)
+    assert model_store.list_versions(store, "anodfdnet") == ["1"]
+    assert model_store.get_alias(store, "anodfdnet") == "1"
+    card = json.loads(store.read_text(store.model_version_rel("anodfdnet", "1") + "/card.json"))
+    assert card["preset"] == "lite" and card["config"] == {"depth": 0}
+    assert card["eval_split"] == "demo:2026-11-18" and {"f1", "iou", "precision", "recall", "auc"} <= set(card["metrics"])
+    assert 0.25 <= card["threshold"] <= 0.75 and len(card["data_fingerprint"]) == 16
+    assert main(args) == 0  # a second version is not promoted without --promote
+    assert model_store.list_versions(store, "anodfdnet") == ["1", "2"]
+    assert model_store.get_alias(store, "anodfdnet") == "1"
+    model, loaded = model_store.load(store, "anodfdnet:2")
+    assert loaded.version == "2" and sum(p.numel() for p in model.parameters()) > 0
+    assert "saved anodfdnet:2 (not promoted)" in capsys.readouterr().out
+
+
+def test_predict_writes_maps_and_scores_and_reports_bad_folders(tiny_store, tmp_path):
+    pairs = tmp_path / "pairs"
+    ids = write_pair_folders(str(pairs), 3, seed=2, width=200, height=120)
+    os.makedirs(pairs / "zz-broken")
+    (pairs / "zz-broken" / "cur.jpg").write_bytes(b"not an image")
+    (pairs / "zz-broken" / "his.jpg").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    assert main(["--store", tiny_store, "predict", "--model", "anodfdnet", "--pairs", str(pairs), "--out", str(out)]) == 0
+    scores = pd.read_parquet(out / "scores.parquet")
+    assert scores.pair_id.tolist() == [*ids, "zz-broken"]
+    bad = scores.set_index("pair_id").loc["zz-broken"]
+    assert bad.status == "error" and "decode" in bad.error
+    for pid in ids:
+        png = np.asarray(Image.open(out / f"{pid}.png"))
+        assert png.shape == (120, 200) and png.dtype == np.uint8
+        row = scores.set_index("pair_id").loc[pid]
+        assert row.score_max == pytest.approx(png.max() / 255, abs=1 / 255)
+        assert row.model == "anodfdnet:1"
+
+
+def test_query_and_errors(tiny_store, capsys):
+    assert main(["--store", tiny_store, "query", "select count(*) as n from captures", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.strip().splitlines() == ["n", "0"]  # no night has run in this store
+    assert main(["--store", tiny_store, "query", "select * from nowhere"]) == 2
+    assert "query failed" in capsys.readouterr().err
+    assert main(["--store", tiny_store, "run-night", "--depot", "demo", "--night", "2030-01-01"]) == 2
+    assert "no manifest" in capsys.readouterr().err
+    assert main(["--store", tiny_store, "run-night", "--depot", "demo", "--night", "31-12-2030"]) == 2
+    assert "YYYY-MM-DD" in capsys.readouterr().err
+    assert main(["--store", tiny_store, "predict", "--model", "nosuch", "--pairs", ".", "--out", "x"]) == 2
+    assert "no production version" in capsys.readouterr().err
