@@ -85,8 +85,11 @@ def write_map(g: zarr.Group, index: int, stored: np.ndarray) -> None:
         raise ValueError(f"map dtype {stored.dtype} does not match the night's {arr.dtype}")
     if h > arr.shape[1] or w > arr.shape[2]:
         raise ValueError(f"map {w}x{h} larger than the night's array {arr.shape[2]}x{arr.shape[1]}")
-    row = np.zeros(arr.shape[1:], dtype=arr.dtype)
-    row[:h, :w] = stored
+    if stored.shape == arr.shape[1:]:
+        row = stored
+    else:
+        row = np.zeros(arr.shape[1:], dtype=arr.dtype)
+        row[:h, :w] = stored
     arr[index] = row
     g["written"][index] = 1
 

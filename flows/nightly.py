@@ -25,13 +25,14 @@ def nightly_inspection(
     model: str | None = None,
     batch_size: int | None = None,
     threshold: float | None = None,
+    task_pairs: int | None = None,
 ) -> NightSummary:
     """Score every capture of one depot-night against its history with the depot's production model.
 
-    One Prefect task per batch of pairs (not per capture); batches run in Dask workers, each of which loads
-    the model once. Re-running a night replaces its maps and report partitions.
+    One Prefect task per batch of ``task_pairs`` pairs (not per capture); batches run in Dask workers, each of
+    which loads the model once and runs the model on sub-batches of ``batch_size`` pairs. Re-running a night replaces its maps and report partitions.
     """
-    settings = Settings.from_env(store=store, model=model, batch_size=batch_size, threshold=threshold)
+    settings = Settings.from_env(store=store, model=model, batch_size=batch_size, threshold=threshold, task_pairs=task_pairs)
     st = Store(settings.store, settings.storage_options or None)
     logger = get_run_logger()
     run_id = str(flow_run.get_id() or "")
@@ -41,7 +42,7 @@ def nightly_inspection(
     logger.info("night %s/%s: %d captures, model %s", plan.depot, plan.night, len(plan.jobs), plan.model_ref)
     futures = [
         score_batch_task.submit(st, plan.depot, plan.night, batch, plan.model_ref, settings, run_id)
-        for batch in split_jobs(plan.jobs, settings.batch_size)
+        for batch in split_jobs(plan.jobs, settings.task_pairs)
     ]
     captures, findings = [], []
     for fut in futures:

@@ -44,7 +44,7 @@ def night_store(tmp_path_factory, prefect_harness):
     # so night 2 must take night 1's captures as histories
     settings = Settings(store=root, threshold=0.9, batch_size=2, dask_workers=1)
     flow = nightly_inspection.with_options(task_runner=build_task_runner(settings))
-    summaries = [flow(depot=SPEC.depot, night=night, store=root, batch_size=2, threshold=0.9) for night in nights]
+    summaries = [flow(depot=SPEC.depot, night=night, store=root, batch_size=2, task_pairs=3, threshold=0.9) for night in nights]
     return store, nights, summaries, model, broken.capture_id
 
 

@@ -74,3 +74,5 @@ def _check_name(name: str) -> None:
 from . import anodfdnet  # noqa: E402,F401
 from . import fc_siam_diff  # noqa: E402,F401
 from . import unet_cat  # noqa: E402,F401
+from . import csaflow  # noqa: E402,F401
+from . import anovit  # noqa: E402,F401

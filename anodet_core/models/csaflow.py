@@ -1,0 +1,430 @@
+"""CSA-Flow: cross-scale normalizing flow over attention-refined CNN features.
+
+Single-image, unsupervised: trained by maximum likelihood on normal images only; a test image
+is anomalous where its features are unlikely under the learnt density.  The flow is CS-Flow
+(Rudolph et al., "Fully Convolutional Cross-Scale-Flows for Image-based Defect Detection",
+WACV 2022; reference code github.com/marco-rudolph/cs-flow); CSA-Flow adds channel attention and
+self-attention on the features.
+
+Pipeline, per image x (ImageNet-normalised, H and W multiples of ``feature_reduction * 4``):
+
+1. Frozen backbone features at 3 input scales (x, x/2, x/4; bilinear, antialiased).  The paper
+   uses EfficientNet-B5 block 36 (304 ch, stride 32 at 768/384/512 px input).  The default here
+   is the ImageNet EfficientNet-Lite0 (offline, see ``backbones``) level with stride 16
+   (``blocks.4``, 112 ch, taken from ``feature_info``), so a cheap 256 px input still gives
+   16x16 / 8x8 / 4x4 maps -- close to the paper's 12..24 px grids.
+2. Channel attention (squeeze-excitation gate, C -> C/r -> C) then parameter-free
+   self-attention over positions, Y = X + softmax(X X^T / sqrt(C)) X, per scale.  Both act on
+   the FEATURES, before the flow: they are part of the feature extractor, so ``log_det`` and the
+   likelihood are an exact density of the attended features (the flow's Jacobian never has to
+   account for them).  Because the SE gate is trained through that likelihood, it could
+   "improve" the NLL for free by shrinking the features (any density model rewards lower
+   entropy input); the gates are therefore centred in log space (geometric mean 1 per image),
+   so a constant gating is volume-preserving and that shortcut is closed.  The gate's last
+   layer is zero-initialised: attention starts as identity gating.
+3. Cross-scale flow: ``n_blocks`` coupling blocks, each preceded by a fixed seeded random
+   channel permutation per scale.  A block splits channels in half (a | b) and does two affine
+   couplings, a' = a * e(s2(b)) + t2(b), then b' = b * e(s1(a')) + t1(a'), where the
+   subnetworks s1/s2 see all three scales at once (``CrossConvolutions``: conv per scale +
+   upsampled coarser / strided finer neighbour contributions), kernel sizes 3, 3, 3, 5, hidden
+   width 1024, LeakyReLU 0.1.  Log-scales are soft-clamped exactly as the reference:
+   log e(s) = 0.636 * alpha * atan(s / alpha) with alpha = 3 (0.636 ~ 2/pi, so |log e| < alpha).
+   Each subnetwork's output is multiplied by a per-scale gamma initialised to 0, so every block
+   starts as the identity.
+
+Training: ``loss(x)`` = mean over images of the per-image NLL 0.5 * ||z||^2 - log|det J|, each
+summed over that image's dims only (so it does not depend on the batch size -- unlike ports that
+sum the log-det over the batch), divided by the number of dims D when ``normalise_loss`` (the
+reference's ``get_loss``; its gradient-clip norm of 1 and weight decay were tuned for that
+scale).  Optimiser: ``make_optimizer`` (Adam, lr 2e-4, wd 1e-5, betas (0.5, 0.9), eps 1e-4),
+``train_step`` clips the gradient norm to 1.
+
+Scores: ``image_score`` = mean of z^2 / 2 over all scales, positions and channels (reference
+``train.py``); ``anomaly_map`` = channel mean of z^2 per scale, bilinearly upsampled to the input
+size and averaged over scales.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import register_model
+from .backbones import IMAGENET_MEAN, IMAGENET_STD, create_backbone
+
+__all__ = [
+    "INPUT_SIZE",
+    "MEAN",
+    "STD",
+    "ADAM_LR",
+    "ADAM_WEIGHT_DECAY",
+    "ADAM_BETAS",
+    "ADAM_EPS",
+    "GRAD_CLIP_NORM",
+    "CSAFlowConfig",
+    "PRESETS",
+    "ChannelAttention",
+    "self_attention",
+    "CrossConvolutions",
+    "CrossScaleCoupling",
+    "CrossScaleFlow",
+    "CSAFlow",
+    "make_optimizer",
+    "train_step",
+    "csaflow",
+]
+
+INPUT_SIZE: int = 256
+"""Default input resolution (paper: 384 or 512); 256 keeps CPU training cheap."""
+MEAN: tuple[float, float, float] = IMAGENET_MEAN
+STD: tuple[float, float, float] = IMAGENET_STD
+"""Input normalisation expected by the ImageNet backbone."""
+
+ADAM_LR: float = 2e-4
+ADAM_WEIGHT_DECAY: float = 1e-5
+ADAM_BETAS: tuple[float, float] = (0.5, 0.9)
+ADAM_EPS: float = 1e-4  # CS-Flow reference train.py
+GRAD_CLIP_NORM: float = 1.0
+
+_SOFTCLAMP = 0.636  # reference constant (~2/pi): bounds the log-scale to (-alpha, alpha)
+
+
+@dataclass(frozen=True)
+class CSAFlowConfig:
+    """Hyper-parameters; defaults follow CS-Flow/CSA-Flow except the (CPU-friendly) backbone.
+
+    ``pretrained``: True = packaged ImageNet Lite0 weights, a path = local timm weights file,
+    False = random backbone (tests only: random features make a meaningless density).
+    ``feature_reduction``: backbone level to use, by its stride in ``feature_info``.
+    """
+
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool | str = True
+    feature_reduction: int = 16
+    input_size: int = INPUT_SIZE
+    n_scales: int = 3
+    channel_attention: bool = True
+    se_reduction: int = 8
+    self_attention: bool = True
+    n_blocks: int = 4
+    kernel_sizes: tuple[int, ...] = (3, 3, 3, 5)
+    hidden_channels: int = 1024
+    clamp: float = 3.0
+    leaky_slope: float = 0.1
+    perm_seed: int = 0
+    normalise_loss: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kernel_sizes", tuple(self.kernel_sizes))
+        if len(self.kernel_sizes) != self.n_blocks:
+            raise ValueError(f"need one kernel size per block: {self.kernel_sizes} vs n_blocks={self.n_blocks}")
+        if any(k % 2 == 0 for k in self.kernel_sizes):
+            raise ValueError(f"kernel sizes must be odd, got {self.kernel_sizes}")
+        if self.n_scales < 1 or self.n_blocks < 1 or self.hidden_channels < 1:
+            raise ValueError("n_scales, n_blocks and hidden_channels must be >= 1")
+        if self.clamp <= 0:
+            raise ValueError(f"clamp must be > 0, got {self.clamp}")
+        if self.input_size % self.size_multiple:
+            raise ValueError(f"input_size must be a multiple of {self.size_multiple}, got {self.input_size}")
+
+    @property
+    def size_multiple(self) -> int:
+        """H and W must be multiples of this so every scale's map halves exactly."""
+        return self.feature_reduction * 2 ** (self.n_scales - 1)
+
+
+PRESETS: dict[str, CSAFlowConfig] = {
+    # CS-Flow flow (hidden 1024, kernels 3/3/3/5) on ImageNet Lite0 stride-16 features.
+    "paper": CSAFlowConfig(),
+    # Same graph, 16x narrower subnetworks: trains in minutes on 2 CPU cores.
+    "lite": CSAFlowConfig(hidden_channels=64),
+}
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-excitation gate with log-centred gates (geometric mean 1 per image).
+
+    Centring keeps a constant gating volume-preserving, so training it through the flow's
+    likelihood cannot shrink the features to buy NLL.  Zero-initialised output: gates start at 1.
+    """
+
+    def __init__(self, channels: int, reduction: int) -> None:
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, channels)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3)))))
+        log_g = F.logsigmoid(a) + math.log(2.0)  # log(2 sigmoid(a)): gate in (0, 2), 1 at a=0
+        log_g = log_g - log_g.mean(dim=1, keepdim=True)
+        return x * log_g.exp()[:, :, None, None]
+
+
+def self_attention(x: torch.Tensor) -> torch.Tensor:
+    """Parameter-free self-attention over positions with residual: X + softmax(X X^T / sqrt(C)) X."""
+    b, c, h, w = x.shape
+    t = x.flatten(2).transpose(1, 2)  # (B, N, C)
+    attn = torch.softmax(t @ t.transpose(1, 2) / math.sqrt(c), dim=-1)
+    return (t + attn @ t).transpose(1, 2).reshape(b, c, h, w)
+
+
+class CrossConvolutions(nn.Module):
+    """Cross-scale subnetwork: per scale conv -> LeakyReLU -> conv, plus neighbour terms.
+
+    Scale i (0 = finest) receives conv(upsample(h_{i+1})) from the coarser and a stride-2
+    conv(h_{i-1}) from the finer neighbour, h being the hidden activations (reference layout).
+    Outputs are multiplied by per-scale gammas, zero at init.
+    """
+
+    def __init__(self, cin: int, cout: int, hidden: int, kernel_size: int, n_scales: int, slope: float) -> None:
+        super().__init__()
+        p = kernel_size // 2
+        self.n_scales = n_scales
+        self.slope = slope
+        self.conv_in = nn.ModuleList(nn.Conv2d(cin, hidden, kernel_size, padding=p) for _ in range(n_scales))
+        self.conv_out = nn.ModuleList(nn.Conv2d(hidden, cout, kernel_size, padding=p) for _ in range(n_scales))
+        # up[i]: coarser scale i+1 -> i; down[i]: finer scale i -> i+1.
+        self.up = nn.ModuleList(nn.Conv2d(hidden, cout, kernel_size, padding=p) for _ in range(n_scales - 1))
+        self.down = nn.ModuleList(
+            nn.Conv2d(hidden, cout, kernel_size, stride=2, padding=p) for _ in range(n_scales - 1)
+        )
+        self.gamma = nn.Parameter(torch.zeros(n_scales))
+
+    def forward(self, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        hs = [F.leaky_relu(conv(x), self.slope) for conv, x in zip(self.conv_in, xs)]
+        outs = []
+        for i, h in enumerate(hs):
+            out = self.conv_out[i](h)
+            if i + 1 < self.n_scales:
+                up = F.interpolate(hs[i + 1], size=h.shape[-2:], mode="bilinear", align_corners=False)
+                out = out + self.up[i](up)
+            if i > 0:
+                out = out + self.down[i - 1](hs[i - 1])
+            outs.append(out * self.gamma[i])
+        return outs
+
+
+class CrossScaleCoupling(nn.Module):
+    """Two affine couplings over a channel split, conditioned across scales (GLOW-style)."""
+
+    def __init__(self, channels: int, hidden: int, kernel_size: int, n_scales: int, clamp: float, slope: float) -> None:
+        super().__init__()
+        self.len1 = channels // 2
+        self.len2 = channels - self.len1
+        self.clamp = clamp
+        self.s1 = CrossConvolutions(self.len1, 2 * self.len2, hidden, kernel_size, n_scales, slope)
+        self.s2 = CrossConvolutions(self.len2, 2 * self.len1, hidden, kernel_size, n_scales, slope)
+
+    def _log_e(self, s: torch.Tensor) -> torch.Tensor:
+        return self.clamp * _SOFTCLAMP * torch.atan(s / self.clamp)
+
+    def forward(self, xs: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        a = [x[:, : self.len1] for x in xs]
+        b = [x[:, self.len1 :] for x in xs]
+        log_det = xs[0].new_zeros(xs[0].shape[0])
+        new_a = []
+        for ai, r in zip(a, self.s2(b)):
+            log_s = self._log_e(r[:, : self.len1])
+            new_a.append(ai * log_s.exp() + r[:, self.len1 :])
+            log_det = log_det + log_s.sum(dim=(1, 2, 3))
+        new_b = []
+        for bi, r in zip(b, self.s1(new_a)):
+            log_s = self._log_e(r[:, : self.len2])
+            new_b.append(bi * log_s.exp() + r[:, self.len2 :])
+            log_det = log_det + log_s.sum(dim=(1, 2, 3))
+        return [torch.cat(p, dim=1) for p in zip(new_a, new_b)], log_det
+
+    def inverse(self, ys: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        a = [y[:, : self.len1] for y in ys]
+        b = [y[:, self.len1 :] for y in ys]
+        old_b = [(bi - r[:, self.len2 :]) * (-self._log_e(r[:, : self.len2])).exp() for bi, r in zip(b, self.s1(a))]
+        old_a = [(ai - r[:, self.len1 :]) * (-self._log_e(r[:, : self.len1])).exp() for ai, r in zip(a, self.s2(old_b))]
+        return [torch.cat(p, dim=1) for p in zip(old_a, old_b)]
+
+
+class CrossScaleFlow(nn.Module):
+    """CS-Flow: [permute -> cross-scale coupling] x n_blocks over a list of per-scale maps."""
+
+    def __init__(self, channels: int, cfg: CSAFlowConfig) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            CrossScaleCoupling(channels, cfg.hidden_channels, k, cfg.n_scales, cfg.clamp, cfg.leaky_slope)
+            for k in cfg.kernel_sizes
+        )
+        for k in range(cfg.n_blocks):
+            g = torch.Generator().manual_seed(cfg.perm_seed + k)
+            perms = torch.stack([torch.randperm(channels, generator=g) for _ in range(cfg.n_scales)])
+            self.register_buffer(f"perm{k}", perms)
+            self.register_buffer(f"perm_inv{k}", torch.argsort(perms, dim=1))
+
+    def forward(self, xs: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        log_det = xs[0].new_zeros(xs[0].shape[0])
+        zs = list(xs)
+        for k, block in enumerate(self.blocks):
+            perm = getattr(self, f"perm{k}")
+            zs, ld = block([z[:, perm[i]] for i, z in enumerate(zs)])
+            log_det = log_det + ld
+        return zs, log_det
+
+    def inverse(self, zs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        xs = list(zs)
+        for k in reversed(range(len(self.blocks))):
+            inv = getattr(self, f"perm_inv{k}")
+            xs = [x[:, inv[i]] for i, x in enumerate(self.blocks[k].inverse(xs))]
+        return xs
+
+
+class CSAFlow(nn.Module):
+    """Image (B, 3, H, W), ImageNet-normalised -> latent maps per scale and per-image log-det.
+
+    H, W must be multiples of ``cfg.size_multiple`` (64 by default).  The backbone is frozen:
+    no gradients, and it stays in eval mode whatever ``train()`` is called with.
+    """
+
+    def __init__(self, cfg: CSAFlowConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or CSAFlowConfig()
+        probe = create_backbone(cfg.backbone, pretrained=False, features_only=True)
+        reductions = probe.feature_info.reduction()
+        matches = [i for i, r in enumerate(reductions) if r == cfg.feature_reduction]
+        if not matches:
+            raise ValueError(f"{cfg.backbone} has no feature level with stride {cfg.feature_reduction}: {reductions}")
+        self.feature_index = matches[-1]
+        del probe
+        self.backbone = create_backbone(
+            cfg.backbone, pretrained=cfg.pretrained, features_only=True, out_indices=(self.feature_index,)
+        )
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+        self.channels: int = self.backbone.feature_info.channels()[0]
+        self.channel_attn = ChannelAttention(self.channels, cfg.se_reduction) if cfg.channel_attention else None
+        self.flow = CrossScaleFlow(self.channels, cfg)
+
+    def train(self, mode: bool = True) -> CSAFlow:
+        super().train(mode)
+        self.backbone.eval()  # frozen: BN running stats must never update
+        return self
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        m = self.cfg.size_multiple
+        if x.ndim != 4 or x.shape[-2] % m or x.shape[-1] % m:
+            raise ValueError(f"expected (B, C, H, W) with H, W multiples of {m}, got {tuple(x.shape)}")
+
+    def backbone_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Frozen backbone maps of x, x/2, x/4, ... (finest first); no autograd graph."""
+        self._check_input(x)
+        feats = []
+        with torch.no_grad():
+            for s in range(self.cfg.n_scales):
+                xs = x
+                if s:
+                    size = (x.shape[-2] >> s, x.shape[-1] >> s)
+                    xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+                feats.append(self.backbone(xs)[0])
+        return feats
+
+    def attend(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Channel attention then self-attention, per scale (trainable part of the extractor)."""
+        out = []
+        for f in feats:
+            if self.channel_attn is not None:
+                f = self.channel_attn(f)
+            if self.cfg.self_attention:
+                f = self_attention(f)
+            out.append(f)
+        return out
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Attended backbone features per scale (finest first): the flow's input space."""
+        return self.attend(self.backbone_features(x))
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(z per scale, log|det J| per image (B,)) of the attended features of ``x``."""
+        return self.flow(self.features(x))
+
+    def inverse(self, zs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Attended features from latents (the flow's exact inverse)."""
+        return self.flow.inverse(zs)
+
+    @staticmethod
+    def nll_from(zs: Sequence[torch.Tensor], log_det: torch.Tensor) -> torch.Tensor:
+        """Per-image negative log-likelihood (nats, constant dropped): 0.5 ||z||^2 - log|det J|."""
+        sq = sum(z.pow(2).flatten(1).sum(1) for z in zs)
+        return 0.5 * sq - log_det
+
+    def nll(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-image NLL, (B,)."""
+        return self.nll_from(*self(x))
+
+    def loss_from(self, zs: Sequence[torch.Tensor], log_det: torch.Tensor) -> torch.Tensor:
+        """Mean over images of the per-image NLL (divided by the dims if ``normalise_loss``)."""
+        nll = self.nll_from(zs, log_det)
+        if self.cfg.normalise_loss:
+            nll = nll / sum(z[0].numel() for z in zs)
+        return nll.mean()
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Training loss of a batch of normal images (see ``loss_from``)."""
+        return self.loss_from(*self(x))
+
+    @staticmethod
+    def score_from(zs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Mean of z^2 / 2 over all scales, positions and channels, (B,)."""
+        flat = torch.cat([z.flatten(1) for z in zs], dim=1)
+        return 0.5 * flat.pow(2).mean(dim=1)
+
+    @staticmethod
+    def map_from(zs: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """Channel mean of z^2 per scale, upsampled to ``size`` and averaged over scales."""
+        maps = [
+            F.interpolate(z.pow(2).mean(dim=1, keepdim=True), size=size, mode="bilinear", align_corners=False)
+            for z in zs
+        ]
+        return torch.stack(maps).mean(dim=0)
+
+    def image_score(self, x: torch.Tensor) -> torch.Tensor:
+        """Anomaly score per image, (B,)."""
+        return self.score_from(self(x)[0])
+
+    def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-pixel anomaly map, (B, 1, H, W)."""
+        return self.map_from(self(x)[0], (x.shape[-2], x.shape[-1]))
+
+
+def make_optimizer(model: nn.Module) -> torch.optim.Adam:
+    """Adam over the trainable parameters with the CS-Flow/CSA-Flow settings."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.Adam(params, lr=ADAM_LR, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=ADAM_WEIGHT_DECAY)
+
+
+def train_step(model: CSAFlow, x: torch.Tensor, optimizer: torch.optim.Optimizer) -> float:
+    """One NLL step with gradient-norm clipping at ``GRAD_CLIP_NORM``; returns the loss."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss = model.loss(x)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], GRAD_CLIP_NORM)
+    optimizer.step()
+    return float(loss.detach())
+
+
+@register_model("csaflow", presets=PRESETS)
+def csaflow(preset: str | None = None, **overrides: object) -> CSAFlow:
+    """Registry factory: ``PRESETS[preset or "paper"]`` with ``CSAFlowConfig`` fields overridden."""
+    name = preset or "paper"
+    if name not in PRESETS:
+        raise ValueError(f"unknown CSA-Flow preset {name!r}; valid presets: {sorted(PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(CSAFlowConfig)}
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise ValueError(f"unknown CSA-Flow config fields {bad}; valid fields: {sorted(fields)}")
+    return CSAFlow(dataclasses.replace(PRESETS[name], **overrides))

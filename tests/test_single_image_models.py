@@ -1,0 +1,241 @@
+"""CSA-Flow and AnoViT: invertibility, per-image likelihood, shapes, one training step."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the network
+
+import copy  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from anodet_core.models import create_model, list_models, list_presets  # noqa: E402
+from anodet_core.models import anovit as av  # noqa: E402
+from anodet_core.models import csaflow as csa  # noqa: E402
+
+SIZE = 128  # CSA-Flow test input: stride-16 maps of 8x8, 4x4, 2x2
+
+
+def _randomise(model: torch.nn.Module, seed: int = 0) -> None:
+    """Non-zero gammas and SE output layer, so the flow/attention are not identities."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("gamma") or "channel_attn.fc2" in name:
+                p.copy_(0.5 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+@pytest.fixture(scope="module")
+def lite_model() -> csa.CSAFlow:
+    """Lite CSA-Flow (narrow subnets) with randomised gammas / SE head; float32, eval."""
+    torch.manual_seed(0)
+    m = create_model("csaflow", "lite", hidden_channels=16).eval()
+    _randomise(m)
+    return m
+
+
+@pytest.fixture(scope="module")
+def model64(lite_model) -> csa.CSAFlow:
+    """float64 copy: attention + flow run in double (the frozen backbone stays float32 --
+    depthwise convs in double are very slow on CPU and are not what these tests check)."""
+    return copy.deepcopy(lite_model).double()
+
+
+@pytest.fixture(scope="module")
+def raw4(lite_model) -> list[torch.Tensor]:
+    """Backbone features of 4 random images, cast to double."""
+    torch.manual_seed(1)
+    return [f.double() for f in lite_model.backbone_features(torch.randn(4, 3, SIZE, SIZE))]
+
+
+def test_registered():
+    assert {"csaflow", "anovit"} <= set(list_models())
+    assert list_presets("csaflow") == ["paper", "lite"]
+    assert list_presets("anovit") == ["paper", "lite"]
+    with pytest.raises(ValueError, match="unknown CSA-Flow config"):
+        create_model("csaflow", "lite", hidden=3)
+
+
+def test_csaflow_invertible(model64, raw4):
+    with torch.no_grad():
+        feats = model64.attend(raw4)
+        zs, log_det = model64.flow(feats)
+        back = model64.inverse(zs)
+    assert log_det.abs().min() > 1.0  # randomised gammas: not the identity
+    assert max((z - f).abs().max().item() for z, f in zip(zs, feats)) > 1e-2
+    for f, b in zip(feats, back):
+        torch.testing.assert_close(b, f, atol=1e-4, rtol=0)
+
+
+def test_csaflow_invertible_end_to_end_float32(lite_model):
+    # API wiring in float32.  Gammas scaled down: a random flow with O(1) gammas is too
+    # ill-conditioned (scales up to e^3 per coupling) for a float32 round trip.
+    m = copy.deepcopy(lite_model)
+    with torch.no_grad():
+        for b in m.flow.blocks:
+            b.s1.gamma.mul_(0.05)
+            b.s2.gamma.mul_(0.05)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        feats = m.features(x)
+        zs, log_det = m(x)
+        back = m.inverse(zs)
+    assert log_det.abs().min() > 1e-3
+    for f, b in zip(feats, back):
+        torch.testing.assert_close(b, f, atol=1e-3, rtol=1e-4)
+
+
+def test_flow_log_det_matches_autograd_jacobian():
+    cfg = csa.CSAFlowConfig(pretrained=False, hidden_channels=8)
+    flow = csa.CrossScaleFlow(4, cfg).double()
+    _randomise(flow, seed=1)
+    shapes = [(4, 4, 4), (4, 2, 2), (4, 1, 1)]
+    sizes = [c * h * w for c, h, w in shapes]
+    v = torch.randn(sum(sizes), dtype=torch.float64)
+
+    def f(vec: torch.Tensor) -> torch.Tensor:
+        xs = [p.reshape(1, *s) for p, s in zip(vec.split(sizes), shapes)]
+        return torch.cat([z.flatten() for z in flow(xs)[0]])
+
+    jac = torch.autograd.functional.jacobian(f, v)
+    xs = [p.reshape(1, *s) for p, s in zip(v.split(sizes), shapes)]
+    with torch.no_grad():
+        _, log_det = flow(xs)
+    assert abs(log_det.item()) > 1e-2
+    torch.testing.assert_close(log_det[0], torch.linalg.slogdet(jac).logabsdet, atol=1e-8, rtol=1e-8)
+
+
+def test_csaflow_per_image_log_det_and_loss(model64, raw4):
+    def run(feats):
+        return model64.flow(model64.attend(feats))
+
+    with torch.no_grad():
+        zs, ld_batch = run(raw4)
+        loss_batch = model64.loss_from(zs, ld_batch)
+        nll_batch = model64.nll_from(zs, ld_batch)
+        singles = [run([f[i : i + 1] for f in raw4]) for i in range(4)]
+    assert ld_batch.shape == (4,) and nll_batch.shape == (4,)
+    for i, (_, ld) in enumerate(singles):
+        torch.testing.assert_close(ld[0], ld_batch[i], atol=1e-4, rtol=0)
+    single_losses = torch.stack([model64.loss_from(z, ld) for z, ld in singles])
+    torch.testing.assert_close(loss_batch, single_losses.mean(), atol=1e-6, rtol=1e-9)
+    dims = sum(z[0].numel() for z in zs)
+    torch.testing.assert_close(loss_batch, nll_batch.mean() / dims)  # normalise_loss=True
+    # The real forward/loss entry points agree with the feature-level ones.
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        m32 = copy.deepcopy(model64).float()
+        torch.testing.assert_close(m32.loss(x), m32.loss_from(*m32.flow(m32.features(x))))
+
+
+def test_csaflow_shapes_lite():
+    m = create_model("csaflow", "lite").eval()
+    assert m.channels == m.backbone.feature_info.channels()[0] == 112
+    x = torch.randn(2, 3, SIZE, 192)
+    with torch.no_grad():
+        zs, log_det = m(x)
+        amap = m.anomaly_map(x)
+        score = m.image_score(x)
+    assert [tuple(z.shape) for z in zs] == [(2, 112, 8, 12), (2, 112, 4, 6), (2, 112, 2, 3)]
+    assert log_det.shape == (2,)
+    assert amap.shape == (2, 1, SIZE, 192)
+    assert score.shape == (2,)
+    torch.testing.assert_close(score, csa.CSAFlow.score_from(zs))
+    with pytest.raises(ValueError, match="multiples of 64"):
+        m(torch.randn(1, 3, 100, 128))
+
+
+def test_csaflow_paper_builds():
+    m = create_model("csaflow", "paper").eval()
+    assert m.flow.blocks[0].s1.conv_in[0].out_channels == 1024
+    assert [b.s1.conv_in[0].kernel_size[0] for b in m.flow.blocks] == [3, 3, 3, 5]
+    with torch.no_grad():
+        zs, log_det = m(torch.randn(1, 3, 64, 64))
+    assert [tuple(z.shape) for z in zs] == [(1, 112, 4, 4), (1, 112, 2, 2), (1, 112, 1, 1)]
+    assert torch.all(log_det == 0)  # zero gammas: every block starts as the identity
+
+
+def test_csaflow_train_step_reaches_flow_not_backbone():
+    torch.manual_seed(0)
+    m = create_model("csaflow", "lite", hidden_channels=16)
+    bb_before = {k: v.clone() for k, v in m.backbone.state_dict().items()}
+    opt = csa.make_optimizer(m)
+    assert opt.defaults["lr"] == csa.ADAM_LR and opt.defaults["betas"] == csa.ADAM_BETAS
+    x = torch.randn(2, 3, SIZE, SIZE)
+
+    loss = csa.train_step(m, x, opt)  # zero-init gammas: only gammas / SE head see gradient
+    assert torch.isfinite(torch.tensor(loss))
+    assert not m.backbone.training and m.training
+    for name, p in m.named_parameters():
+        if name.startswith("backbone."):
+            assert not p.requires_grad and p.grad is None, name
+        else:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert all(b.s1.gamma.grad.abs().sum() > 0 for b in m.flow.blocks)
+    for k, v in m.backbone.state_dict().items():
+        assert torch.equal(v, bb_before[k]), k  # weights and BN running stats untouched
+
+    _randomise(m)
+    loss = csa.train_step(m, x, opt)
+    assert torch.isfinite(torch.tensor(loss))
+    for name, p in m.named_parameters():
+        if not name.startswith("backbone.") and name.endswith("weight"):
+            assert p.grad.abs().sum() > 0, name
+
+
+def test_anovit_lite_shapes_and_step():
+    torch.manual_seed(0)
+    m = create_model("anovit", "lite")
+    assert m.embed_dim == 192 and len(m.encoder.blocks) == 4
+    convs = [l for l in m.decoder if isinstance(l, torch.nn.ConvTranspose2d)]
+    assert [(c.in_channels, c.out_channels, c.stride[0], c.padding[0]) for c in convs] == [
+        (192, 256, 1, 0), (256, 128, 1, 0), (128, 64, 1, 0), (64, 32, 2, 1), (32, 16, 2, 1), (16, 3, 2, 1)
+    ]
+    assert sum(isinstance(l, torch.nn.InstanceNorm2d) for l in m.decoder) == 5
+    assert not isinstance(m.decoder[-1], (torch.nn.ReLU, torch.nn.InstanceNorm2d))
+    x = torch.randn(2, 3, 128, 160)
+    assert m.encode(x).shape == (2, 192, 8, 10)  # CLS dropped, patch grid kept
+    assert m(x).shape == (2, 3, 128, 160)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    loss = m.loss(x)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+    m.eval()
+    with torch.no_grad():
+        amap, score = m.anomaly_map(x), m.image_score(x)
+    assert amap.shape == (2, 1, 128, 160) and score.shape == (2,)
+    torch.testing.assert_close(score, amap.amax(dim=(1, 2, 3)))
+
+
+def test_anovit_local_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    src = create_model("anovit", "lite")
+    sd = {k: v.clone() for k, v in src.encoder.state_dict().items()}
+    path = tmp_path / "vit.safetensors"
+    save_file(sd, str(path))
+    m = create_model("anovit", "lite", pretrained=str(path))
+    for k, v in m.encoder.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+
+
+def test_anovit_paper_builds():
+    m = create_model("anovit", "paper").eval()
+    n_enc = sum(p.numel() for p in m.encoder.parameters())
+    assert 85e6 < n_enc < 87e6 and m.embed_dim == 768 and m.decoder[0].in_channels == 768
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert m.encode(x).shape == (1, 768, 14, 14)
+        assert m.anomaly_map(x).shape == (1, 1, 224, 224)
+
+
+def test_gaussian_blur_matches_scipy():
+    from scipy.ndimage import gaussian_filter
+
+    x = torch.rand(1, 1, 40, 37, dtype=torch.float64)
+    ref = gaussian_filter(x[0, 0].numpy(), sigma=4.0, mode="nearest", truncate=4.0)
+    torch.testing.assert_close(av.gaussian_blur(x, 4.0)[0, 0], torch.from_numpy(ref))
+    assert av.gaussian_blur(x, 0.0) is x
