@@ -6,7 +6,8 @@ Arrays of the group:
                  (their size is in `heights`/`widths`).
     capture_ids  (n,) strings, row i of `maps` belongs to capture_ids[i]
     heights, widths (n,) int32 native capture size
-    written      (n,) uint8, 1 once the row holds a map (0: not scored: no history or error)
+    written      (n,) uint8, 1 once the row holds a map (0: not scored: no history or error); one chunk per
+                 element, so workers never rewrite each other's flags
 Attributes: depot, night, model_name, model_version, threshold, dtype, scale (255 for uint8), run_id.
 
 Rows are written by different Dask workers at the same time; each row is its own chunk, so writes never
@@ -58,7 +59,7 @@ def create_night_maps(
         g.create_array("capture_ids", shape=(0,), chunks=(1,), dtype=str)
     for name, values in (("widths", [s[0] for s in sizes]), ("heights", [s[1] for s in sizes])):
         g.create_array(name, shape=(n,), chunks=(max(n, 1),), dtype="int32")[:] = np.asarray(values, np.int32)
-    g.create_array("written", shape=(n,), chunks=(max(n, 1),), dtype="uint8", fill_value=0)
+    g.create_array("written", shape=(n,), chunks=(1,), dtype="uint8", fill_value=0)
     g.attrs.update({"depot": depot, "night": night, "dtype": dtype, "scale": 255 if dtype == "uint8" else 1, **(attrs or {})})
     return store.url(rel)
 
@@ -77,20 +78,84 @@ def dequantize(stored: np.ndarray) -> np.ndarray:
     return stored.astype(np.float32)
 
 
+class MapWriter:
+    """Writes whole rows of a night's ``maps`` array as single zstd chunks straight to the store.
+
+    Going through zarr costs ~13 ms per 1920x1200 row here (its async machinery), compressing it 0.7 ms. A row is
+    exactly one chunk, so the writer encodes it with the array's own codecs (bytes, then zstd at the array's
+    level) and puts it under the array's chunk key (default encoding, "/" separator) — byte-for-byte what zarr
+    writes, and read back by zarr (tests check it). Arrays with any other layout fall back to zarr.
+    """
+
+    def __init__(self, store: Store, depot: str, night: str):
+        import numcodecs
+
+        self.group = open_night_maps(store, depot, night, writable=True)
+        arr = self.group["maps"]
+        meta = arr.metadata.to_dict()
+        codecs = meta.get("codecs", [])
+        names = [c.get("name") for c in codecs]
+        key_enc = meta.get("chunk_key_encoding", {})
+        self.fast = (
+            names == ["bytes", "zstd"]
+            and not codecs[1].get("configuration", {}).get("checksum", False)
+            and key_enc.get("name") == "default"
+            and key_enc.get("configuration", {}).get("separator", "/") == "/"
+            and tuple(arr.chunks) == (1, *arr.shape[1:])
+            and arr.dtype == np.uint8  # no byte order to take care of
+        )
+        if self.fast:
+            self._zstd = numcodecs.Zstd(level=int(codecs[1].get("configuration", {}).get("level", 3)))
+            self._fs = store.fs
+            self._local = store.is_local  # local folders need the chunk's parent folders; object stores do not
+            self._base = store.path(store.maps_rel(depot, night))
+        self.shape = arr.shape
+        self.dtype = arr.dtype
+        flags = self.group["written"]
+        fmeta = flags.metadata.to_dict()
+        self._flags = flags
+        self._fast_flags = self.fast and [c.get("name") for c in fmeta.get("codecs", [])] == ["bytes", "zstd"] and tuple(flags.chunks) == (1,)
+
+    def write(self, index: int, stored: np.ndarray) -> None:
+        if not self.fast:
+            write_map(self.group, index, stored)
+            return
+        if not 0 <= index < self.shape[0]:
+            raise IndexError(f"map row {index} outside 0..{self.shape[0] - 1}")
+        row = _pad_row(stored, self.shape[1:], self.dtype)
+        folder = f"{self._base}/maps/c/{index}/0"
+        if self._local:
+            self._fs.makedirs(folder, exist_ok=True)
+        self._fs.pipe_file(f"{folder}/0", bytes(self._zstd.encode(np.ascontiguousarray(row))))
+        self._flag(index)
+
+    def _flag(self, index: int) -> None:
+        """Set ``written[index]``: its own one-element chunk, written the same direct way when the layout allows."""
+        if not self._fast_flags:
+            self._flags[index] = 1
+            return
+        if self._local:
+            self._fs.makedirs(f"{self._base}/written/c", exist_ok=True)
+        self._fs.pipe_file(f"{self._base}/written/c/{index}", bytes(self._zstd.encode(np.ones(1, np.uint8))))
+
+
+def _pad_row(stored: np.ndarray, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    h, w = stored.shape
+    if stored.dtype != dtype:
+        raise ValueError(f"map dtype {stored.dtype} does not match the night's {dtype}")
+    if h > shape[0] or w > shape[1]:
+        raise ValueError(f"map {w}x{h} larger than the night's array {shape[1]}x{shape[0]}")
+    if stored.shape == tuple(shape):
+        return stored
+    row = np.zeros(shape, dtype=dtype)
+    row[:h, :w] = stored
+    return row
+
+
 def write_map(g: zarr.Group, index: int, stored: np.ndarray) -> None:
     """Write one capture's map (H x W, already :func:`quantize`-d, native size) into row ``index`` of an open group."""
     arr = g["maps"]
-    h, w = stored.shape
-    if stored.dtype != arr.dtype:
-        raise ValueError(f"map dtype {stored.dtype} does not match the night's {arr.dtype}")
-    if h > arr.shape[1] or w > arr.shape[2]:
-        raise ValueError(f"map {w}x{h} larger than the night's array {arr.shape[2]}x{arr.shape[1]}")
-    if stored.shape == arr.shape[1:]:
-        row = stored
-    else:
-        row = np.zeros(arr.shape[1:], dtype=arr.dtype)
-        row[:h, :w] = stored
-    arr[index] = row
+    arr[index] = _pad_row(stored, arr.shape[1:], arr.dtype)
     g["written"][index] = 1
 
 

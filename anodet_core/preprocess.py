@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from PIL import Image
+
 from .imaging import decode, resize
-from .registration import Registration, register, warp_to_cur
+from .registration import Registration, register
 
 MODEL_SIZE = 256  # AnoDFDNet input side
 
@@ -26,6 +28,33 @@ class PreparedPair:
     native_size: tuple[int, int]  # cur (width, height)
     t_decode_ms: float
     t_register_ms: float
+
+
+def _t(dx: float, dy: float) -> np.ndarray:
+    return np.array([[1.0, 0.0, dx], [0.0, 1.0, dy], [0.0, 0.0, 1.0]])
+
+
+def warp_pil(his: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``his`` resampled into cur's grid (bilinear) and the mask of pixels it covers.
+
+    Same result as :func:`anodet_core.registration.warp_to_cur` (``matrix`` maps cur pixel centres to his),
+    with Pillow's C transform: ~5x faster on the hot path. Pillow puts pixel centres at +0.5, hence the shifts.
+    """
+    p = _t(0.5, 0.5) @ np.asarray(matrix, np.float64) @ _t(-0.5, -0.5)
+    p = p / p[2, 2]
+    size = (int(out_hw[1]), int(out_hw[0]))
+    if np.allclose(p[2, :2], 0.0):
+        kind, coeffs = Image.Transform.AFFINE, tuple(p[:2].ravel())
+    else:
+        kind, coeffs = Image.Transform.PERSPECTIVE, tuple(p.ravel()[:8])
+    warped = np.asarray(Image.fromarray(his).transform(size, kind, coeffs, resample=Image.Resampling.BILINEAR))
+    corners = p @ np.array([[0, size[0], 0, size[0]], [0, 0, size[1], size[1]], [1, 1, 1, 1]], np.float64)
+    cx, cy = corners[0] / corners[2], corners[1] / corners[2]
+    if corners[2].min() > 0 and cx.min() >= 0 and cy.min() >= 0 and cx.max() <= his.shape[1] and cy.max() <= his.shape[0]:
+        return warped, np.ones(out_hw, bool)  # the whole frame maps inside his (the usual case): no mask to draw
+    ones = Image.new("L", (his.shape[1], his.shape[0]), 255)
+    valid = np.asarray(ones.transform(size, kind, coeffs, resample=Image.Resampling.NEAREST)) > 0
+    return warped, valid
 
 
 def prepare_pair(
@@ -53,7 +82,7 @@ def prepare_pair(
         warped, valid = his, np.ones(cur.shape[:2], bool)
     else:
         reg = register(cur, his, model=transform, method=registration)
-        warped, valid = warp_to_cur(his, reg, cur.shape[:2])
+        warped, valid = warp_pil(his, reg.matrix, cur.shape[:2])
     if not valid.all():
         warped = np.where(valid[..., None], warped, cur)
     t2 = time.perf_counter()

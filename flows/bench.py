@@ -1,7 +1,7 @@
 """``anodet bench``: model-only and end-to-end throughput, measured side by side in one run.
 
 (a) paper-preset AnoDFDNet, eager fp32 NCHW (the reference way) and (b) the production fast path, same
-process, alternating; (c) the nightly flow from store to Zarr + Parquet on a generated night of 1920x1200
+process (a Dask worker set up as for the nightly run), alternating; (c) the nightly flow from store to Zarr + Parquet on a generated night of 1920x1200
 JPEGs with the paper preset, after a warm-up run of the same night (Prefect server, Dask worker and model load
 are not counted); (d) stage breakdown from the report's timing columns and peak resident memory; (e) F1 of
 the store's production model with the fast path minus fp32, on the bench night's labels.
@@ -44,6 +44,17 @@ def _vmhwm_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _model_speed(settings: Settings, batch_size: int, repeats: int) -> Any:
+    """Runs in a Dask worker: the paper preset, fp32 eager against the fast path, same inputs, alternating."""
+    from anodet_core.pipeline import worker_threads
+
+    torch.set_num_threads(worker_threads(settings))
+    torch.manual_seed(0)
+    paper = create_model("anodfdnet", preset="paper").eval()
+    device = resolve_device(settings.device)
+    return compare_model_paths(paper, copy.deepcopy(paper), device=device, batch_size=batch_size, repeats=repeats)
+
+
 def _f1_delta(store: Store, depot: str, night: str, model_ref: str, device: str) -> tuple[float | None, str]:
     try:
         model, card = model_store.load(store, model_ref, device)
@@ -62,16 +73,15 @@ def _f1_delta(store: Store, depot: str, night: str, model_ref: str, device: str)
 
 
 def run_bench(
-    settings: Settings, *, captures: int = 64, batch_size: int = 16, repeats: int = 5, log: Callable[[str], Any] = print
+    settings: Settings, *, captures: int = 128, batch_size: int = 8, repeats: int = 5, log: Callable[[str], Any] = print
 ) -> dict[str, Any]:
-    from distributed import LocalCluster
+    from distributed import Client, LocalCluster
 
     from flows.cli import run_night
     from flows.runners import local_cluster_kwargs
 
     store = Store(settings.store, settings.storage_options or None)
     device = resolve_device(settings.device)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     regions = max(1, captures // 4)
     spec = DemoSpec(depot="bench", nights=1, trains=2, cars=2, regions=regions, seed=11)
     if not store.nights(spec.depot):
@@ -80,30 +90,31 @@ def run_bench(
     night = store.nights(spec.depot)[0]
     n_pairs = len(store.read_manifest(spec.depot, night))
 
-    # (a), (b): model only
     torch.manual_seed(0)
     paper = create_model("anodfdnet", preset="paper").eval()
-    speed = compare_model_paths(paper, copy.deepcopy(paper), device=device, batch_size=batch_size, repeats=repeats)
-    log(f"model only, paper preset, batch {batch_size}: fp32 eager {speed.fp32_pairs_s:.2f} pairs/s, fast path "
-          f"{speed.fast_pairs_s:.2f} pairs/s (bf16={speed.bf16}, channels_last={speed.channels_last}): x{speed.speedup:.2f}")
-
-    # (c), (d): the nightly flow with the same model
     if model_store.get_alias(store, BENCH_MODEL) is None:
         card = model_store.save_version(store, paper, ModelCard(name=BENCH_MODEL, arch="anodfdnet", preset="paper",
                                                                 threshold=BENCH_THRESHOLD))
         model_store.set_alias(store, BENCH_MODEL, card.version)
     del paper
     run_settings = settings.with_(model=BENCH_MODEL, batch_size=batch_size)
-    with LocalCluster(**local_cluster_kwargs(run_settings)) as cluster:
+    cluster = LocalCluster(**local_cluster_kwargs(run_settings))
+    client = Client(cluster)
+    try:
+        # (a), (b): model only, inside a worker process configured exactly as the nightly run's
+        speed = client.submit(_model_speed, run_settings, batch_size, repeats, pure=False).result()
         run_settings = run_settings.with_(dask_address=cluster.scheduler_address)
         run_night(run_settings, spec.depot, night)  # warm-up: server, worker, model load
         t0 = time.perf_counter()
         summary = run_night(run_settings, spec.depot, night)
         e2e_s = time.perf_counter() - t0
-        from distributed import Client
+        worker_peaks = client.run(_vmhwm_mb)
+    finally:
+        client.close()
+        cluster.close()
+    log(f"model only, paper preset, batch {batch_size}: fp32 eager {speed.fp32_pairs_s:.2f} pairs/s, fast path "
+          f"{speed.fast_pairs_s:.2f} pairs/s (bf16={speed.bf16}, channels_last={speed.channels_last}): x{speed.speedup:.2f}")
 
-        with Client(cluster) as client:
-            worker_peaks = client.run(_vmhwm_mb)
     e2e = n_pairs / e2e_s
     caps = store.read_report("captures")
     caps = caps[(caps.depot == spec.depot) & (caps.night == night)]
