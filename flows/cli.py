@@ -203,6 +203,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from anodet_core.compare import compare, depot_split, folder_split, to_markdown
+    from anodet_core.training import TrainConfig
+
+    settings = _settings(args)
+    if args.data:
+        train, test, note, read = folder_split(args.data, seed=args.seed)
+    else:
+        train, test, note, read = depot_split(_store(settings), args.depot)
+    device = _device(settings)
+    cfg = TrainConfig(epochs=args.epochs, max_seconds=args.max_minutes_per_method * 60, lr=args.lr, seed=args.seed,
+                      device=device, bf16=_bf16("auto", device))
+    overrides = json.loads(args.overrides) if args.overrides else {}
+    print(note)
+    run = compare(train, test, read, note=note, preset=args.preset, layers=args.layers, overrides=overrides, cfg=cfg,
+                  out_dir=args.out, registration=settings.registration, progress=True)
+    print(f"same trainer for every method: {args.epochs} epochs (at most {args.max_minutes_per_method} min), lr {args.lr}, "
+          f"seed {args.seed}, 8:2 train/validation split, best validation F1 kept; test: pixels at > 0.5 summed over "
+          f"all {len(test)} test pairs at 256x256")
+    print()
+    print(to_markdown(run.results, run.title))
+    for kind, path in run.paths.items():
+        print(f"wrote {kind}: {path}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from flows.bench import run_bench
 
@@ -211,6 +237,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     out = run_bench(settings, captures=args.captures, batch_size=args.batch_size or 8, repeats=args.repeats, log=log)
     print(json.dumps(out) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.deployments import build_deployments, schedules_from_env
+
+    schedules = schedules_from_env(_settings(args))
+    for s in schedules:
+        print(f"depot {s.depot}: nightly '{s.nightly_cron}', retrain '{s.retrain_cron}' ({s.timezone})")
+    if args.dry_run:
+        return 0
+    from prefect import serve
+
+    serve(*build_deployments(schedules))  # runs until interrupted; each run uses ANODET_DASK_ADDRESS or a LocalCluster
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from flows.retrain import retrain
+
+    settings = _settings(args)
+    overrides = json.loads(args.overrides) if args.overrides else None
+    out = retrain(depot=args.depot, store=settings.store, model=args.name, preset=args.preset, overrides=overrides,
+                  holdout_nights=args.holdout_nights, epochs=args.epochs, max_minutes=args.max_minutes, lr=args.lr,
+                  seed=args.seed, margin=args.margin)
+    print(f"{out['name']}:{out['candidate_version']} {'promoted' if out['promoted'] else 'not promoted'}: {out['reason']}")
     return 0
 
 
@@ -313,6 +365,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", help="auto | cpu | cuda")
     e.set_defaults(func=cmd_evaluate)
 
+    c = sub.add_parser("compare", help="train every method with the same protocol and tabulate test metrics (paper Table I / III)")
+    src = c.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="paired folder dataset: DIR/train + DIR/test, else a seeded 80/20 split of DIR")
+    src.add_argument("--depot", help="labelled nights of this depot; the last night is the test split")
+    c.add_argument("--preset", default="lite", help="architecture preset of every method: paper | lite")
+    c.add_argument("--layers", nargs="+", type=int, help="Table III: AnoDFDNet Transformer depths, e.g. 0 1 2 4 8")
+    c.add_argument("--overrides", help='JSON config overrides for every method, flat or per arch: \'{"unet_cat": {...}}\'')
+    c.add_argument("--epochs", type=int, default=40)
+    c.add_argument("--max-minutes-per-method", type=float, default=30.0)
+    c.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (paper: 2e-4)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out", default="anodet-compare", help="folder for the .md, .csv and ROC .png")
+    c.add_argument("--device", help="auto | cpu | cuda")
+    c.set_defaults(func=cmd_compare)
+
     b = sub.add_parser("bench", help="model-only (fp32 vs fast path) and end-to-end throughput, stage breakdown, memory")
     b.add_argument("--json", action="store_true", help="end with one JSON object of the key figures")
     b.add_argument("--captures", type=int, default=128, help="size of the generated 1920x1200 bench night")
@@ -321,6 +388,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", help="model whose fp32-vs-fast F1 difference is measured (default: production anodfdnet)")
     b.add_argument("--device", help="auto | cpu | cuda")
     b.set_defaults(func=cmd_bench)
+
+    sv = sub.add_parser("serve", help="serve the nightly and retraining deployments on their schedules (Prefect)")
+    sv.add_argument("--dry-run", action="store_true", help="print the schedules and exit")
+    sv.set_defaults(func=cmd_serve)
+
+    rt = sub.add_parser("retrain", help="train a candidate and promote it only if it beats production on held-out nights")
+    rt.add_argument("--depot", required=True)
+    rt.add_argument("--name", default="anodfdnet")
+    rt.add_argument("--preset", default="lite")
+    rt.add_argument("--overrides", help="JSON of config overrides")
+    rt.add_argument("--holdout-nights", type=int, default=1)
+    rt.add_argument("--epochs", type=int, default=40)
+    rt.add_argument("--max-minutes", type=float, default=30.0)
+    rt.add_argument("--lr", type=float, default=2e-4)
+    rt.add_argument("--seed", type=int, default=0)
+    rt.add_argument("--margin", type=float, default=0.01, help="required F1 gain over production")
+    rt.set_defaults(func=cmd_retrain)
 
     q = sub.add_parser("query", help="SQL (DuckDB) over the reports: tables `captures` and `findings`")
     q.add_argument("sql")

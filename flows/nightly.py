@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import re
 import time
 
@@ -17,10 +19,21 @@ from tasks.inspection import plan_night_task, score_batch_task, write_reports_ta
 from .runners import build_task_runner
 
 
+def last_night(now: dt.datetime | None = None) -> str:
+    """The night a run at ``now`` (default: now, in ANODET_TIMEZONE or local time) should process."""
+    from zoneinfo import ZoneInfo
+
+    from flows.deployments import local_timezone
+
+    tz = ZoneInfo(os.environ.get("ANODET_TIMEZONE") or local_timezone())
+    now = (now or dt.datetime.now(tz)).astimezone(tz)
+    return (now - dt.timedelta(hours=12)).date().isoformat()
+
+
 @flow(name="nightly-inspection", task_runner=build_task_runner(Settings.from_env()), log_prints=False)
 def nightly_inspection(
     depot: str,
-    night: str,
+    night: str | None = None,
     store: str | None = None,
     model: str | None = None,
     batch_size: int | None = None,
@@ -33,6 +46,7 @@ def nightly_inspection(
     which loads the model once and runs the model on sub-batches of ``batch_size`` pairs. Re-running a night replaces its maps and report partitions.
     """
     settings = Settings.from_env(store=store, model=model, batch_size=batch_size, threshold=threshold, task_pairs=task_pairs)
+    night = night or last_night()
     st = Store(settings.store, settings.storage_options or None)
     logger = get_run_logger()
     run_id = str(flow_run.get_id() or "")
