@@ -41,6 +41,21 @@ def register_model(name: str, *, presets: Iterable[str] | None = None) -> Callab
     return decorator
 
 
+def preset_config(label: str, presets: dict, preset: str | None, overrides: dict) -> object:
+    """``presets[preset or "paper"]`` with dataclass fields overridden; unknown presets or fields are errors."""
+    import dataclasses
+
+    name = preset or "paper"
+    if name not in presets:
+        raise ValueError(f"unknown {label} preset {name!r}; valid presets: {sorted(presets)}")
+    base = presets[name]
+    fields = {f.name for f in dataclasses.fields(base)}
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise ValueError(f"unknown {label} config fields {bad}; valid fields: {sorted(fields)}")
+    return dataclasses.replace(base, **overrides)
+
+
 def list_models() -> list[str]:
     """Sorted names of all registered models."""
     return sorted(_REGISTRY)

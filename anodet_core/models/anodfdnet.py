@@ -29,14 +29,13 @@ include the ~0.54e9 FLOPs of the attention matmuls.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import register_model
+from . import register_model, preset_config
 
 __all__ = [
     "INPUT_SIZE",
@@ -310,11 +309,4 @@ def _init_weights(m: nn.Module) -> None:
 @register_model("anodfdnet", presets=PRESETS)
 def anodfdnet(preset: str | None = None, **overrides: object) -> AnoDFDNet:
     """Registry factory: ``PRESETS[preset or "paper"]`` with ``AnoDFDNetConfig`` fields overridden."""
-    name = preset or "paper"
-    if name not in PRESETS:
-        raise ValueError(f"unknown AnoDFDNet preset {name!r}; valid presets: {sorted(PRESETS)}")
-    fields = {f.name for f in dataclasses.fields(AnoDFDNetConfig)}
-    bad = sorted(set(overrides) - fields)
-    if bad:
-        raise ValueError(f"unknown AnoDFDNet config fields {bad}; valid fields: {sorted(fields)}")
-    return AnoDFDNet(dataclasses.replace(PRESETS[name], **overrides))
+    return AnoDFDNet(preset_config("AnoDFDNet", PRESETS, preset, overrides))  # type: ignore[arg-type]

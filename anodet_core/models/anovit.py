@@ -22,14 +22,13 @@ reconstruction noise does not dominate; ``image_score`` = max of that map.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import register_model
+from . import register_model, preset_config
 from .backbones import create_backbone
 
 __all__ = [
@@ -163,11 +162,4 @@ class AnoViT(nn.Module):
 @register_model("anovit", presets=PRESETS)
 def anovit(preset: str | None = None, **overrides: object) -> AnoViT:
     """Registry factory: ``PRESETS[preset or "paper"]`` with ``AnoViTConfig`` fields overridden."""
-    name = preset or "paper"
-    if name not in PRESETS:
-        raise ValueError(f"unknown AnoViT preset {name!r}; valid presets: {sorted(PRESETS)}")
-    fields = {f.name for f in dataclasses.fields(AnoViTConfig)}
-    bad = sorted(set(overrides) - fields)
-    if bad:
-        raise ValueError(f"unknown AnoViT config fields {bad}; valid fields: {sorted(fields)}")
-    return AnoViT(dataclasses.replace(PRESETS[name], **overrides))
+    return AnoViT(preset_config("AnoViT", PRESETS, preset, overrides))  # type: ignore[arg-type]

@@ -46,7 +46,6 @@ size and averaged over scales.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,7 +54,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import register_model
+from . import register_model, preset_config
 from .backbones import IMAGENET_MEAN, IMAGENET_STD, create_backbone
 
 __all__ = [
@@ -420,11 +419,4 @@ def train_step(model: CSAFlow, x: torch.Tensor, optimizer: torch.optim.Optimizer
 @register_model("csaflow", presets=PRESETS)
 def csaflow(preset: str | None = None, **overrides: object) -> CSAFlow:
     """Registry factory: ``PRESETS[preset or "paper"]`` with ``CSAFlowConfig`` fields overridden."""
-    name = preset or "paper"
-    if name not in PRESETS:
-        raise ValueError(f"unknown CSA-Flow preset {name!r}; valid presets: {sorted(PRESETS)}")
-    fields = {f.name for f in dataclasses.fields(CSAFlowConfig)}
-    bad = sorted(set(overrides) - fields)
-    if bad:
-        raise ValueError(f"unknown CSA-Flow config fields {bad}; valid fields: {sorted(fields)}")
-    return CSAFlow(dataclasses.replace(PRESETS[name], **overrides))
+    return CSAFlow(preset_config("CSA-Flow", PRESETS, preset, overrides))  # type: ignore[arg-type]

@@ -34,14 +34,13 @@ Parameter counts (in_chans=3, out_chans=1):
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import register_model
+from . import register_model, preset_config
 
 __all__ = ["INPUT_SIZE", "MEAN", "STD", "FCSiamDiffConfig", "PRESETS", "FCSiamDiff", "fc_siam_diff"]
 
@@ -177,11 +176,4 @@ class FCSiamDiff(nn.Module):
 @register_model("fc_siam_diff", presets=PRESETS)
 def fc_siam_diff(preset: str | None = None, **overrides: object) -> FCSiamDiff:
     """Registry factory: ``PRESETS[preset or "paper"]`` with ``FCSiamDiffConfig`` fields overridden."""
-    name = preset or "paper"
-    if name not in PRESETS:
-        raise ValueError(f"unknown FC-Siam-diff preset {name!r}; valid presets: {sorted(PRESETS)}")
-    fields = {f.name for f in dataclasses.fields(FCSiamDiffConfig)}
-    bad = sorted(set(overrides) - fields)
-    if bad:
-        raise ValueError(f"unknown FC-Siam-diff config fields {bad}; valid fields: {sorted(fields)}")
-    return FCSiamDiff(dataclasses.replace(PRESETS[name], **overrides))
+    return FCSiamDiff(preset_config("FC-Siam-diff", PRESETS, preset, overrides))  # type: ignore[arg-type]

@@ -22,13 +22,12 @@ Parameter counts (in_chans=3 per image, i.e. 6 input channels, out_chans=1):
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from . import register_model
+from . import register_model, preset_config
 
 __all__ = ["INPUT_SIZE", "MEAN", "STD", "UNetCatConfig", "PRESETS", "UNetCat", "unet_cat"]
 
@@ -139,11 +138,4 @@ def _check_pair(cur: torch.Tensor, his: torch.Tensor) -> None:
 @register_model("unet_cat", presets=PRESETS)
 def unet_cat(preset: str | None = None, **overrides: object) -> UNetCat:
     """Registry factory: ``PRESETS[preset or "paper"]`` with ``UNetCatConfig`` fields overridden."""
-    name = preset or "paper"
-    if name not in PRESETS:
-        raise ValueError(f"unknown Unet-cat preset {name!r}; valid presets: {sorted(PRESETS)}")
-    fields = {f.name for f in dataclasses.fields(UNetCatConfig)}
-    bad = sorted(set(overrides) - fields)
-    if bad:
-        raise ValueError(f"unknown Unet-cat config fields {bad}; valid fields: {sorted(fields)}")
-    return UNetCat(dataclasses.replace(PRESETS[name], **overrides))
+    return UNetCat(preset_config("Unet-cat", PRESETS, preset, overrides))  # type: ignore[arg-type]
