@@ -56,6 +56,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from anodet_core import model_store
     from anodet_core.training import TrainConfig, train_candidate
 
+    if getattr(args, "normal_dir", None) or getattr(args, "model", None):
+        return _train_single_image(args)
     settings = _settings(args)
     store = _store(settings)
     nights = args.nights or store.nights(args.depot)
@@ -66,10 +68,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     train = [n for n in nights if n not in test]
     device = _device(settings)
     cfg = TrainConfig(epochs=args.epochs, max_seconds=args.max_minutes * 60, seed=args.seed, device=device,
-                      bf16=_bf16(args.bf16, device), lr=args.lr, loss=args.loss, synthetic=args.synthetic)
+                      bf16=_bf16(args.bf16, device), lr=PAIRED_LR if args.lr is None else args.lr, loss=args.loss,
+                      synthetic=args.synthetic)
     overrides = json.loads(args.overrides) if args.overrides else {}
     print(f"training {args.arch} preset={args.preset} on {args.depot} nights {train}, testing on {test}")
-    cand = train_candidate(store, args.depot, train, test, name=args.name, arch=args.arch, preset=args.preset,
+    cand = train_candidate(store, args.depot, train, test, name=args.name or "anodfdnet", arch=args.arch, preset=args.preset,
                            overrides=overrides, cfg=cfg, registration=settings.registration, progress=True)
     card = model_store.save_version(store, cand.model, cand.card)
     promote = args.promote or model_store.get_alias(store, card.name) is None
@@ -79,6 +82,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"saved {card.name}:{card.version} ({'production' if promote else 'not promoted'}); best epoch "
           f"{cand.result.best_epoch}, {cand.result.seconds:.0f} s; test F1 {m.get('f1', float('nan')):.3f} "
           f"IoU {m.get('iou', float('nan')):.3f} AUC {m.get('auc', float('nan')):.3f}")
+    return 0
+
+
+PAIRED_LR = 2e-4  # paper learning rate of the paired models (train --lr default without --normal-dir)
+
+
+def _train_single_image(args: argparse.Namespace) -> int:
+    """``anodet train --model csaflow|anovit --normal-dir DIR``: unsupervised training on normal images."""
+    from anodet_core import model_store
+    from anodet_core.single_image import ARCHS, config_input_size, fit_single_image, load_images, save_single_image_model
+
+    arch = args.model or (args.arch if args.arch in ARCHS else None)
+    if arch not in ARCHS:
+        print(f"error: --normal-dir needs --model {'|'.join(ARCHS)} (the single-image model to train)", file=sys.stderr)
+        return 2
+    if not args.normal_dir:
+        print(f"error: --model {arch} trains on normal images: give --normal-dir DIR (paired models use --arch "
+              f"and --depot)", file=sys.stderr)
+        return 2
+    settings = _settings(args)
+    store = _store(settings)
+    overrides = json.loads(args.overrides) if args.overrides else {}
+    if not isinstance(overrides, dict):
+        raise ValueError(f"--overrides must be a JSON object, got {args.overrides!r}")
+    size = config_input_size(arch, args.preset, overrides)
+    normal, names = load_images(args.normal_dir, size)
+    name = args.name or arch
+    device = _device(settings)
+    print(f"training {arch} preset={args.preset} on {len(names)} normal images of {args.normal_dir} at {size}x{size} "
+          f"({args.epochs} epochs, at most {args.max_minutes:g} min, {device})")
+    fit = fit_single_image(arch, normal, preset=args.preset, overrides=overrides, epochs=args.epochs,
+                           max_seconds=args.max_minutes * 60, lr=args.lr, seed=args.seed, device=device, progress=True)
+    had_production = model_store.get_alias(store, name) is not None
+    card = save_single_image_model(store, name, arch, args.preset, overrides, fit.model, fit.threshold, fit.metrics,
+                                   fit.extra, eval_split=f"{fit.n_val} held-out normal images of {args.normal_dir}",
+                                   data_fingerprint=fit.data_fingerprint, promote=args.promote)
+    promoted = args.promote or not had_production
+    x = card.extra
+    print(f"saved {card.name}:{card.version} ({'production' if promoted else 'not promoted'}); "
+          f"{len(fit.history)} epochs on {fit.n_train} images in {fit.seconds:.1f} s, final loss "
+          f"{fit.history[-1]['loss']:.4f}; threshold {card.threshold:.6g} (quantile {x['threshold_quantile']} of "
+          f"{fit.n_val} held-out normal image scores: mean {x['normal_score_mean']:.6g}, std {x['normal_score_std']:.3g})")
     return 0
 
 
@@ -185,10 +230,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from anodet_core.inference import Predictor
     from anodet_core.model_store import load
 
+    if getattr(args, "normal_dir", None) or getattr(args, "anomalous_dir", None):
+        return _evaluate_single_image(args)
+    if not args.data:
+        print("error: evaluate needs --data DIR (paired folder dataset) or --normal-dir DIR --anomalous-dir DIR "
+              "(single-image model)", file=sys.stderr)
+        return 2
     settings = _settings(args)
     path, pairs = dataset_split(args.data, args.split)
     device = _device(settings)
     model, card = load(_store(settings), args.model, device)
+    if card.arch in SINGLE_IMAGE_ARCHS:
+        print(f"error: {args.model} is a single-image model ({card.arch}): evaluate it with --normal-dir and "
+              f"--anomalous-dir, not --data", file=sys.stderr)
+        return 2
     res = evaluate_pairs(Predictor(model, device, fast=settings.fast), pairs, threshold=0.5,
                          registration=settings.registration, batch_size=settings.batch_size)
     if args.json:
@@ -200,6 +255,53 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print("| " + " | ".join(EVAL_KEYS) + " | false alarms |")
     print("|" + "---|" * (len(EVAL_KEYS) + 1))
     print("| " + " | ".join(f"{res[k]:.4f}" for k in EVAL_KEYS) + f" | {res['false_alarms']} |")
+    return 0
+
+
+SINGLE_IMAGE_ARCHS = ("csaflow", "anovit")
+SINGLE_IMAGE_EVAL_KEYS = ("image_auroc", "recall", "pixel_auroc")
+
+
+def _evaluate_single_image(args: argparse.Namespace) -> int:
+    """``anodet evaluate --model M --normal-dir DIR --anomalous-dir DIR [--mask-dir DIR]``."""
+    import math
+
+    from anodet_core.model_store import load
+    from anodet_core.single_image import evaluate_single_image, load_images, load_masks, model_input_size
+
+    if not (args.normal_dir and args.anomalous_dir):
+        print("error: single-image evaluation needs both --normal-dir and --anomalous-dir", file=sys.stderr)
+        return 2
+    if args.data:
+        print("error: give either --data (paired) or --normal-dir/--anomalous-dir (single-image), not both", file=sys.stderr)
+        return 2
+    settings = _settings(args)
+    device = _device(settings)
+    model, card = load(_store(settings), args.model, device)
+    if card.arch not in SINGLE_IMAGE_ARCHS:
+        print(f"error: {args.model} is a paired model ({card.arch}): evaluate it with --data", file=sys.stderr)
+        return 2
+    size = model_input_size(model)
+    normal, _ = load_images(args.normal_dir, size)
+    anomalous, names = load_images(args.anomalous_dir, size)
+    masks = load_masks(args.mask_dir, names, size) if args.mask_dir else None
+    res = evaluate_single_image(model, card, normal, anomalous, masks, device=device, batch_size=settings.batch_size)
+
+    def num(v: float) -> float | None:
+        return None if v is None or math.isnan(v) else float(v)
+
+    if args.json:
+        print(json.dumps({k: num(res[k]) for k in SINGLE_IMAGE_EVAL_KEYS}))
+        return 0
+    name = f"{card.name}:{card.version}" if card.version else card.name
+    print(f"model {name} ({card.arch}): {res['n_normal']} normal images ({args.normal_dir}) vs {res['n_anomalous']} "
+          f"anomalous ({args.anomalous_dir}) at {size}x{size}; recall and false alarms at the card's image-score "
+          f"threshold {res['threshold']:.6g}; pixel AUROC: exact rank AUC over all pixels"
+          + (" (normal images: all pixels normal)" if masks is not None else " (no --mask-dir: n/a)"))
+    print("| " + " | ".join(SINGLE_IMAGE_EVAL_KEYS) + " | false alarms |")
+    print("|" + "---|" * (len(SINGLE_IMAGE_EVAL_KEYS) + 1))
+    print("| " + " | ".join("n/a" if num(res[k]) is None else f"{res[k]:.4f}" for k in SINGLE_IMAGE_EVAL_KEYS)
+          + f" | {res['false_alarms']}/{res['n_normal']} |")
     return 0
 
 
@@ -319,18 +421,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.set_defaults(func=cmd_demo_data)
 
-    t = sub.add_parser("train", help="train a paired model on labelled nights of a depot and register it")
+    t = sub.add_parser("train", help="train a paired model on labelled nights of a depot (or, with --model and "
+                                     "--normal-dir, a single-image model on normal images) and register it")
     t.add_argument("--depot", default="demo")
     t.add_argument("--nights", nargs="*", help="training nights (default: all but the hold-out)")
     t.add_argument("--holdout-night", help="night kept for the card's test metrics (default: the last)")
-    t.add_argument("--name", default="anodfdnet", help="registry name the version is saved under")
+    t.add_argument("--name", help="registry name the version is saved under (default: anodfdnet; with --normal-dir: "
+                                  "the --model arch)")
     t.add_argument("--arch", default="anodfdnet", help="model architecture (anodet_core.models)")
+    t.add_argument("--model", choices=SINGLE_IMAGE_ARCHS,
+                   help="single-image unsupervised model, trained on --normal-dir instead of a depot")
+    t.add_argument("--normal-dir", help="folder of normal images (jpg/png/bmp/tif) for --model: 80%% train, 20%% "
+                                        "held out to set the image-score threshold (their 99th percentile)")
     t.add_argument("--preset", default="lite", help="architecture preset: paper | lite")
     t.add_argument("--overrides", help='JSON of config overrides, e.g. \'{"depth": 4}\'')
     t.add_argument("--epochs", type=int, default=40)
     t.add_argument("--max-minutes", type=float, default=30.0)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (paper: 2e-4)")
+    t.add_argument("--lr", type=float, help="Adam learning rate (default: paired paper 2e-4; --model: CSA-Flow "
+                                            "2e-4, AnoViT 1e-4)")
     t.add_argument("--loss", choices=["bce", "bce+dice"], default="bce+dice", help="bce is the paper's loss")
     t.add_argument("--synthetic", type=float, default=0.5,
                    help="probability of a pasted synthetic change per sample (0 = the paper's protocol)")
@@ -356,11 +465,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", help="auto | cpu | cuda")
     pr.set_defaults(func=cmd_predict)
 
-    e = sub.add_parser("evaluate", help="metrics of a paired model on a labelled folder dataset (DIR/<pair>/cur, his, mask)")
+    e = sub.add_parser("evaluate", help="metrics of a paired model on a labelled folder dataset (DIR/<pair>/cur, his, mask), "
+                                        "or of a single-image model on --normal-dir vs --anomalous-dir")
     e.add_argument("--model", required=True, help="NAME (production version), NAME:VERSION or a local model folder")
-    e.add_argument("--data", required=True, help="paired folder dataset; its test/ split when present")
+    e.add_argument("--data", help="paired folder dataset; its test/ split when present")
+    e.add_argument("--normal-dir", help="single-image model: folder of normal images")
+    e.add_argument("--anomalous-dir", help="single-image model: folder of anomalous images")
+    e.add_argument("--mask-dir", help="masks of the anomalous images, matched by file stem (<stem>.*), for pixel AUROC")
     e.add_argument("--split", help="evaluate this sub-folder (train, val, test) instead")
-    e.add_argument("--json", action="store_true", help="one JSON object: " + ", ".join(EVAL_KEYS))
+    e.add_argument("--json", action="store_true", help="one JSON object: " + ", ".join(EVAL_KEYS)
+                   + " (single-image: " + ", ".join(SINGLE_IMAGE_EVAL_KEYS) + "; NaN as null)")
     e.add_argument("--batch-size", type=int)
     e.add_argument("--device", help="auto | cpu | cuda")
     e.set_defaults(func=cmd_evaluate)
