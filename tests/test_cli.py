@@ -88,3 +88,19 @@ def test_query_and_errors(tiny_store, capsys):
     assert "YYYY-MM-DD" in capsys.readouterr().err
     assert main(["--store", tiny_store, "predict", "--model", "nosuch", "--pairs", ".", "--out", "x"]) == 2
     assert "no production version" in capsys.readouterr().err
+
+
+def test_evaluate_json_on_a_paired_folder(tiny_store, tmp_path, capsys):
+    data = tmp_path / "pairs"
+    write_pair_folders(str(data / "test"), 4, seed=4, width=200, height=120, anomaly_rate=0.5)
+    write_pair_folders(str(data / "train"), 2, seed=5, width=200, height=120)
+    assert main(["--store", tiny_store, "evaluate", "--model", "anodfdnet:1", "--data", str(data), "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1  # one JSON object, nothing else on stdout
+    res = json.loads(out[0])
+    assert list(res) == ["precision", "recall", "oa", "f1", "iou", "auc", "eer", "image_auroc"]
+    assert all(v is None or 0.0 <= v <= 1.0 for v in res.values())
+    assert main(["--store", tiny_store, "evaluate", "--model", "anodfdnet:1", "--data", str(data)]) == 0
+    table = capsys.readouterr().out
+    assert "4 pairs" in table and "| precision |" in table
+    assert main(["--store", tiny_store, "evaluate", "--model", "anodfdnet:1", "--data", str(tmp_path / "none")]) == 2
