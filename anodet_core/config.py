@@ -32,6 +32,7 @@ class Settings:
     fast: bool = True  # bf16 autocast (when the hardware supports it) + channels_last
     registration: str = "auto"  # auto | phase | features
     map_dtype: str = "uint8"  # uint8 (score*255) | float16
+    single_image: str = "csaflow"  # single-image arch scoring no-history captures (model "<arch>-<region_id>"); "" disables
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +12,9 @@ import pandas as pd
 from .history import PairJob, resolve_histories
 from .layout import DECISION_ANOMALOUS, Store, check_name, check_night
 from .maps import create_night_maps
-from .model_store import resolve
+from .model_store import CARD, ModelCard, get_alias, resolve
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -24,6 +27,8 @@ class NightPlan:
     threshold: float
     jobs: list[PairJob]
     maps_url: str
+    # region_id -> pinned single-image NAME:VERSION, for regions with no-history jobs (see pin_single_image_models)
+    single_models: dict[str, str] = field(default_factory=dict)
 
 
 def plan_night(
@@ -34,10 +39,14 @@ def plan_night(
     map_dtype: str = "uint8",
     run_id: str = "",
     threshold: float | None = None,
+    *,
+    single_image: str = "",
 ) -> NightPlan:
     """Read the manifest, resolve histories, pin the model version and create the night's (empty) map group.
 
-    The threshold is the model card's unless one is given (ANODET_THRESHOLD).
+    The threshold is the model card's unless one is given (ANODET_THRESHOLD). With ``single_image`` (an arch,
+    ANODET_SINGLE_IMAGE), the production single-image models of the regions that have captures without history
+    are pinned too (``NightPlan.single_models``).
     """
     depot, night = check_name(depot, "depot"), check_night(night)
     manifest = store.read_manifest(depot, night)
@@ -49,6 +58,7 @@ def plan_night(
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"threshold must be in [0, 1), got {threshold}")
     jobs = resolve_histories(store, manifest, depot, night)
+    single_models = pin_single_image_models(store, jobs, single_image)
     sizes = [(int(j.capture["width"]), int(j.capture["height"])) for j in jobs]
     url = create_night_maps(
         store,
@@ -57,10 +67,46 @@ def plan_night(
         [j.capture["capture_id"] for j in jobs],
         sizes,
         dtype=map_dtype,
-        attrs={"model_name": card.name, "model_version": card.version, "threshold": threshold, "run_id": run_id},
+        attrs={"model_name": card.name, "model_version": card.version, "threshold": threshold, "run_id": run_id,
+               "single_models": single_models},
     )
     pinned = model if os.path.exists(model) else f"{card.name}:{card.version}"
-    return NightPlan(depot, night, pinned, card.name, card.version, threshold, jobs, url)
+    return NightPlan(depot, night, pinned, card.name, card.version, threshold, jobs, url, single_models)
+
+
+def pin_single_image_models(store: Store, jobs: list[PairJob], single_image: str) -> dict[str, str]:
+    """``{region_id: "NAME:VERSION"}``: the production version of ``<single_image>-<region_id>`` for every region
+    with a job without history, where that model exists. Empty when ``single_image`` is "" (disabled).
+
+    A production card that is not a single-image model or lacks the normal map statistics the night normalises
+    with is skipped (logged): its captures stay ``no_history`` rather than failing the night.
+    """
+    if not single_image:
+        return {}
+    from .single_image import ARCHS, map_scale, single_image_model_name
+
+    if single_image not in ARCHS:
+        raise ValueError(f"unknown single-image model {single_image!r} (ANODET_SINGLE_IMAGE): use one of {list(ARCHS)} or ''")
+    pinned: dict[str, str] = {}
+    for region in sorted({str(j.capture["region_id"]) for j in jobs if not j.history_uri}):
+        try:
+            name = single_image_model_name(single_image, region)
+        except ValueError:
+            continue  # a region id that cannot be a model name has no model
+        version = get_alias(store, name)
+        if version is None:
+            continue
+        rel = f"{store.model_version_rel(name, version)}/{CARD}"
+        try:
+            card = ModelCard.from_json(store.read_text(rel))
+            if card.arch not in ARCHS:
+                raise ValueError(f"arch {card.arch!r} is not a single-image model")
+            map_scale(card)
+        except (OSError, ValueError) as exc:
+            log.warning("single-image model %s:%s not used for region %s: %s", name, version, region, exc)
+            continue
+        pinned[region] = f"{name}:{version}"
+    return pinned
 
 
 def split_jobs(jobs: list[PairJob], batch_size: int) -> list[list[PairJob]]:

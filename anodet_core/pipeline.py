@@ -2,6 +2,10 @@
 
 This is what one Prefect task runs inside one Dask worker. The model is loaded once per worker process
 and kept (keyed by store, name, version, device and precision).
+
+Captures without history whose region has a pinned single-image model (``NightPlan.single_models``) are scored
+by that model alone (:class:`anodet_core.single_image.SingleImageScorer`); their maps are normalised to [0, 1]
+(normal pixel p99.9 -> 0.5) and stored, measured and reported exactly like the paired maps.
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ from .layout import (
 from .maps import MapWriter, dequantize, quantize
 from .model_store import ModelCard, load
 from .preprocess import PreparedPair, prepare_pair
+from .single_image import MAP_THRESHOLD, SingleImageScorer, prepare_image
 
-_MODELS: dict[tuple, tuple[Predictor, ModelCard]] = {}
+_MODELS: dict[tuple, Any] = {}  # (Predictor, ModelCard) for paired models, SingleImageScorer for single-image ones
 _LOCK = threading.Lock()
 
 
@@ -74,6 +79,17 @@ def get_predictor(store: Store, model_ref: str, settings: Settings) -> tuple[Pre
         return _MODELS[key]
 
 
+def get_single_image_scorer(store: Store, model_ref: str, settings: Settings) -> SingleImageScorer:
+    """Load a single-image model once per process, like :func:`get_predictor` (fp32: see SingleImageScorer)."""
+    device = resolve_device(settings.device)
+    key = ("single_image", store.root, model_ref, device)
+    with _LOCK:
+        if key not in _MODELS:
+            model, card = load(store, model_ref, device)
+            _MODELS[key] = SingleImageScorer(model, card, device)
+        return _MODELS[key]
+
+
 @dataclass
 class BatchResult:
     captures: list[dict[str, Any]] = field(default_factory=list)
@@ -99,8 +115,8 @@ def _base_row(job: PairJob, card: ModelCard | None, run_id: str) -> dict[str, An
     }
 
 
-def _prepare(store: Store, job: PairJob, settings: Settings) -> PreparedPair | str:
-    """Read and align one pair; a string is the error that keeps the capture from being scored."""
+def _read_cur(store: Store, job: PairJob) -> bytes | str:
+    """The capture's bytes, checked against the manifest's sha256; a string is the error."""
     try:
         cur_bytes = store.read_bytes(job.capture["uri"])
     except (FileNotFoundError, OSError) as exc:
@@ -108,6 +124,14 @@ def _prepare(store: Store, job: PairJob, settings: Settings) -> PreparedPair | s
     expected = job.capture.get("sha256")
     if expected and sha256(cur_bytes) != expected:
         return f"sha256 mismatch for {job.capture['uri']}: the file changed after the manifest was written"
+    return cur_bytes
+
+
+def _prepare(store: Store, job: PairJob, settings: Settings) -> PreparedPair | str:
+    """Read and align one pair; a string is the error that keeps the capture from being scored."""
+    cur_bytes = _read_cur(store, job)
+    if isinstance(cur_bytes, str):
+        return cur_bytes
     try:
         his_bytes = store.read_bytes(job.history_uri)  # type: ignore[arg-type]
     except (FileNotFoundError, OSError) as exc:
@@ -155,42 +179,117 @@ def upsample_u8(q: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def _finish(maps: MapWriter, job: PairJob, prep: PreparedPair, score: torch.Tensor, settings: Settings) -> tuple[dict[str, Any], list]:
-    """Native map, figures and findings of one scored pair; writes its Zarr row. Runs in the writer thread."""
+def _store_map(maps: MapWriter, index: int, score: torch.Tensor, native_size: tuple[int, int], thr: float,
+               min_area: int) -> tuple[dict[str, Any], list]:
+    """Upsample a model-resolution [0, 1] map to native size, write its Zarr row, measure it and find regions.
+
+    Shared by paired and single-image captures. Report figures come from the stored (quantized) map, so the
+    report and the Zarr agree exactly.
+    """
     t1 = time.perf_counter()
-    thr = float(settings.threshold)  # type: ignore[arg-type]
-    stored = _native_map(score, prep.native_size, str(maps.dtype))
-    maps.write(job.index, stored)
-    # report figures come from the stored (quantized) map, so the report and the Zarr agree exactly
+    stored = _native_map(score, native_size, str(maps.dtype))
+    maps.write(index, stored)
     peak = float(dequantize(np.asarray(stored.max()).reshape(1))[0])
     if peak > thr:  # the rare case pays for the float map and the labelling
         native = dequantize(stored)
-        finds = find_regions(native, thr, settings.min_finding_area)
+        finds = find_regions(native, thr, min_area)
         above = int((native > thr).sum())
     else:
         finds, above = [], 0
     mean = float(stored.mean(dtype=np.float64)) / (255.0 if stored.dtype == np.uint8 else 1.0)
-    reg = prep.registration
     figures = dict(
+        threshold=thr,
+        score_max=peak,
+        score_mean=mean,
+        anomalous_area_px=above,
+        anomalous_area_frac=above / stored.size,
+        n_findings=len(finds),
+        t_write_ms=(time.perf_counter() - t1) * 1e3,
+    )
+    return figures, finds
+
+
+def _finish(maps: MapWriter, job: PairJob, prep: PreparedPair, score: torch.Tensor, settings: Settings) -> tuple[dict[str, Any], list]:
+    """Native map, figures and findings of one scored pair; writes its Zarr row. Runs in the writer thread."""
+    thr = float(settings.threshold)  # type: ignore[arg-type]
+    figures, finds = _store_map(maps, job.index, score, prep.native_size, thr, settings.min_finding_area)
+    reg = prep.registration
+    figures.update(
         status=STATUS_OK if reg.ok else STATUS_REGISTRATION_FAILED,
         decision=DECISION_ANOMALOUS if finds else DECISION_NORMAL,
-        threshold=thr,
         reg_method=reg.method,
         reg_ok=reg.ok,
         reg_inliers=reg.inliers,
         reg_residual_px=reg.residual_px,
         reg_ncc_before=reg.ncc_before,
         reg_ncc_after=reg.ncc_after,
-        score_max=peak,
-        score_mean=mean,
-        anomalous_area_px=above,
-        anomalous_area_frac=above / stored.size,
-        n_findings=len(finds),
         t_decode_ms=prep.t_decode_ms,
         t_register_ms=prep.t_register_ms,
-        t_write_ms=(time.perf_counter() - t1) * 1e3,
     )
     return figures, finds
+
+
+@dataclass
+class PreparedImage:
+    """A capture without history, decoded and resized for its single-image model."""
+
+    image: np.ndarray  # S x S x 3 uint8, the model's input size
+    native_size: tuple[int, int]  # (width, height)
+    t_decode_ms: float
+
+
+def _prepare_single(store: Store, job: PairJob, size: int) -> PreparedImage | str:
+    """Read, verify and decode one capture for a single-image model; a string is the error."""
+    cur_bytes = _read_cur(store, job)
+    if isinstance(cur_bytes, str):
+        return cur_bytes
+    t0 = time.perf_counter()
+    try:
+        image, native = prepare_image(cur_bytes, size)
+    except (ImageError, ValueError) as exc:
+        return str(exc)
+    return PreparedImage(image, native, (time.perf_counter() - t0) * 1e3)
+
+
+def _finish_single(maps: MapWriter, job: PairJob, prep: PreparedImage, score: torch.Tensor, image_score: float,
+                   image_threshold: float, settings: Settings) -> tuple[dict[str, Any], list]:
+    """Like :func:`_finish` for a capture scored by a single-image model: ``score`` is its normalised map.
+
+    Findings are regions of the normalised map above MAP_THRESHOLD (0.5 = twice the normal pixel p99.9), not
+    ANODET_THRESHOLD, which is the paired model's map threshold. Decision: anomalous when the image score is
+    above the card's calibrated image threshold (global evidence, e.g. a missing part that changes the whole
+    image) OR the map has at least one finding (local evidence); normal only when neither fires. So an
+    anomalous capture may have no finding (image score alone) and findings always make it anomalous, as for
+    paired captures.
+    """
+    figures, finds = _store_map(maps, job.index, score, prep.native_size, MAP_THRESHOLD, settings.min_finding_area)
+    anomalous = image_score > image_threshold or bool(finds)
+    figures.update(
+        status=STATUS_OK,
+        decision=DECISION_ANOMALOUS if anomalous else DECISION_NORMAL,
+        t_decode_ms=prep.t_decode_ms,
+    )
+    return figures, finds
+
+
+def _finding_rows(row: dict[str, Any], finds: list, card: ModelCard, run_id: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "capture_id": row["capture_id"],
+            "finding_id": i,
+            "train_id": row["train_id"],
+            "car": row["car"],
+            "region_id": row["region_id"],
+            "x0": f.x0, "y0": f.y0, "x1": f.x1, "y1": f.y1,
+            "area_px": f.area_px,
+            "peak_score": f.peak_score,
+            "mean_score": f.mean_score,
+            "model_name": card.name,
+            "model_version": card.version,
+            "run_id": run_id,
+        }
+        for i, f in enumerate(finds)
+    ]
 
 
 def process_batch(
@@ -201,12 +300,17 @@ def process_batch(
     model_ref: str,
     settings: Settings,
     run_id: str = "",
+    single_models: dict[str, str] | None = None,
 ) -> BatchResult:
     """Score a batch of pairs and write their maps; every job yields exactly one capture row.
 
     Sub-batches of ``settings.batch_size`` pairs go through three phases, each using all the worker's cores:
     decode + register (threads: Pillow, FFTs and most of NumPy release the GIL), the model, then upsample +
     measure + write. ``settings.threshold`` must be set (the flow passes the plan's).
+
+    Jobs without history are scored by their region's single-image model when ``single_models`` (region_id ->
+    NAME:VERSION, ``NightPlan.single_models``) has one, in the same three phases; otherwise they are reported
+    ``no_history``.
     """
     if settings.threshold is None:
         raise ValueError("process_batch needs an explicit threshold (see NightPlan.threshold)")
@@ -216,30 +320,39 @@ def process_batch(
     predictor, card = get_predictor(store, model_ref, settings)
     result = BatchResult()
     scorable = [j for j in jobs if j.history_uri]
+    single: dict[str, list[PairJob]] = {}  # single-image model ref -> its jobs
     for job in jobs:
-        if not job.history_uri:
+        if job.history_uri:
+            continue
+        ref = (single_models or {}).get(str(job.capture["region_id"]))
+        if ref:
+            single.setdefault(ref, []).append(job)
+        else:
             result.captures.append({**_base_row(job, card, run_id), "status": STATUS_NO_HISTORY})
-    if not scorable:
+    if not scorable and not single:
         return result
     maps = MapWriter(store, depot, night)
     map_uri = store.url(store.maps_rel(depot, night))
     pending: list[tuple[PairJob, PreparedPair]] = []
-    written: list[tuple[PairJob, float, Any]] = []
+    written: list[tuple[PairJob, ModelCard, float, Any]] = []
     # Phases alternate per sub-batch: read+register the pairs on all cores, run the model on all cores, then
     # upsample+write on all cores. Running them concurrently instead was measured slower on 2 cores: the
     # model's threads and the readers thrash each other (see README, performance).
     n_threads = max(1, worker_threads(settings))
     with ThreadPoolExecutor(n_threads, thread_name_prefix="anodet-io") as pool:
 
+        def collect(scored_card: ModelCard, t_infer: float, futs: list, batch_jobs: list[PairJob]) -> None:
+            for job, fut in zip(batch_jobs, futs):
+                written.append((job, scored_card, t_infer, fut))
+            for fut in futs:  # finish writing before the next phase starts
+                fut.exception()
+
         def infer() -> None:
             t0 = time.perf_counter()
             scores = predictor.predict(np.stack([p.cur for _, p in pending]), np.stack([p.his for _, p in pending])).cpu()
             t_infer = (time.perf_counter() - t0) * 1e3 / len(pending)
             futs = [pool.submit(_finish, maps, job, prep, scores[k], settings) for k, (job, prep) in enumerate(pending)]
-            for (job, _), fut in zip(pending, futs):
-                written.append((job, t_infer, fut))
-            for fut in futs:  # finish writing before the next phase starts
-                fut.exception()
+            collect(card, t_infer, futs, [job for job, _ in pending])
             pending.clear()
 
         for start in range(0, len(scorable), settings.batch_size):
@@ -251,26 +364,33 @@ def process_batch(
                     pending.append((job, prep))
             if pending:
                 infer()
+
+        for ref, group in single.items():
+            scorer = get_single_image_scorer(store, ref, settings)
+            for start in range(0, len(group), settings.batch_size):
+                chunk = group[start : start + settings.batch_size]
+                ready: list[tuple[PairJob, PreparedImage]] = []
+                for job, img in zip(chunk, pool.map(lambda j: _prepare_single(store, j, scorer.size), chunk)):
+                    if isinstance(img, str):
+                        result.captures.append({**_base_row(job, scorer.card, run_id), "status": STATUS_ERROR, "error": img})
+                    else:
+                        ready.append((job, img))
+                if not ready:
+                    continue
+                t0 = time.perf_counter()
+                image_scores, norm_maps = scorer.score(np.stack([p.image for _, p in ready]))
+                t_infer = (time.perf_counter() - t0) * 1e3 / len(ready)
+                futs = [
+                    pool.submit(_finish_single, maps, job, prep, torch.from_numpy(norm_maps[k]), float(image_scores[k]),
+                                scorer.threshold, settings)
+                    for k, (job, prep) in enumerate(ready)
+                ]
+                collect(scorer.card, t_infer, futs, [job for job, _ in ready])
+
         processed_at = dt.datetime.now(dt.timezone.utc)
-        for job, t_infer, fut in written:
+        for job, scored_card, t_infer, fut in written:
             figures, finds = fut.result()
-            row = {**_base_row(job, card, run_id), **figures, "t_infer_ms": t_infer, "map_uri": map_uri, "processed_at": processed_at}
+            row = {**_base_row(job, scored_card, run_id), **figures, "t_infer_ms": t_infer, "map_uri": map_uri, "processed_at": processed_at}
             result.captures.append(row)
-            for i, f in enumerate(finds):
-                result.findings.append(
-                    {
-                        "capture_id": row["capture_id"],
-                        "finding_id": i,
-                        "train_id": row["train_id"],
-                        "car": row["car"],
-                        "region_id": row["region_id"],
-                        "x0": f.x0, "y0": f.y0, "x1": f.x1, "y1": f.y1,
-                        "area_px": f.area_px,
-                        "peak_score": f.peak_score,
-                        "mean_score": f.mean_score,
-                        "model_name": card.name,
-                        "model_version": card.version,
-                        "run_id": run_id,
-                    }
-                )
+            result.findings.extend(_finding_rows(row, finds, scored_card, run_id))
     return result

@@ -28,6 +28,13 @@ negative log-likelihood of its features) or badly reconstructed (AnoViT).  This 
   (standard error of the AUC well below 1e-3 at that size).
 * :func:`save_single_image_model`: a model-store version whose card rebuilds the model through
   ``create_model(arch, preset=preset, **overrides)``; promoted to ``production`` when the name has none.
+
+Nightly use (captures without history): the single-image model of a region type is registered as
+``<arch>-<region_id>`` (:func:`single_image_model_name`), trained by the retraining flow on that region's
+normal-labelled captures (:func:`retrain_region_model`).  The night scores a capture with
+:class:`SingleImageScorer`: :func:`prepare_image` (reduced decode + resize), one forward pass for the image
+score and the map, and :func:`normalise_map`: ``clip(map / (2 * normal_map_p999), 0, 1)`` so the held-out
+normal pixel p99.9 lands at 0.5 (:data:`MAP_THRESHOLD`, where findings are cut).
 """
 
 from __future__ import annotations
@@ -65,6 +72,17 @@ __all__ = [
     "fit_single_image",
     "evaluate_single_image",
     "save_single_image_model",
+    "MAP_THRESHOLD",
+    "MIN_NORMAL",
+    "single_image_model_name",
+    "prepare_image",
+    "map_scale",
+    "normalise_map",
+    "SingleImageScorer",
+    "labelled_captures",
+    "single_image_regions",
+    "RegionRetrain",
+    "retrain_region_model",
 ]
 
 ARCHS: tuple[str, ...] = ("csaflow", "anovit")
@@ -162,11 +180,20 @@ def load_images(folder: str, size: int) -> tuple[np.ndarray, list[str]]:
         with open(os.path.join(folder, name), "rb") as fh:
             data = fh.read()
         try:
-            arr, _ = decode(data, min_size=(size, size), mode="RGB")
+            out[i], _ = prepare_image(data, size)
         except ImageError as exc:
             raise ValueError(f"{os.path.join(folder, name)}: {exc}") from exc
-        out[i] = resize(arr, (size, size))
     return out, names
+
+
+def prepare_image(data: bytes, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Encoded image -> (RGB uint8 (size, size, 3), native (width, height)).
+
+    Reduced JPEG decode (:func:`anodet_core.imaging.decode` with ``min_size``) then bilinear resize: training
+    folders, the retraining flow and the night all prepare images this way.  Raises ``ImageError``.
+    """
+    arr, native = decode(data, min_size=(size, size), mode="RGB")
+    return resize(arr, (size, size)), native
 
 
 def load_masks(mask_dir: str, names: Sequence[str], size: int) -> np.ndarray:
@@ -192,7 +219,10 @@ def load_masks(mask_dir: str, names: Sequence[str], size: int) -> np.ndarray:
 def to_input(images: np.ndarray, model: torch.nn.Module, device: str = "cpu") -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, H, W) normalised with the model's MEAN/STD, on ``device``."""
     mean, std = _mean_std(model)
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    images = np.ascontiguousarray(images)
+    if not images.flags.writeable:  # decoded images can be read-only views; torch wants writable memory
+        images = images.copy()
+    x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255.0)
     m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
     s = torch.tensor(std, device=device).view(1, 3, 1, 1)
     return (x - m) / s
@@ -577,3 +607,248 @@ def save_single_image_model(
     if promote or model_store.get_alias(store, name) is None:
         model_store.set_alias(store, name, card.version)
     return card
+
+
+# ------------------------------------------------------------------------------------------ nightly use
+
+MAP_THRESHOLD: float = 0.5
+"""Findings threshold of a normalised map (:func:`normalise_map`): the held-out normal pixel p99.9 lands here."""
+MIN_NORMAL: int = 4
+"""A region type gets a single-image model only with at least this many normal-labelled training captures."""
+
+
+def single_image_model_name(arch: str, region_id: str) -> str:
+    """Registry name of the single-image model of a region type: ``<arch>-<region_id>`` (e.g. ``csaflow-R01``)."""
+    from .layout import check_name
+
+    _check_arch(arch)
+    return check_name(f"{arch}-{check_name(str(region_id), 'region_id')}", "model name")
+
+
+def map_scale(card: Any) -> float:
+    """Raw map value that becomes 1.0 after normalisation: twice the card's held-out normal pixel p99.9.
+
+    So the normal p99.9 level maps to 0.5 (:data:`MAP_THRESHOLD`): about 1 normal pixel in 1000 reaches the
+    finding threshold, before the minimum finding area removes isolated ones.  A card without a positive,
+    finite ``normal_map_p999`` (in ``card.extra``) is a ``ValueError``.
+    """
+    p = (getattr(card, "extra", None) or {}).get("normal_map_p999")
+    try:
+        p = float(p)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        p = float("nan")
+    if not (math.isfinite(p) and p > 0):
+        raise ValueError(f"single-image model {getattr(card, 'name', '?')}:{getattr(card, 'version', '?')} has no "
+                         "positive normal_map_p999 in its card; retrain it with fit_single_image")
+    return 2.0 * p
+
+
+def normalise_map(raw: np.ndarray, scale: float) -> np.ndarray:
+    """Map in model units -> float32 in [0, 1]: ``clip(raw / scale, 0, 1)`` (``scale`` from :func:`map_scale`)."""
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"map scale must be positive and finite, got {scale}")
+    out = np.atleast_1d(np.asarray(raw, np.float32) / np.float32(scale))
+    np.clip(np.nan_to_num(out, copy=False, nan=1.0, posinf=1.0), 0.0, 1.0, out=out)
+    return out.reshape(np.shape(raw))
+
+
+class SingleImageScorer:
+    """A loaded single-image model for the night: input size, image-score threshold and map scale from its card.
+
+    Scores in fp32 (the card's threshold and map statistics were calibrated that way), through
+    :func:`score_images`, i.e. the same forward pass as the calibration.
+    """
+
+    def __init__(self, model: torch.nn.Module, card: Any, device: str = "cpu") -> None:
+        self.model = model.to(device).eval()
+        self.card = card
+        self.device = device
+        self.size = model_input_size(self.model)
+        self.threshold = float(card.threshold)
+        self.scale = map_scale(card)
+
+    def score(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 (N, S, S, 3) at the input size -> (image scores float64 (N,) in model units,
+        normalised maps float32 (N, S, S) in [0, 1])."""
+        scores, maps = score_images(self.model, images, self.device, batch=max(1, len(images)))
+        assert maps is not None
+        return scores, normalise_map(maps, self.scale)
+
+
+# ------------------------------------------------------------------------------------------ retraining
+
+
+def labelled_captures(store: Any, depot: str, nights: Sequence[str]) -> Any:
+    """Labelled captures of the depot's ``nights``: DataFrame ``capture_id, night, region_id, uri, anomalous``
+    (captures without a label row, or with a null label, are left out)."""
+    import pandas as pd
+
+    cols = ["capture_id", "night", "region_id", "uri", "anomalous"]
+    frames = []
+    for night in sorted(nights):
+        labels = store.read_labels(depot, night)
+        if labels.empty:
+            continue
+        man = store.read_manifest(depot, night)
+        lab = labels[["capture_id", "anomalous"]].dropna(subset=["anomalous"])
+        m = man.drop(columns=["night"], errors="ignore").merge(lab, on="capture_id", how="inner")
+        m["night"] = night
+        frames.append(m[cols])
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=bool if c == "anomalous" else object) for c in cols})
+    out = pd.concat(frames, ignore_index=True)
+    out["anomalous"] = out["anomalous"].astype(bool)
+    return out
+
+
+def single_image_regions(captures: Any, min_normal: int = MIN_NORMAL) -> list[str]:
+    """Region types with at least ``min_normal`` normal-labelled captures in ``captures``, sorted."""
+    if captures.empty:
+        return []
+    counts = captures[~captures["anomalous"]].groupby("region_id").size()
+    return sorted(str(r) for r, n in counts.items() if n >= min_normal)
+
+
+def _read_images(store: Any, uris: Sequence[str], size: int) -> tuple[np.ndarray, int]:
+    """Store images prepared like the night does (:func:`prepare_image`); (uint8 (N, size, size, 3), unreadable)."""
+    out: list[np.ndarray] = []
+    bad = 0
+    for uri in uris:
+        try:
+            out.append(prepare_image(store.read_bytes(uri), size)[0])
+        except (OSError, ImageError):  # FileNotFoundError is an OSError
+            bad += 1
+    return (np.stack(out) if out else np.empty((0, size, size, 3), np.uint8)), bad
+
+
+@dataclass
+class RegionRetrain:
+    """Outcome of :func:`retrain_region_model` for one region type (JSON-friendly; ``row()`` for a table)."""
+
+    region_id: str
+    name: str
+    candidate_version: str
+    production_version: str | None  # before the decision
+    promoted: bool
+    reason: str
+    metric: str
+    candidate_value: float  # image AUROC on the held-out nights' labelled captures of the region (NaN: one class)
+    production_value: float | None
+    margin: float
+    threshold: float
+    n_train_normal: int
+    n_test_normal: int
+    n_test_anomalous: int
+    n_unreadable: int
+    epochs_run: int
+    train_seconds: float
+    eval_split: str
+
+    def row(self) -> dict[str, Any]:
+        def r(v: float | None) -> float | None:
+            return None if v is None or not math.isfinite(v) else round(float(v), 4)
+
+        return {
+            "region": self.region_id, "model": f"{self.name}:{self.candidate_version}",
+            "production_before": self.production_version or "", "promoted": self.promoted,
+            "candidate_auroc": r(self.candidate_value), "production_auroc": r(self.production_value),
+            "n_train_normal": self.n_train_normal, "n_test_normal": self.n_test_normal,
+            "n_test_anomalous": self.n_test_anomalous, "reason": self.reason,
+        }
+
+
+def retrain_region_model(
+    store: Any,
+    depot: str,
+    region_id: str,
+    train: Any,
+    test: Any,
+    *,
+    arch: str = "csaflow",
+    preset: str | None = "lite",
+    overrides: dict[str, Any] | None = None,
+    epochs: int = 20,
+    max_seconds: float = float("inf"),
+    seed: int = 0,
+    device: str = "cpu",
+    margin: float = 0.01,
+    min_normal: int = MIN_NORMAL,
+) -> RegionRetrain:
+    """Train, register and maybe promote the single-image model of one region type.
+
+    ``train`` / ``test``: :func:`labelled_captures` of the training / held-out nights (all regions).  The
+    candidate is :func:`fit_single_image` on the region's normal training captures (threshold and normal map
+    statistics from its own held-out 20 %).  Promotion follows :func:`anodet_core.retraining.decide`: when
+    ``<arch>-<region_id>`` has no production version, or when the candidate's image AUROC on the held-out
+    nights' labelled captures of the region (both classes needed, else undefined and never a win) beats
+    production's on the same captures by ``margin``.  The version is saved either way; the comparison goes to
+    its card (``extra["promotion"]``).
+    """
+    from types import SimpleNamespace
+
+    from . import model_store
+    from .retraining import decide
+
+    overrides = dict(overrides or {})
+    name = single_image_model_name(arch, region_id)
+    size = config_input_size(arch, preset, overrides)
+    tr = train[(train["region_id"] == region_id) & ~train["anomalous"]]
+    normal, bad = _read_images(store, tr["uri"].tolist(), size)
+    if len(normal) < min_normal:
+        raise ValueError(f"region {region_id!r} of {depot!r} has {len(normal)} readable normal training captures; "
+                         f"need {min_normal}")
+    fit = fit_single_image(arch, normal, preset=preset, overrides=overrides, epochs=epochs, max_seconds=max_seconds,
+                           seed=seed, device=device)
+    te = test[test["region_id"] == region_id]
+    te_uris = (te.loc[~te["anomalous"], "uri"].tolist(), te.loc[te["anomalous"], "uri"].tolist())
+
+    def held_out(sz: int) -> tuple[np.ndarray, np.ndarray, int]:
+        (n, b1), (a, b2) = _read_images(store, te_uris[0], sz), _read_images(store, te_uris[1], sz)
+        return n, a, b1 + b2
+
+    te_norm, te_anom, bad_te = held_out(size)
+    both = len(te_norm) > 0 and len(te_anom) > 0
+    cand: dict[str, Any] | None = None
+    if both:
+        cand = evaluate_single_image(fit.model, SimpleNamespace(threshold=fit.threshold), te_norm, te_anom,
+                                     device=device)
+    cand_value = float(cand["image_auroc"]) if cand else float("nan")
+    prod_version = model_store.get_alias(store, name)
+    prod_value: float | None = None
+    if prod_version is not None:
+        prod_value = float("nan")
+        if both:
+            prod_model, prod_card = model_store.load(store, f"{name}:{prod_version}", device)
+            psize = model_input_size(prod_model)
+            pn, pa, _ = (te_norm, te_anom, 0) if psize == size else held_out(psize)
+            prod_value = float(evaluate_single_image(prod_model, prod_card, pn, pa, device=device)["image_auroc"])
+    promoted, reason = decide(cand_value, prod_value, margin)
+    test_nights = sorted(set(te["night"])) if len(te) else []
+    train_nights = sorted(set(tr["night"]))
+    test_split = f"{depot}:{','.join(test_nights)} region {region_id} ({len(te_norm)} normal, {len(te_anom)} anomalous)"
+    eval_split = (f"threshold: {fit.n_val} held-out normal captures of region {region_id} in "
+                  f"{depot}:{','.join(train_nights)}; image metrics: {test_split}")
+    metrics = dict(fit.metrics)
+    if cand:
+        metrics.update({k: cand[k] for k in ("image_auroc", "recall", "false_alarms", "false_alarm_rate",
+                                             "n_normal", "n_anomalous")})
+    extra = {**fit.extra, "depot": depot, "region_id": region_id, "train_nights": train_nights,
+             "test_nights": test_nights}
+    card = save_single_image_model(store, name, arch, preset, overrides, fit.model, fit.threshold, metrics, extra,
+                                   eval_split=eval_split, data_fingerprint=fit.data_fingerprint, promote=promoted)
+    result = RegionRetrain(
+        region_id=str(region_id), name=name, candidate_version=card.version, production_version=prod_version,
+        promoted=promoted, reason=reason, metric="image_auroc", candidate_value=cand_value,
+        production_value=prod_value, margin=margin, threshold=fit.threshold, n_train_normal=len(normal),
+        n_test_normal=len(te_norm), n_test_anomalous=len(te_anom), n_unreadable=bad + bad_te,
+        epochs_run=len(fit.history), train_seconds=round(fit.seconds, 3), eval_split=test_split,
+    )
+    card.extra["promotion"] = {**dataclasses.asdict(result), "decided_at": _now()}
+    model_store.update_card(store, card)
+    return result
+
+
+def _now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -44,6 +44,8 @@ def nightly_inspection(
 
     One Prefect task per batch of ``task_pairs`` pairs (not per capture); batches run in Dask workers, each of
     which loads the model once and runs the model on sub-batches of ``batch_size`` pairs. Re-running a night replaces its maps and report partitions.
+    Captures without history are scored by their region's production single-image model (``<arch>-<region_id>``,
+    arch from ANODET_SINGLE_IMAGE, "" disables) when it exists, else reported ``no_history``.
     """
     settings = Settings.from_env(store=store, model=model, batch_size=batch_size, threshold=threshold, task_pairs=task_pairs)
     night = night or last_night()
@@ -54,8 +56,10 @@ def nightly_inspection(
     plan = plan_night_task(st, depot, night, settings, run_id)
     settings = settings.with_(threshold=plan.threshold)
     logger.info("night %s/%s: %d captures, model %s", plan.depot, plan.night, len(plan.jobs), plan.model_ref)
+    if plan.single_models:
+        logger.info("captures without history scored by single-image models: %s", plan.single_models)
     futures = [
-        score_batch_task.submit(st, plan.depot, plan.night, batch, plan.model_ref, settings, run_id)
+        score_batch_task.submit(st, plan.depot, plan.night, batch, plan.model_ref, settings, run_id, plan.single_models)
         for batch in split_jobs(plan.jobs, settings.task_pairs)
     ]
     captures, findings = [], []

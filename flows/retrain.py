@@ -14,6 +14,7 @@ from anodet_core.config import Settings, resolve_device
 from anodet_core.inference import bf16_supported
 from anodet_core.layout import Store
 from anodet_core.retraining import register_and_maybe_promote
+from anodet_core.single_image import RegionRetrain, labelled_captures, retrain_region_model, single_image_regions
 from anodet_core.training import Candidate, TrainConfig, train_candidate
 
 
@@ -22,6 +23,13 @@ def train_candidate_task(store: Store, depot: str, train_nights: list[str], test
                          preset: str, overrides: dict, cfg: TrainConfig, registration: str) -> Candidate:
     return train_candidate(store, depot, train_nights, test_nights, name=name, arch="anodfdnet", preset=preset,
                            overrides=overrides, cfg=cfg, registration=registration)
+
+
+@task(name="train-single-image", cache_policy=NONE)
+def train_single_image_task(store: Store, depot: str, region_id: str, train, test, arch: str, overrides: dict,
+                            epochs: int, max_seconds: float, seed: int, device: str, margin: float) -> RegionRetrain:
+    return retrain_region_model(store, depot, region_id, train, test, arch=arch, overrides=overrides, epochs=epochs,
+                                max_seconds=max_seconds, seed=seed, device=device, margin=margin)
 
 
 @flow(name="retrain", log_prints=False)
@@ -38,12 +46,22 @@ def retrain(
     seed: int = 0,
     metric: str = "f1",
     margin: float = 0.01,
+    single_image: str = "csaflow",
+    single_image_epochs: int = 20,
+    single_image_overrides: dict | None = None,
+    single_image_max_minutes: float = 5.0,
 ) -> dict:
     """Train a candidate on the depot's labelled nights except the last ``holdout_nights``, evaluate it and the
     production version on those held-out nights, promote it only if it is better by ``margin``.
 
     Labels come from the store's labels area (written by the demo generator or by analysts). The comparison is
     a table artifact and is kept in the candidate's card whether it is promoted or not.
+
+    Then, unless ``single_image`` is "", one single-image model (``<single_image>-<region_id>``, "lite" preset
+    with ``single_image_overrides``) per region type with at least 4 normal-labelled captures in the training
+    nights, for captures without history; promoted when there is none in production or when its image AUROC on
+    the held-out nights' labelled captures of the region beats production's by ``margin``
+    (:func:`anodet_core.single_image.retrain_region_model`). Results: key ``single_image`` and a table artifact.
     """
     settings = Settings.from_env(store=store)
     st = Store(settings.store, settings.storage_options or None)
@@ -61,4 +79,21 @@ def retrain(
     key = re.sub(r"[^a-z0-9-]+", "-", f"retrain-{promo.name}-{depot}".lower())
     create_table_artifact(promo.rows(cand_m, prod_m), key=key, description=f"{promo.name}:{promo.candidate_version} vs production on {promo.eval_split}: {promo.reason}")
     create_markdown_artifact(f"**{'Promoted' if promo.promoted else 'Not promoted'}** {promo.name}:{promo.candidate_version} — {promo.reason}\n\n```json\n{json.dumps(promo.__dict__, indent=2, default=str)}\n```", key=key + "-decision")
-    return promo.__dict__
+    out = dict(promo.__dict__)
+    out["single_image"] = []
+    if single_image:
+        train_caps = labelled_captures(st, depot, train_nights)
+        test_caps = labelled_captures(st, depot, test_nights)
+        max_s = single_image_max_minutes * 60 if single_image_max_minutes > 0 else math.inf
+        results = []
+        for region in single_image_regions(train_caps):
+            res = train_single_image_task(st, depot, region, train_caps, test_caps, single_image,
+                                          single_image_overrides or {}, single_image_epochs, max_s, seed, device, margin)
+            logger.info("%s:%s %s: %s", res.name, res.candidate_version, "promoted" if res.promoted else "not promoted", res.reason)
+            results.append(res)
+        out["single_image"] = [r.__dict__ for r in results]
+        if results:
+            create_table_artifact([r.row() for r in results], key=re.sub(r"[^a-z0-9-]+", "-", f"retrain-{single_image}-{depot}".lower()),
+                                  description=f"single-image models ({single_image}) per region of {depot}, image AUROC "
+                                              f"on {','.join(test_nights)} vs production")
+    return out

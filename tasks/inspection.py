@@ -14,14 +14,18 @@ from anodet_core.pipeline import BatchResult, process_batch
 
 @task(name="plan-night", cache_policy=NONE)
 def plan_night_task(store: Store, depot: str, night: str, settings: Settings, run_id: str) -> NightPlan:
-    """Manifest -> histories -> pinned model version and threshold -> empty map group."""
-    return plan_night(store, depot, night, settings.model, map_dtype=settings.map_dtype, run_id=run_id, threshold=settings.threshold)
+    """Manifest -> histories -> pinned model versions (paired, and single-image for no-history regions) and
+    threshold -> empty map group."""
+    return plan_night(store, depot, night, settings.model, map_dtype=settings.map_dtype, run_id=run_id,
+                      threshold=settings.threshold, single_image=settings.single_image)
 
 
 @task(name="score-batch", cache_policy=NONE, retries=1, retry_delay_seconds=5)
-def score_batch_task(store: Store, depot: str, night: str, jobs: list[PairJob], model_ref: str, settings: Settings, run_id: str) -> BatchResult:
-    """One batch of pairs in one Dask worker: decode, register, infer, write maps, return report rows."""
-    return process_batch(store, depot, night, jobs, model_ref, settings, run_id)
+def score_batch_task(store: Store, depot: str, night: str, jobs: list[PairJob], model_ref: str, settings: Settings,
+                     run_id: str, single_models: dict[str, str] | None = None) -> BatchResult:
+    """One batch of pairs in one Dask worker: decode, register, infer, write maps, return report rows
+    (captures without history: their region's pinned single-image model in ``single_models``, if any)."""
+    return process_batch(store, depot, night, jobs, model_ref, settings, run_id, single_models)
 
 
 @task(name="write-reports", cache_policy=NONE, retries=2, retry_delay_seconds=5)
