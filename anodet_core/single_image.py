@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from .imaging import ImageError, decode, read_mask, resize
+from .training import flip_augment
 
 __all__ = [
     "ARCHS",
@@ -228,17 +229,6 @@ def to_input(images: np.ndarray, model: torch.nn.Module, device: str = "cpu") ->
     return (x - m) / s
 
 
-def _flip(x: torch.Tensor, which: int) -> torch.Tensor:
-    """0 identity, 1 vertical, 2 horizontal, 3 both (180 degrees)."""
-    if which == 1:
-        return x.flip(-2)
-    if which == 2:
-        return x.flip(-1)
-    if which == 3:
-        return x.flip(-2, -1)
-    return x
-
-
 # ------------------------------------------------------------------------------------------ training
 
 
@@ -334,7 +324,7 @@ def train_single_image(
         for s in bar:
             idx = order[s : s + batch_size]
             x = to_input(normal[idx], model, device)
-            x = torch.stack([_flip(xi, flips[i]) for xi, i in zip(x, idx)])
+            x = torch.stack([flip_augment(xi, flips[i]) for xi, i in zip(x, idx)])
             opt.zero_grad(set_to_none=True)
             if cache is not None:
                 feats = cache.features(x, [(i, flips[i]) for i in idx])

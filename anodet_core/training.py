@@ -147,7 +147,8 @@ def folder_pairs(root: str) -> list[LabelledPair]:
 AUGMENTATIONS = ("identity", "vflip", "hflip", "rot180")
 
 
-def _augment(x: torch.Tensor, which: int) -> torch.Tensor:
+def flip_augment(x: torch.Tensor, which: int) -> torch.Tensor:
+    """0 identity, 1 vertical flip, 2 horizontal flip, 3 both (= 180° rotation): the paper's four augmentations."""
     if which == 1:
         return x.flip(-2)
     if which == 2:
@@ -309,9 +310,9 @@ def train_pairs(
             his = to_input(train.his[idx], cfg.device, False)
             y = torch.from_numpy(train.mask[idx]).float().unsqueeze(1).to(cfg.device)
             aug = torch.randint(0, 4, (len(idx),), generator=gen).tolist()
-            cur = torch.stack([_augment(c, a) for c, a in zip(cur, aug)])
-            his = torch.stack([_augment(c, a) for c, a in zip(his, aug)])
-            y = torch.stack([_augment(c, a) for c, a in zip(y, aug)])
+            cur = torch.stack([flip_augment(c, a) for c, a in zip(cur, aug)])
+            his = torch.stack([flip_augment(c, a) for c, a in zip(his, aug)])
+            y = torch.stack([flip_augment(c, a) for c, a in zip(y, aug)])
             if cfg.synthetic > 0:
                 _synthesize(cur, his, y, gen, cfg.synthetic)
             if cfg.photometric:

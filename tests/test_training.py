@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from anodet_core.models import create_model
-from anodet_core.training import PairArrays, TrainConfig, _augment, mask_to_model, split_indices, train_pairs
+from anodet_core.training import PairArrays, TrainConfig, flip_augment, mask_to_model, split_indices, train_pairs
 
 TINY = dict(preset="lite", depth=0, widths=(8, 8, 8, 8), latent_dim=16, token_dim=16, num_heads=1, mlp_dim=16)
 
@@ -32,10 +32,10 @@ def _weights(m):
 
 def test_augmentations_are_the_four_of_the_paper_and_joint():
     x = torch.arange(16.0).reshape(1, 4, 4)
-    assert torch.equal(_augment(x, 0), x)
-    assert torch.equal(_augment(x, 1), x.flip(-2))
-    assert torch.equal(_augment(x, 2), x.flip(-1))
-    assert torch.equal(_augment(x, 3), torch.rot90(x, 2, (-2, -1)))
+    assert torch.equal(flip_augment(x, 0), x)
+    assert torch.equal(flip_augment(x, 1), x.flip(-2))
+    assert torch.equal(flip_augment(x, 2), x.flip(-1))
+    assert torch.equal(flip_augment(x, 3), torch.rot90(x, 2, (-2, -1)))
 
 
 def test_thin_structures_survive_the_mask_resize():
