@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -94,8 +93,3 @@ def find_regions(score: np.ndarray, threshold: float = 0.5, min_area: int = 1) -
         out.append(Finding(sl[1].start, sl[0].start, sl[1].stop, sl[0].stop, int(areas[k]), float(peaks[k]), float(means[k])))
     out.sort(key=lambda f: -f.peak_score)
     return out
-
-
-def batches(n: int, size: int) -> Iterator[slice]:
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
