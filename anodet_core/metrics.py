@@ -268,6 +268,16 @@ def scores_from_counts(tp: int, fp: int, tn: int, fn: int) -> dict[str, float]:
 # --------------------------------------------------------------------------
 # ROC / AUC / EER
 # --------------------------------------------------------------------------
+def _scores_and_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Validated 1-d scores and bool labels of equal length, with the class counts."""
+    s = _finite_1d(scores, "scores")
+    y = _labels_1d(labels, "labels")
+    if s.shape != y.shape:
+        raise ValueError(f"length mismatch: {s.size} scores vs {y.size} labels")
+    n_pos = int(np.count_nonzero(y))
+    return s, y, n_pos, int(y.size) - n_pos
+
+
 def roc_auc(scores: Any, labels: Any) -> float:
     """Exact ROC-AUC via ranks (Mann-Whitney U), ties counted as 1/2.
 
@@ -275,12 +285,7 @@ def roc_auc(scores: Any, labels: Any) -> float:
     ``labels``: bool, or numeric with positive = ``> 0.5``.  Returns NaN when
     only one class is present.
     """
-    s = _finite_1d(scores, "scores")
-    y = _labels_1d(labels, "labels")
-    if s.shape != y.shape:
-        raise ValueError(f"length mismatch: {s.size} scores vs {y.size} labels")
-    n_pos = int(np.count_nonzero(y))
-    n_neg = int(y.size) - n_pos
+    s, y, n_pos, n_neg = _scores_and_labels(scores, labels)
     if n_pos == 0 or n_neg == 0:
         return float("nan")
     ranks = rankdata(s, method="average")
@@ -296,12 +301,7 @@ def roc_curve(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndar
     (1, 1).  Thresholds are decreasing.  ``ValueError`` if only one class is
     present.
     """
-    s = _finite_1d(scores, "scores")
-    y = _labels_1d(labels, "labels")
-    if s.shape != y.shape:
-        raise ValueError(f"length mismatch: {s.size} scores vs {y.size} labels")
-    n_pos = int(np.count_nonzero(y))
-    n_neg = int(y.size) - n_pos
+    s, y, n_pos, n_neg = _scores_and_labels(scores, labels)
     if n_pos == 0 or n_neg == 0:
         raise ValueError("ROC curve needs both classes present")
     order = np.argsort(-s, kind="mergesort")
@@ -353,12 +353,8 @@ def eer_from_roc(fpr: Any, tpr: Any) -> float:
 
 def eer(scores: Any, labels: Any) -> float:
     """Exact equal error rate from scores and labels (NaN if one class only)."""
-    y = _labels_1d(labels, "labels")
-    s = _finite_1d(scores, "scores")
-    if s.shape != y.shape:
-        raise ValueError(f"length mismatch: {s.size} scores vs {y.size} labels")
-    n_pos = int(np.count_nonzero(y))
-    if n_pos == 0 or n_pos == y.size:
+    s, y, n_pos, n_neg = _scores_and_labels(scores, labels)
+    if n_pos == 0 or n_neg == 0:
         return float("nan")
     fpr, tpr, _ = roc_curve(s, y)
     return eer_from_roc(fpr, tpr)

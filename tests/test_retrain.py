@@ -1,7 +1,6 @@
 """Retraining promotes only with evidence, and the nightly flow then reports with the new production version."""
 
 import datetime as dt
-import io
 
 import numpy as np
 import pytest
@@ -12,16 +11,13 @@ from anodet_core.imaging import sha256
 from anodet_core.layout import Store
 from anodet_core.retraining import decide
 
+from helpers import jpeg, paste_square
+
 pytestmark = pytest.mark.slow
 
 TINY = {"depth": 0, "widths": [8, 8, 8, 8], "latent_dim": 16, "token_dim": 16, "num_heads": 1, "mlp_dim": 16}
 NIGHTS = ["2026-03-01", "2026-03-02", "2026-03-03"]
 
-
-def _jpeg(arr):
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=95)
-    return buf.getvalue()
 
 
 def _easy_depot(store: Store, regions: int = 8) -> None:
@@ -32,7 +28,7 @@ def _easy_depot(store: Store, regions: int = 8) -> None:
         small = rng.integers(40, 120, (16, 16, 3), dtype=np.uint8)
         base = np.asarray(Image.fromarray(small).resize((256, 256), Image.Resampling.BICUBIC))
         bases.append(base)
-        store.write_bytes(store.reference_rel("T1", 1, f"R{r}"), _jpeg(base))
+        store.write_bytes(store.reference_rel("T1", 1, f"R{r}"), jpeg(base))
     for n, night in enumerate(NIGHTS):
         man, lab = [], []
         for r, base in enumerate(bases):
@@ -41,15 +37,8 @@ def _easy_depot(store: Store, regions: int = 8) -> None:
             anomalous = (r + n) % 2 == 0
             mask_uri = None
             if anomalous:
-                y, x = rng.integers(20, 180, 2)
-                img[y : y + 50, x : x + 50] = 250
-                m = np.zeros((256, 256), np.uint8)
-                m[y : y + 50, x : x + 50] = 255
-                mask_uri = store.mask_rel("d", night, cid)
-                buf = io.BytesIO()
-                Image.fromarray(m).save(buf, format="PNG")
-                store.write_bytes(mask_uri, buf.getvalue())
-            data = _jpeg(img)
+                mask_uri = paste_square(store, "d", night, cid, img, rng)
+            data = jpeg(img)
             uri = store.capture_rel("d", night, cid)
             store.write_bytes(uri, data)
             d = dt.date.fromisoformat(night)

@@ -1,7 +1,6 @@
 """Captures without history are scored by their region's single-image model (trained by the retraining flow)."""
 
 import datetime as dt
-import io
 
 import numpy as np
 import pandas as pd
@@ -25,6 +24,8 @@ from anodet_core.single_image import (
     single_image_model_name,
 )
 
+from helpers import jpeg, paste_square
+
 pytestmark = pytest.mark.slow
 
 TINY = {"depth": 0, "widths": [8, 8, 8, 8], "latent_dim": 16, "token_dim": 16, "num_heads": 1, "mlp_dim": 16}
@@ -38,11 +39,6 @@ TRAINS = ["T1", "T2", "T3"]
 VISITS = {"R0": ["T1"], "R1": ["T1"], "R2": TRAINS}
 
 
-def _jpeg(arr):
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=95)
-    return buf.getvalue()
-
 
 def _depot(store: Store) -> None:
     """Regions seen by the trains of VISITS on 3 labelled nights (anomalies: bright squares; R2 has 4 normal
@@ -54,7 +50,7 @@ def _depot(store: Store) -> None:
         small = rng.integers(40, 120, (16, 16, 3), dtype=np.uint8)
         bases[r] = np.asarray(Image.fromarray(small).resize((256, 256), Image.Resampling.BICUBIC))
     for r in ("R0", "R1"):
-        store.write_bytes(store.reference_rel("T1", 1, r), _jpeg(bases[r]))
+        store.write_bytes(store.reference_rel("T1", 1, r), jpeg(bases[r]))
     for n, night in enumerate([*NIGHTS, NIGHT]):
         man, lab = [], []
         visits = {**VISITS, "R3": ["T1"]} if night == NIGHT else VISITS
@@ -67,15 +63,8 @@ def _depot(store: Store) -> None:
                 anomalous = (ti + ri + n) % 3 == 0
                 mask_uri = None
                 if anomalous:
-                    y, x = rng.integers(20, 180, 2)
-                    img[y : y + 50, x : x + 50] = 250
-                    m = np.zeros((256, 256), np.uint8)
-                    m[y : y + 50, x : x + 50] = 255
-                    mask_uri = store.mask_rel("d", night, cid)
-                    buf = io.BytesIO()
-                    Image.fromarray(m).save(buf, format="PNG")
-                    store.write_bytes(mask_uri, buf.getvalue())
-                data = _jpeg(img)
+                    mask_uri = paste_square(store, "d", night, cid, img, rng)
+                data = jpeg(img)
                 uri = store.capture_rel("d", night, cid)
                 store.write_bytes(uri, data)
                 d = dt.date.fromisoformat(night)
