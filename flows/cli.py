@@ -337,7 +337,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     settings = _settings(args)
     # with --json, stdout carries the JSON object alone; the narrative goes to stderr
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
-    out = run_bench(settings, captures=args.captures, batch_size=args.batch_size or 8, repeats=args.repeats, log=log)
+    out = run_bench(settings, captures=args.captures, batch_size=args.batch_size or 8, repeats=args.repeats,
+                    e2e_runs=args.e2e_runs, log=log)
     print(json.dumps(out) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()))
     return 0
 
@@ -498,7 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="end with one JSON object of the key figures")
     b.add_argument("--captures", type=int, default=128, help="size of the generated 1920x1200 bench night")
     b.add_argument("--batch-size", type=int, help="pairs per forward pass (default 8)")
-    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--repeats", type=int, default=5, help="timed model-only batches per path and measurement (median)")
+    b.add_argument("--e2e-runs", type=int, default=2, help="timed nightly runs after the warm-up (median)")
     b.add_argument("--model", help="model whose fp32-vs-fast F1 difference is measured (default: production anodfdnet)")
     b.add_argument("--device", help="auto | cpu | cuda")
     b.set_defaults(func=cmd_bench)

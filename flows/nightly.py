@@ -14,7 +14,7 @@ from prefect.runtime import flow_run
 from anodet_core.config import Settings
 from anodet_core.layout import Store
 from anodet_core.night import NightSummary, split_jobs, summarize
-from tasks.inspection import plan_night_task, score_batch_task, write_reports_task
+from tasks.inspection import Sealed, plan_night_task, score_batch_task, write_reports_task
 
 from .runners import build_task_runner
 
@@ -59,7 +59,7 @@ def nightly_inspection(
     if plan.single_models:
         logger.info("captures without history scored by single-image models: %s", plan.single_models)
     futures = [
-        score_batch_task.submit(st, plan.depot, plan.night, batch, plan.model_ref, settings, run_id, plan.single_models)
+        score_batch_task.submit(st, plan.depot, plan.night, Sealed(batch), plan.model_ref, settings, run_id, plan.single_models)
         for batch in split_jobs(plan.jobs, settings.task_pairs)
     ]
     captures, findings = [], []
@@ -67,7 +67,7 @@ def nightly_inspection(
         res = fut.result()
         captures += res.captures
         findings += res.findings
-    reports = write_reports_task(st, plan.depot, plan.night, captures, findings)
+    reports = write_reports_task(st, plan.depot, plan.night, Sealed(captures), Sealed(findings))
     summary = summarize(st, plan, captures, time.perf_counter() - t0, reports)
     key = re.sub(r"[^a-z0-9-]+", "-", f"night-{plan.depot}-{plan.night}".lower())
     create_markdown_artifact(summary.markdown(), key=key, description=f"anodet night {plan.depot} {plan.night}")

@@ -1,8 +1,11 @@
+import atexit
 import os
+import shutil
 import tempfile
 
 # Prefect and Dask must not write into the home folder or reach the network during tests
 _tmp = tempfile.mkdtemp(prefix="anodet-tests-")
+atexit.register(shutil.rmtree, _tmp, ignore_errors=True)
 os.environ.setdefault("PREFECT_HOME", os.path.join(_tmp, "prefect"))
 os.environ.setdefault("DASK_TEMPORARY_DIRECTORY", os.path.join(_tmp, "dask"))
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")

@@ -348,3 +348,32 @@ def test_dockerfile_matches_repository():
     assert packages <= sources, f"packages not copied into the image: {packages - sources}"
     build = _compose()["x-anodet"]["build"]
     assert (INFRA / build["context"] / build["dockerfile"]).resolve() == (INFRA / "Dockerfile").resolve()
+
+
+def _dask_config_from_env(env: dict[str, str]) -> dict:
+    """What a `dask worker` process started with ``env`` reads as its Dask config (dask's own env parser)."""
+    import dask.config
+
+    return dask.config.collect_env({k: v for k, v in env.items() if k.startswith("DASK_")})
+
+
+def test_external_workers_get_the_local_clusters_worker_setup():
+    """compose and k8s workers must run like the LocalCluster's: same Dask config, same malloc/thread env."""
+    import dask.config
+
+    from anodet_core.config import Settings
+    from flows.runners import WORKER_CONFIG, worker_env
+
+    def get(cfg: dict, dotted: str):
+        return dask.config.get(dotted, config=cfg)
+
+    compose_env = _service_env(_compose()["services"]["dask-worker"])
+    worker = next(d for d in _k8s_docs() if d["kind"] == "Deployment" and d["metadata"]["name"] == "dask-worker")
+    k8s_env = {e["name"]: str(e["value"]) for e in worker["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+    expected_malloc = {k: v for k, v in worker_env(Settings()).items() if k.startswith("MALLOC_") or k == "OPENBLAS_NUM_THREADS"}
+    for name, env in (("compose", compose_env), ("k8s", k8s_env)):
+        cfg = _dask_config_from_env(env)
+        for key, value in WORKER_CONFIG.items():
+            assert get(cfg, key) == value, f"{name}: {key}"
+        spawn = {k: str(v) for k, v in get(cfg, "distributed.nanny.pre-spawn-environ").items()}
+        assert spawn == expected_malloc, name

@@ -1,0 +1,63 @@
+"""`anodet bench`: the bench model, the side-by-side model timing and the whole command on a tiny night."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from anodet_core.bench import compare_model_paths, random_pairs
+from anodet_core.inference import Predictor
+from anodet_core.maps import quantize
+from anodet_core.models import create_model
+
+JSON_KEYS = {"model_fp32_pairs_s", "model_fast_pairs_s", "speedup", "e2e_pairs_s", "e2e_over_model", "f1_delta",
+             "peak_rss_mb"}
+
+
+def test_bench_model_is_the_paper_preset_with_maps_as_sparse_as_a_trained_models():
+    from flows.bench import bench_model
+
+    model = bench_model()
+    assert sum(p.numel() for p in model.parameters()) == 35_928_064 + 1  # paper preset + the one output bias
+    cur, his = random_pairs(2)
+    maps = Predictor(model, "cpu", fast=False).predict(cur, his).numpy()
+    assert maps.shape == (2, 256, 256)
+    assert not quantize(maps, "uint8").any()  # stored maps are zero, as a trained model's mostly are
+    torch.manual_seed(0)
+    plain = Predictor(create_model("anodfdnet", preset="paper").eval(), "cpu", fast=False).predict(cur, his).numpy()
+    assert (quantize(plain, "uint8") > 0).mean() > 0.99  # without the shift every pixel would be written
+
+
+def test_model_paths_are_timed_side_by_side():
+    torch.manual_seed(0)
+    model = create_model("anodfdnet", preset="lite").eval()
+    speed = compare_model_paths(model, create_model("anodfdnet", preset="lite").eval(), batch_size=2, repeats=1, warmup=1)
+    assert speed.fp32_pairs_s > 0 and speed.fast_pairs_s > 0
+    assert speed.speedup == pytest.approx(speed.fast_pairs_s / speed.fp32_pairs_s)
+    assert speed.channels_last and speed.batch_size == 2
+
+
+@pytest.mark.slow
+def test_bench_command_on_a_tiny_night(tmp_path, prefect_harness, capsys):
+    from flows.cli import main
+
+    root = str(tmp_path / "store")
+    rc = main(["bench", "--store", root, "--json", "--captures", "4", "--batch-size", "2", "--repeats", "1",
+               "--e2e-runs", "1"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)  # stdout carries the JSON object alone
+    assert set(out) == JSON_KEYS
+    for key in JSON_KEYS - {"f1_delta"}:
+        assert out[key] > 0, key
+    assert out["speedup"] == pytest.approx(out["model_fast_pairs_s"] / out["model_fp32_pairs_s"], rel=1e-2)
+    assert out["e2e_over_model"] == pytest.approx(out["e2e_pairs_s"] / out["model_fast_pairs_s"], rel=1e-2)
+    assert out["f1_delta"] is None and "no f1_delta" in captured.err  # the store has no production anodfdnet
+    assert "stage means per pair" in captured.err
+
+    from anodet_core.layout import Store
+
+    caps = Store(root).read_report("captures")
+    assert len(caps) == 4 and set(caps["status"]) == {"ok"} and set(caps["depot"]) == {"bench-4"}
+    assert np.isfinite(caps["t_infer_ms"]).all()
