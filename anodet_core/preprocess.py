@@ -24,7 +24,7 @@ class PreparedPair:
     cur: np.ndarray  # MODEL_SIZE x MODEL_SIZE x 3 uint8, cur frame
     his: np.ndarray  # history warped into the cur frame, same shape
     registration: Registration  # expressed in native cur pixels
-    valid_frac: float  # share of cur covered by the warped history (measured in the model's grid)
+    valid_frac: float  # share of cur covered by the warped history
     native_size: tuple[int, int]  # cur (width, height)
     t_decode_ms: float
     t_register_ms: float
@@ -76,23 +76,20 @@ def prepare_pair(
     if his.shape[:2] != cur.shape[:2]:  # e.g. a reference taken at another resolution of the same view
         his = resize(his, (cur.shape[1], cur.shape[0]))
     t1 = time.perf_counter()
-    cur_m, his_m = resize(cur, (size, size)), resize(his, (size, size))
     if registration == "none":
         # already aligned input (e.g. a paired dataset): skip registration, say so in the figures
         reg = Registration(np.eye(3), "identity", True, 0, float("nan"), float("nan"), float("nan"))
-        warped, valid = his_m, np.ones((size, size), bool)
+        warped, valid = his, np.ones(cur.shape[:2], bool)
     else:
         reg = register(cur, his, model=transform, method=registration)
-        # warp in the model's grid, not the decoded one: same alignment, ~3x fewer pixels to resample
-        to_model = _t(-0.5, -0.5) @ np.diag([size / cur.shape[1], size / cur.shape[0], 1.0]) @ _t(0.5, 0.5)
-        warped, valid = warp_pil(his_m, to_model @ reg.matrix @ np.linalg.inv(to_model), (size, size))
+        warped, valid = warp_pil(his, reg.matrix, cur.shape[:2])
     if not valid.all():
-        warped = np.where(valid[..., None], warped, cur_m)
+        warped = np.where(valid[..., None], warped, cur)
     t2 = time.perf_counter()
     factor = native[0] / cur.shape[1]
     return PreparedPair(
-        cur=cur_m,
-        his=warped,
+        cur=resize(cur, (size, size)),
+        his=resize(warped, (size, size)),
         registration=reg.scaled(factor),
         valid_frac=float(valid.mean()),
         native_size=native,
