@@ -119,6 +119,11 @@ def _read_local(path: str) -> tuple[bytes, ModelCard]:
         return fh.read(), card
 
 
+def read_card(store: Store, name: str, version: str) -> ModelCard:
+    """The card of one stored version, without reading its weights."""
+    return ModelCard.from_json(store.read_text(f"{store.model_version_rel(name, version)}/{CARD}"))
+
+
 def resolve(store: Store, ref: str) -> tuple[bytes, ModelCard]:
     """Weights bytes and card for a model reference (see the module docstring)."""
     if os.path.exists(ref):

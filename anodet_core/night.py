@@ -12,7 +12,7 @@ import pandas as pd
 from .history import PairJob, resolve_histories
 from .layout import DECISION_ANOMALOUS, Store, check_name, check_night
 from .maps import create_night_maps
-from .model_store import CARD, ModelCard, get_alias, resolve
+from .model_store import get_alias, read_card, resolve
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +96,8 @@ def pin_single_image_models(store: Store, jobs: list[PairJob], single_image: str
         version = get_alias(store, name)
         if version is None:
             continue
-        rel = f"{store.model_version_rel(name, version)}/{CARD}"
         try:
-            card = ModelCard.from_json(store.read_text(rel))
+            card = read_card(store, name, version)
             if card.arch not in ARCHS:
                 raise ValueError(f"arch {card.arch!r} is not a single-image model")
             map_scale(card)

@@ -38,12 +38,13 @@ BENCH_MODEL = "anodfdnet-bench"
 # paper preset plus one output bias (35,928,065 parameters instead of 35,928,064) that shifts its logits (random
 # init: 0.05 +- 0.01) down by BENCH_LOGIT_SHIFT, which makes its maps as sparse as a trained model's.
 BENCH_LOGIT_SHIFT = -12.0
+BENCH_CONFIG = {"final_bias": True}  # create_model overrides of the bench model (on top of preset="paper")
 
 
 def bench_model() -> torch.nn.Module:
     """The random-init paper preset used for every speed figure; see BENCH_LOGIT_SHIFT for its one output bias."""
     torch.manual_seed(0)
-    model = create_model("anodfdnet", preset="paper", final_bias=True).eval()
+    model = create_model("anodfdnet", preset="paper", **BENCH_CONFIG).eval()
     with torch.no_grad():
         model.decoder.d1.bias.fill_(BENCH_LOGIT_SHIFT)
     return model
@@ -59,10 +60,6 @@ def _vmhwm_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _card(store: Store, name: str, version: str) -> ModelCard:
-    return ModelCard.from_json(store.read_text(f"{store.model_version_rel(name, version)}/{model_store.CARD}"))
 
 
 def _model_speed(settings: Settings, batch_size: int, repeats: int) -> Any:
@@ -126,11 +123,10 @@ def run_bench(
     night = store.nights(spec.depot)[0]
     n_pairs = len(store.read_manifest(spec.depot, night))
 
-    config = {"final_bias": True}
     current = model_store.get_alias(store, BENCH_MODEL)
-    if current is None or _card(store, BENCH_MODEL, current).config != config:  # also replaces older benches' model
+    if current is None or model_store.read_card(store, BENCH_MODEL, current).config != BENCH_CONFIG:  # older benches'
         card = model_store.save_version(store, bench_model(), ModelCard(name=BENCH_MODEL, arch="anodfdnet",
-                                                                        preset="paper", config=config))
+                                                                        preset="paper", config=BENCH_CONFIG))
         model_store.set_alias(store, BENCH_MODEL, card.version)
     run_settings = settings.with_(model=BENCH_MODEL, batch_size=batch_size)
     cluster = LocalCluster(**local_cluster_kwargs(run_settings))

@@ -62,22 +62,17 @@ def build_deployments(schedules: list[DepotSchedule]) -> list:
 
     deployments = []
     for s in schedules:
-        deployments.append(
-            nightly_inspection.to_deployment(
-                name=f"nightly-{s.depot}",
-                schedules=[Cron(s.nightly_cron, timezone=s.timezone)],
-                parameters={"depot": s.depot},
-                tags=["anodet", "nightly", s.depot],
-                description=f"Nightly inspection of depot {s.depot} with its production model",
+        for fn, kind, cron, description in (
+            (nightly_inspection, "nightly", s.nightly_cron, f"Nightly inspection of depot {s.depot} with its production model"),
+            (retrain, "retrain", s.retrain_cron, f"Retrain on depot {s.depot}'s labels; promote only with evidence"),
+        ):
+            deployments.append(
+                fn.to_deployment(
+                    name=f"{kind}-{s.depot}",
+                    schedules=[Cron(cron, timezone=s.timezone)],
+                    parameters={"depot": s.depot},
+                    tags=["anodet", kind, s.depot],
+                    description=description,
+                )
             )
-        )
-        deployments.append(
-            retrain.to_deployment(
-                name=f"retrain-{s.depot}",
-                schedules=[Cron(s.retrain_cron, timezone=s.timezone)],
-                parameters={"depot": s.depot},
-                tags=["anodet", "retrain", s.depot],
-                description=f"Retrain on depot {s.depot}'s labels; promote only with evidence",
-            )
-        )
     return deployments

@@ -35,7 +35,6 @@ class Sealed(Generic[T]):
         return f"Sealed({type(self.value).__name__} of {n})"
 
 
-
 @task(name="plan-night", cache_policy=NONE)
 def plan_night_task(store: Store, depot: str, night: str, settings: Settings, run_id: str) -> NightPlan:
     """Manifest -> histories -> pinned model versions (paired, and single-image for no-history regions) and

@@ -1,11 +1,12 @@
 """Shared builders for small synthetic depots in tests (bright squares as anomalies)."""
 
+import datetime as dt
 import io
 
 import numpy as np
 from PIL import Image
 
-from anodet_core.imaging import encode_png
+from anodet_core.imaging import encode_png, sha256
 from anodet_core.layout import Store
 
 
@@ -24,3 +25,20 @@ def paste_square(store: Store, depot: str, night: str, cid: str, img: np.ndarray
     mask_uri = store.mask_rel(depot, night, cid)
     store.write_bytes(mask_uri, encode_png(m))
     return mask_uri
+
+
+def add_capture(store: Store, depot: str, night: str, cid: str, img: np.ndarray, anomalous: bool,
+                rng: np.random.Generator, *, train_id: str, region_id: str, minute: int) -> tuple[dict, dict]:
+    """Write one capture (a bright square pasted when ``anomalous``, with its mask) and return its manifest row
+    and label row; ``minute`` orders the night's captures (01:MM UTC)."""
+    mask_uri = paste_square(store, depot, night, cid, img, rng) if anomalous else None
+    data = jpeg(img)
+    uri = store.capture_rel(depot, night, cid)
+    store.write_bytes(uri, data)
+    d = dt.date.fromisoformat(night)
+    row = dict(capture_id=cid, depot=depot, night=night, train_id=train_id, car=1, region_id=region_id,
+               captured_at=dt.datetime(d.year, d.month, d.day, 1, minute, tzinfo=dt.timezone.utc), uri=uri,
+               sha256=sha256(data), width=img.shape[1], height=img.shape[0])
+    label = dict(capture_id=cid, anomalous=anomalous, anomaly_type="foreign_body" if anomalous else None,
+                 mask_uri=mask_uri)
+    return row, label

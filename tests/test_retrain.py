@@ -1,17 +1,15 @@
 """Retraining promotes only with evidence, and the nightly flow then reports with the new production version."""
 
-import datetime as dt
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from anodet_core import model_store
-from anodet_core.imaging import sha256
 from anodet_core.layout import Store
 from anodet_core.retraining import decide
 
-from helpers import jpeg, paste_square
+from helpers import add_capture, jpeg
 
 pytestmark = pytest.mark.slow
 
@@ -34,18 +32,10 @@ def _easy_depot(store: Store, regions: int = 8) -> None:
         for r, base in enumerate(bases):
             cid = f"c{n}-{r}"
             img = np.clip(base.astype(int) + rng.integers(-4, 5, base.shape), 0, 255).astype(np.uint8)
-            anomalous = (r + n) % 2 == 0
-            mask_uri = None
-            if anomalous:
-                mask_uri = paste_square(store, "d", night, cid, img, rng)
-            data = jpeg(img)
-            uri = store.capture_rel("d", night, cid)
-            store.write_bytes(uri, data)
-            d = dt.date.fromisoformat(night)
-            man.append(dict(capture_id=cid, depot="d", night=night, train_id="T1", car=1, region_id=f"R{r}",
-                            captured_at=dt.datetime(d.year, d.month, d.day, 1, r, tzinfo=dt.timezone.utc), uri=uri,
-                            sha256=sha256(data), width=256, height=256))
-            lab.append(dict(capture_id=cid, anomalous=anomalous, anomaly_type="foreign_body" if anomalous else None, mask_uri=mask_uri))
+            row, label = add_capture(store, "d", night, cid, img, (r + n) % 2 == 0, rng, train_id="T1",
+                                     region_id=f"R{r}", minute=r)
+            man.append(row)
+            lab.append(label)
         store.write_manifest("d", night, man)
         store.write_labels("d", night, lab)
 

@@ -1,6 +1,5 @@
 """Captures without history are scored by their region's single-image model (trained by the retraining flow)."""
 
-import datetime as dt
 
 import numpy as np
 import pandas as pd
@@ -8,7 +7,6 @@ import pytest
 from PIL import Image
 
 from anodet_core import model_store
-from anodet_core.imaging import sha256
 from anodet_core.inference import find_regions
 from anodet_core.layout import Store
 from anodet_core.maps import dequantize, open_night_maps, quantize, read_map
@@ -24,7 +22,7 @@ from anodet_core.single_image import (
     single_image_model_name,
 )
 
-from helpers import jpeg, paste_square
+from helpers import add_capture, jpeg
 
 pytestmark = pytest.mark.slow
 
@@ -60,19 +58,10 @@ def _depot(store: Store) -> None:
                     continue
                 cid = f"c{n}-{t}-{r}"
                 img = np.clip(bases[r].astype(int) + rng.integers(-4, 5, (256, 256, 3)), 0, 255).astype(np.uint8)
-                anomalous = (ti + ri + n) % 3 == 0
-                mask_uri = None
-                if anomalous:
-                    mask_uri = paste_square(store, "d", night, cid, img, rng)
-                data = jpeg(img)
-                uri = store.capture_rel("d", night, cid)
-                store.write_bytes(uri, data)
-                d = dt.date.fromisoformat(night)
-                man.append(dict(capture_id=cid, depot="d", night=night, train_id=t, car=1, region_id=r,
-                                captured_at=dt.datetime(d.year, d.month, d.day, 1, ti * 10 + ri, tzinfo=dt.timezone.utc),
-                                uri=uri, sha256=sha256(data), width=256, height=256))
-                lab.append(dict(capture_id=cid, anomalous=anomalous, anomaly_type="foreign_body" if anomalous else None,
-                                mask_uri=mask_uri))
+                row, label = add_capture(store, "d", night, cid, img, (ti + ri + n) % 3 == 0, rng, train_id=t,
+                                         region_id=r, minute=ti * 10 + ri)
+                man.append(row)
+                lab.append(label)
         store.write_manifest("d", night, man)
         if night != NIGHT:
             store.write_labels("d", night, lab)
