@@ -111,12 +111,18 @@ def update_card(store: Store, card: ModelCard) -> None:
     store.write_text(f"{store.model_version_rel(card.name, card.version)}/{CARD}", card.to_json())
 
 
+def _local_folder(path: str) -> str:
+    return os.path.dirname(path) if path.endswith(".safetensors") else path
+
+
+def _local_card(path: str) -> ModelCard:
+    with open(os.path.join(_local_folder(path), CARD)) as fh:
+        return ModelCard.from_json(fh.read())
+
+
 def _read_local(path: str) -> tuple[bytes, ModelCard]:
-    folder = os.path.dirname(path) if path.endswith(".safetensors") else path
-    with open(os.path.join(folder, CARD)) as fh:
-        card = ModelCard.from_json(fh.read())
-    with open(os.path.join(folder, WEIGHTS), "rb") as fh:
-        return fh.read(), card
+    with open(os.path.join(_local_folder(path), WEIGHTS), "rb") as fh:
+        return fh.read(), _local_card(path)
 
 
 def read_card(store: Store, name: str, version: str) -> ModelCard:
@@ -124,10 +130,8 @@ def read_card(store: Store, name: str, version: str) -> ModelCard:
     return ModelCard.from_json(store.read_text(f"{store.model_version_rel(name, version)}/{CARD}"))
 
 
-def resolve(store: Store, ref: str) -> tuple[bytes, ModelCard]:
-    """Weights bytes and card for a model reference (see the module docstring)."""
-    if os.path.exists(ref):
-        return _read_local(ref)
+def _version(store: Store, ref: str) -> tuple[str, str]:
+    """(name, version) a store reference points to; LookupError when there is none."""
     name, _, version = ref.partition(":")
     check_name(name, "model name")
     if not version:
@@ -139,10 +143,26 @@ def resolve(store: Store, ref: str) -> tuple[bytes, ModelCard]:
         if not versions:
             raise LookupError(f"model {name!r} has no versions in {store.root}")
         version = versions[-1]
-    rel = store.model_version_rel(name, version)
-    if not store.exists(f"{rel}/{CARD}"):
+    if not store.exists(f"{store.model_version_rel(name, version)}/{CARD}"):
         raise LookupError(f"model {name}:{version} not found in {store.root}")
-    return store.read_bytes(f"{rel}/{WEIGHTS}"), ModelCard.from_json(store.read_text(f"{rel}/{CARD}"))
+    return name, version
+
+
+def resolve_card(store: Store, ref: str) -> ModelCard:
+    """The card a model reference points to, without reading its weights (pinning a night's model version
+    must not pull ~140 MB of weights from object storage)."""
+    if os.path.exists(ref):
+        return _local_card(ref)
+    return read_card(store, *_version(store, ref))
+
+
+def resolve(store: Store, ref: str) -> tuple[bytes, ModelCard]:
+    """Weights bytes and card for a model reference (see the module docstring)."""
+    if os.path.exists(ref):
+        return _read_local(ref)
+    name, version = _version(store, ref)
+    rel = store.model_version_rel(name, version)
+    return store.read_bytes(f"{rel}/{WEIGHTS}"), read_card(store, name, version)
 
 
 def build(card: ModelCard, weights: bytes | None = None) -> torch.nn.Module:

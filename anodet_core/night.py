@@ -12,7 +12,7 @@ import pandas as pd
 from .history import PairJob, resolve_histories
 from .layout import DECISION_ANOMALOUS, Store, check_name, check_night
 from .maps import create_night_maps
-from .model_store import get_alias, read_card, resolve
+from .model_store import get_alias, read_card, resolve_card
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def plan_night(
     dupes = manifest["capture_id"][manifest["capture_id"].duplicated()].tolist()
     if dupes:
         raise ValueError(f"manifest {depot}/{night} repeats capture ids: {dupes[:5]}")
-    _, card = resolve(store, model)
+    card = resolve_card(store, model)
     threshold = card.threshold if threshold is None else float(threshold)
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"threshold must be in [0, 1), got {threshold}")

@@ -104,3 +104,18 @@ def test_evaluate_json_on_a_paired_folder(tiny_store, tmp_path, capsys):
     table = capsys.readouterr().out
     assert "4 pairs" in table and "| precision |" in table
     assert main(["--store", tiny_store, "evaluate", "--model", "anodfdnet:1", "--data", str(tmp_path / "none")]) == 2
+
+
+def test_flow_heartbeats_are_off_only_without_an_api_server():
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from flows.cli import ephemeral_run_settings
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert ephemeral_run_settings() == {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+        with temporary_settings(updates=ephemeral_run_settings()):
+            from prefect.settings import get_current_settings
+
+            assert get_current_settings().flows.heartbeat_frequency is None
+    with temporary_settings(updates={PREFECT_API_URL: "http://prefect.depot:4200/api"}):
+        assert ephemeral_run_settings() == {}
