@@ -106,16 +106,27 @@ def test_evaluate_json_on_a_paired_folder(tiny_store, tmp_path, capsys):
     assert main(["--store", tiny_store, "evaluate", "--model", "anodfdnet:1", "--data", str(tmp_path / "none")]) == 2
 
 
-def test_flow_heartbeats_are_off_only_without_an_api_server():
+def test_ephemeral_runs_share_one_api_server_with_local_workers_and_drop_heartbeats(monkeypatch):
+    from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
+    from anodet_core.config import Settings
     from flows.cli import ephemeral_run_settings
 
-    with temporary_settings(restore_defaults={PREFECT_API_URL}):
-        assert ephemeral_run_settings() == {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
-        with temporary_settings(updates=ephemeral_run_settings()):
+    started = []
+    monkeypatch.setattr(SubprocessASGIServer, "start", lambda self, timeout=None: started.append(self.api_url))
+    local, remote = Settings(), Settings(dask_address="tcp://dask-scheduler.depot:8786")
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):  # no server configured: ephemeral mode
+        shared = ephemeral_run_settings(local)
+        assert shared == {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_API_URL: started[0]}
+        assert ephemeral_run_settings(Settings(dask_address="tcp://127.0.0.1:8786"))[PREFECT_API_URL] == started[0]
+        # workers on other hosts cannot reach this host's loopback server: they keep their own
+        assert ephemeral_run_settings(remote) == {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+        with temporary_settings(updates=shared):
             from prefect.settings import get_current_settings
 
             assert get_current_settings().flows.heartbeat_frequency is None
+            assert get_current_settings().api.url == started[0]
     with temporary_settings(updates={PREFECT_API_URL: "http://prefect.depot:4200/api"}):
-        assert ephemeral_run_settings() == {}
+        assert ephemeral_run_settings(local) == ephemeral_run_settings(remote) == {}
+    assert len(started) == 2
