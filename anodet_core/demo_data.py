@@ -159,8 +159,16 @@ def capture_id(depot: str, night: str, train_id: str, car: int, region_id: str) 
     return check_name(f"{depot}-{check_night(night).replace('-', '')}-{train_id}-c{int(car)}-{region_id}", "capture_id")
 
 
-def generate_depot(store: Store, spec: DemoSpec = DemoSpec()) -> DemoSummary:
-    """Write references, captures, manifests, labels and masks of a demo depot into ``store``."""
+_PARALLEL_MEGAPIXELS = 100.0  # ~40 full-resolution captures: ~40 s of rendering on one core
+
+
+def generate_depot(store: Store, spec: DemoSpec = DemoSpec(), *, workers: int = 0) -> DemoSummary:
+    """Write references, captures, manifests, labels and masks of a demo depot into ``store``.
+
+    Regions are rendered in ``workers`` processes (1: in this process; 0: one per core this process may use
+    when the depot is large enough to repay starting them, ~2 s each); every image depends only on the seed and
+    its keys, so the depot is the same for any ``workers``.
+    """
     _check_spec(spec)
     depot = check_name(spec.depot, "depot")
     first = dt.date.fromisoformat(check_night(spec.first_night))
@@ -168,42 +176,36 @@ def generate_depot(store: Store, spec: DemoSpec = DemoSpec()) -> DemoSummary:
     keys = [(t, c, r) for t in train_ids(spec.trains) for c in range(1, spec.cars + 1) for r in region_ids(spec.regions)]
     plan = _plan_anomalies(spec.seed, len(nights) * len(keys), spec.anomaly_rate, "depot")
     times = {night: _capture_times(spec.seed, night, keys) for night in nights}
+    jobs = [
+        (store, spec, depot, key, nights, [plan.get(ni * len(keys) + ki, (None, False)) for ni in range(len(nights))],
+         [times[night][ki] for night in nights])
+        for ki, key in enumerate(keys)
+    ]
+    if workers <= 0:
+        from .config import available_cores
+
+        megapixels = spec.width * spec.height * (len(nights) + 1) * len(keys) / 1e6
+        workers = available_cores() if megapixels >= _PARALLEL_MEGAPIXELS else 1
+    workers = min(workers, len(jobs))
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: the caller may hold threads (Dask, Prefect) that fork would copy mid-state
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            regions = list(pool.map(_generate_region, jobs))
+    else:
+        regions = [_generate_region(job) for job in jobs]
+
     manifests: dict[str, list[dict]] = {n: [] for n in nights}
     labels: dict[str, list[dict]] = {n: [] for n in nights}
     counts = {t: 0 for t in ANOMALY_TYPES}
-
-    for ki, (train, car, region) in enumerate(keys):
-        scene = RegionScene(spec.seed, (train, car, region), spec.width, spec.height)  # cached for all nights
-        ref, _, _ = scene.render(_rng(spec.seed, "reference", train, car, region), neutral=True)
-        store.write_bytes(Store.reference_rel(train, car, region), encode_jpeg(ref, spec.jpeg_quality))
-        for ni, night in enumerate(nights):
-            cid = capture_id(depot, night, train, car, region)
-            want, subtle = plan.get(ni * len(keys) + ki, (None, False))
-            img, mask, atype = scene.render(
-                _rng(spec.seed, "nuisance", night, train, car, region),
-                anomaly=want,
-                anomaly_rng=_rng(spec.seed, "anomaly", night, train, car, region),
-                subtle=subtle,
-                viewpoint=spec.viewpoint,
-            )
-            data = encode_jpeg(img, spec.jpeg_quality)
-            rel = Store.capture_rel(depot, night, cid)
-            store.write_bytes(rel, data)
-            manifests[night].append(
-                dict(
-                    capture_id=cid, depot=depot, night=night, train_id=train, car=car, region_id=region,
-                    captured_at=times[night][ki], uri=rel, sha256=hashlib.sha256(data).hexdigest(),
-                    width=img.shape[1], height=img.shape[0],
-                )
-            )
-            mask_uri = None
-            if atype is not None:
-                mask_uri = Store.mask_rel(depot, night, cid)
-                store.write_bytes(mask_uri, encode_png(mask))
-                counts[atype] += 1
-            labels[night].append(dict(capture_id=cid, anomalous=atype is not None, anomaly_type=atype, mask_uri=mask_uri))
-        del scene
-
+    for rows, region_labels in regions:
+        for night, row, label in zip(nights, rows, region_labels):
+            manifests[night].append(row)
+            labels[night].append(label)
+            if label["anomaly_type"] is not None:
+                counts[label["anomaly_type"]] += 1
     for night in nights:
         rows = sorted(manifests[night], key=lambda r: r["captured_at"])
         order = {r["capture_id"]: i for i, r in enumerate(rows)}
@@ -218,6 +220,41 @@ def generate_depot(store: Store, spec: DemoSpec = DemoSpec()) -> DemoSummary:
         n_references=len(keys),
         counts_by_type=counts,
     )
+
+
+def _generate_region(job: tuple) -> tuple[list[dict], list[dict]]:
+    """One region of a demo depot over all nights: writes its reference, captures and masks; returns its
+    manifest rows and label rows, one per night."""
+    store, spec, depot, (train, car, region), nights, wanted, times = job
+    scene = RegionScene(spec.seed, (train, car, region), spec.width, spec.height)  # cached for all nights
+    ref, _, _ = scene.render(_rng(spec.seed, "reference", train, car, region), neutral=True)
+    store.write_bytes(Store.reference_rel(train, car, region), encode_jpeg(ref, spec.jpeg_quality))
+    rows, labels = [], []
+    for night, (want, subtle), captured_at in zip(nights, wanted, times):
+        cid = capture_id(depot, night, train, car, region)
+        img, mask, atype = scene.render(
+            _rng(spec.seed, "nuisance", night, train, car, region),
+            anomaly=want,
+            anomaly_rng=_rng(spec.seed, "anomaly", night, train, car, region),
+            subtle=subtle,
+            viewpoint=spec.viewpoint,
+        )
+        data = encode_jpeg(img, spec.jpeg_quality)
+        rel = Store.capture_rel(depot, night, cid)
+        store.write_bytes(rel, data)
+        rows.append(
+            dict(
+                capture_id=cid, depot=depot, night=night, train_id=train, car=car, region_id=region,
+                captured_at=captured_at, uri=rel, sha256=hashlib.sha256(data).hexdigest(),
+                width=img.shape[1], height=img.shape[0],
+            )
+        )
+        mask_uri = None
+        if atype is not None:
+            mask_uri = Store.mask_rel(depot, night, cid)
+            store.write_bytes(mask_uri, encode_png(mask))
+        labels.append(dict(capture_id=cid, anomalous=atype is not None, anomaly_type=atype, mask_uri=mask_uri))
+    return rows, labels
 
 
 def write_pair_folders(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import Settings, resolve_device
+from .config import Settings, available_cores, resolve_device
 from .history import PairJob
 from .imaging import ImageError, sha256
 from .inference import Predictor, find_regions, to_native
@@ -43,22 +42,6 @@ from .single_image import MAP_THRESHOLD, SingleImageScorer, prepare_image
 
 _MODELS: dict[tuple, Any] = {}  # (Predictor, ModelCard) for paired models, SingleImageScorer for single-image ones
 _LOCK = threading.Lock()
-
-
-def available_cores() -> int:
-    """Cores this process may use: CPU affinity, capped by a cgroup v2 quota (containers see the host's count)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        n = os.cpu_count() or 1
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as fh:
-            quota, period = fh.read().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, int(int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, n)
 
 
 def worker_threads(settings: Settings) -> int:

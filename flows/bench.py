@@ -92,18 +92,18 @@ def _f1_delta(store: Store, depot: str, night: str, model_ref: str, device: str)
 def run_bench(
     settings: Settings,
     *,
-    captures: int = 128,
+    captures: int = 256,
     batch_size: int = 8,
-    repeats: int = 5,
+    repeats: int = 8,
     e2e_runs: int = 2,
     log: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
     """Run the whole benchmark; returns the figures of ``anodet bench --json``.
 
     Drift-resistant order: model only, then ``e2e_runs`` timed nightly runs (after an untimed warm-up run), then
-    model only again. The model-only rates are the means of the two measurements around the end-to-end runs, the
-    end-to-end rate is the median over its runs, so a slower or faster stretch of a shared machine moves both
-    sides of each ratio alike.
+    model only again, so a slower or faster stretch of a shared machine moves both sides of each ratio alike.
+    Every rate is pairs over summed wall time: the model-only rates over the timed batches of both measurements
+    around the end-to-end runs (``repeats`` batches per path each), the end-to-end rate over its runs.
     """
     from distributed import Client, LocalCluster
 
@@ -146,19 +146,19 @@ def run_bench(
     finally:
         client.close()
         cluster.close()
-    fp32 = statistics.fmean(sp.fp32_pairs_s for sp in speeds)
-    fast = statistics.fmean(sp.fast_pairs_s for sp in speeds)
+    fp32 = len(speeds) / sum(1.0 / sp.fp32_pairs_s for sp in speeds)  # equal pairs each: pairs / summed time
+    fast = len(speeds) / sum(1.0 / sp.fast_pairs_s for sp in speeds)
     log(f"model only, paper preset, batch {batch_size}: fp32 eager {fp32:.2f} pairs/s, fast path {fast:.2f} pairs/s "
         f"(bf16={speeds[0].bf16}, channels_last={speeds[0].channels_last}): x{fast / fp32:.2f} "
         f"(before the nightly runs {speeds[0].fp32_pairs_s:.2f} / {speeds[0].fast_pairs_s:.2f}, "
         f"after {speeds[1].fp32_pairs_s:.2f} / {speeds[1].fast_pairs_s:.2f})")
 
-    e2e_s = statistics.median(e2e_times)
+    e2e_s = statistics.fmean(e2e_times)
     e2e = n_pairs / e2e_s
     caps = store.read_report("captures")
     caps = caps[(caps.depot == spec.depot) & (caps.night == night)]
     stages = {k: float(caps[f"t_{k}_ms"].mean()) for k in ("decode", "register", "infer", "write")}
-    log(f"end to end, nightly flow: {n_pairs} pairs in {e2e_s:.1f} s (median of "
+    log(f"end to end, nightly flow: {n_pairs} pairs in {e2e_s:.1f} s (mean of "
         + ", ".join(f"{t:.1f}" for t in e2e_times) + f" s) = {e2e:.2f} pairs/s ({e2e / fast:.2f} of the fast "
         f"model-only rate); statuses {summary.by_status}")
     log("stage means per pair (ms of thread time inside the worker; decode + registration and writing each run on "

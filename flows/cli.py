@@ -535,10 +535,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="model-only (fp32 vs fast path) and end-to-end throughput, stage breakdown, memory")
     b.add_argument("--json", action="store_true", help="end with one JSON object of the key figures")
-    b.add_argument("--captures", type=int, default=128, help="size of the generated 1920x1200 bench night")
+    b.add_argument("--captures", type=int, default=256, help="size of the generated 1920x1200 bench night")
     b.add_argument("--batch-size", type=int, help="pairs per forward pass (default 8)")
-    b.add_argument("--repeats", type=int, default=5, help="timed model-only batches per path and measurement (median)")
-    b.add_argument("--e2e-runs", type=int, default=2, help="timed nightly runs after the warm-up (median)")
+    b.add_argument("--repeats", type=int, default=8, help="timed model-only batches per path and measurement")
+    b.add_argument("--e2e-runs", type=int, default=2, help="timed nightly runs after the warm-up")
     b.add_argument("--model", help="model whose fp32-vs-fast F1 difference is measured (default: production anodfdnet)")
     b.add_argument("--device", help="auto | cpu | cuda")
     b.set_defaults(func=cmd_bench)
