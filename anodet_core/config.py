@@ -33,6 +33,7 @@ class Settings:
     registration: str = "auto"  # auto | phase | features
     map_dtype: str = "uint8"  # uint8 (score*255) | float16
     single_image: str = "csaflow"  # single-image arch scoring no-history captures (model "<arch>-<region_id>"); "" disables
+    second_opinion: bool = False  # also score captures WITH history by their region's single-image model (second_*)
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

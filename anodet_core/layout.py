@@ -98,6 +98,11 @@ CAPTURE_REPORT_SCHEMA = pa.schema(
         ("anomalous_area_px", pa.int64()),  # native px above threshold
         ("anomalous_area_frac", pa.float32()),
         ("n_findings", pa.int32()),
+        # second opinion (ANODET_SECOND_OPINION): the region's single-image model on a capture WITH history;
+        # informational, the decision stays the paired model's; null when off or the region has no such model
+        ("second_model", pa.string()),  # NAME:VERSION
+        ("second_score", pa.float32()),  # image score in that model's units
+        ("second_anomalous", pa.bool_()),  # second_score above the model card's image threshold
         ("map_uri", pa.string()),  # Zarr group URL
         ("map_index", pa.int32()),  # row of the capture in the group's `maps` array
         ("t_decode_ms", pa.float32()),

@@ -27,7 +27,8 @@ class NightPlan:
     threshold: float
     jobs: list[PairJob]
     maps_url: str
-    # region_id -> pinned single-image NAME:VERSION, for regions with no-history jobs (see pin_single_image_models)
+    # region_id -> pinned single-image NAME:VERSION, for regions with no-history jobs, or all regions when second
+    # opinions are on (see pin_single_image_models)
     single_models: dict[str, str] = field(default_factory=dict)
 
 
@@ -41,12 +42,13 @@ def plan_night(
     threshold: float | None = None,
     *,
     single_image: str = "",
+    second_opinion: bool = False,
 ) -> NightPlan:
     """Read the manifest, resolve histories, pin the model version and create the night's (empty) map group.
 
     The threshold is the model card's unless one is given (ANODET_THRESHOLD). With ``single_image`` (an arch,
     ANODET_SINGLE_IMAGE), the production single-image models of the regions that have captures without history
-    are pinned too (``NightPlan.single_models``).
+    are pinned too (``NightPlan.single_models``); with ``second_opinion`` those of every region of the night.
     """
     depot, night = check_name(depot, "depot"), check_night(night)
     manifest = store.read_manifest(depot, night)
@@ -58,7 +60,7 @@ def plan_night(
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"threshold must be in [0, 1), got {threshold}")
     jobs = resolve_histories(store, manifest, depot, night)
-    single_models = pin_single_image_models(store, jobs, single_image)
+    single_models = pin_single_image_models(store, jobs, single_image, all_regions=second_opinion)
     sizes = [(int(j.capture["width"]), int(j.capture["height"])) for j in jobs]
     url = create_night_maps(
         store,
@@ -74,9 +76,10 @@ def plan_night(
     return NightPlan(depot, night, pinned, card.name, card.version, threshold, jobs, url, single_models)
 
 
-def pin_single_image_models(store: Store, jobs: list[PairJob], single_image: str) -> dict[str, str]:
+def pin_single_image_models(store: Store, jobs: list[PairJob], single_image: str, *, all_regions: bool = False) -> dict[str, str]:
     """``{region_id: "NAME:VERSION"}``: the production version of ``<single_image>-<region_id>`` for every region
-    with a job without history, where that model exists. Empty when ``single_image`` is "" (disabled).
+    with a job without history (``all_regions``: every region of the jobs, for second opinions), where that
+    model exists. Empty when ``single_image`` is "" (disabled).
 
     A production card that is not a single-image model or lacks the normal map statistics the night normalises
     with is skipped (logged): its captures stay ``no_history`` rather than failing the night.
@@ -88,7 +91,7 @@ def pin_single_image_models(store: Store, jobs: list[PairJob], single_image: str
     if single_image not in ARCHS:
         raise ValueError(f"unknown single-image model {single_image!r} (ANODET_SINGLE_IMAGE): use one of {list(ARCHS)} or ''")
     pinned: dict[str, str] = {}
-    for region in sorted({str(j.capture["region_id"]) for j in jobs if not j.history_uri}):
+    for region in sorted({str(j.capture["region_id"]) for j in jobs if all_regions or not j.history_uri}):
         try:
             name = single_image_model_name(single_image, region)
         except ValueError:

@@ -110,8 +110,12 @@ def _read_cur(store: Store, job: PairJob) -> bytes | str:
     return cur_bytes
 
 
-def _prepare(store: Store, job: PairJob, settings: Settings) -> PreparedPair | str:
-    """Read and align one pair; a string is the error that keeps the capture from being scored."""
+def _prepare(store: Store, job: PairJob, settings: Settings, second_size: int = 0) -> tuple[PreparedPair, np.ndarray | None] | str:
+    """Read and align one pair; a string is the error that keeps the capture from being scored.
+
+    With ``second_size`` cur is also prepared for a single-image model's second opinion, as that model's
+    calibration images were (:func:`prepare_image`); else the second item is None.
+    """
     cur_bytes = _read_cur(store, job)
     if isinstance(cur_bytes, str):
         return cur_bytes
@@ -120,7 +124,8 @@ def _prepare(store: Store, job: PairJob, settings: Settings) -> PreparedPair | s
     except (FileNotFoundError, OSError) as exc:
         return f"cannot read history {job.history_uri}: {exc}"
     try:
-        return prepare_pair(cur_bytes, his_bytes, registration=settings.registration)
+        pair = prepare_pair(cur_bytes, his_bytes, registration=settings.registration)
+        return pair, prepare_image(cur_bytes, second_size)[0] if second_size else None
     except (ImageError, ValueError) as exc:
         return str(exc)
 
@@ -293,7 +298,8 @@ def process_batch(
 
     Jobs without history are scored by their region's single-image model when ``single_models`` (region_id ->
     NAME:VERSION, ``NightPlan.single_models``) has one, in the same three phases; otherwise they are reported
-    ``no_history``.
+    ``no_history``. With ``settings.second_opinion``, jobs with history whose region has one are also scored by
+    it (report columns ``second_*``; the decision stays the paired model's).
     """
     if settings.threshold is None:
         raise ValueError("process_batch needs an explicit threshold (see NightPlan.threshold)")
@@ -316,7 +322,11 @@ def process_batch(
         return result
     maps = MapWriter(store, depot, night)
     map_uri = store.url(store.maps_rel(depot, night))
+    second_refs = dict(single_models or {}) if settings.second_opinion else {}
+    second_sizes = {r: get_single_image_scorer(store, ref, settings).size for r, ref in second_refs.items()}
+    second: dict[int, dict[str, Any]] = {}  # job.index -> second_* report fields
     pending: list[tuple[PairJob, PreparedPair]] = []
+    pending_second: list[tuple[PairJob, np.ndarray]] = []
     written: list[tuple[PairJob, ModelCard, float, Any]] = []
     # Phases alternate per sub-batch: read+register the pairs on all cores, run the model on all cores, then
     # upsample+write on all cores. Running them concurrently instead was measured slower on 2 cores: the
@@ -335,16 +345,32 @@ def process_batch(
             scores = predictor.predict(np.stack([p.cur for _, p in pending]), np.stack([p.his for _, p in pending])).cpu()
             t_infer = (time.perf_counter() - t0) * 1e3 / len(pending)
             futs = [pool.submit(_finish, maps, job, prep, scores[k], settings) for k, (job, prep) in enumerate(pending)]
+            if pending_second:
+                second_opinions()
             collect(card, t_infer, futs, [job for job, _ in pending])
             pending.clear()
 
+        def second_opinions() -> None:
+            by_ref: dict[str, list[tuple[PairJob, np.ndarray]]] = {}
+            for job, img in pending_second:
+                by_ref.setdefault(second_refs[str(job.capture["region_id"])], []).append((job, img))
+            for ref, group in by_ref.items():
+                scorer = get_single_image_scorer(store, ref, settings)
+                for (job, _), s in zip(group, scorer.image_scores(np.stack([img for _, img in group]))):
+                    second[job.index] = {"second_model": ref, "second_score": float(s),
+                                         "second_anomalous": bool(s > scorer.threshold)}
+            pending_second.clear()
+
         for start in range(0, len(scorable), settings.batch_size):
             chunk = scorable[start : start + settings.batch_size]
-            for job, prep in zip(chunk, pool.map(lambda j: _prepare(store, j, settings), chunk)):
+            sizes = [second_sizes.get(str(j.capture["region_id"]), 0) for j in chunk]
+            for job, prep in zip(chunk, pool.map(lambda j, s: _prepare(store, j, settings, s), chunk, sizes)):
                 if isinstance(prep, str):
                     result.captures.append({**_base_row(job, card, run_id), "status": STATUS_ERROR, "error": prep})
                 else:
-                    pending.append((job, prep))
+                    pending.append((job, prep[0]))
+                    if prep[1] is not None:
+                        pending_second.append((job, prep[1]))
             if pending:
                 infer()
 
@@ -373,7 +399,8 @@ def process_batch(
         processed_at = dt.datetime.now(dt.timezone.utc)
         for job, scored_card, t_infer, fut in written:
             figures, finds = fut.result()
-            row = {**_base_row(job, scored_card, run_id), **figures, "t_infer_ms": t_infer, "map_uri": map_uri, "processed_at": processed_at}
+            row = {**_base_row(job, scored_card, run_id), **figures, **second.get(job.index, {}), "t_infer_ms": t_infer,
+                   "map_uri": map_uri, "processed_at": processed_at}
             result.captures.append(row)
             result.findings.extend(_finding_rows(row, finds, scored_card, run_id))
     return result

@@ -657,6 +657,10 @@ class SingleImageScorer:
         self.threshold = float(card.threshold)
         self.scale = map_scale(card)
 
+    def image_scores(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, S, S, 3) -> image scores float64 (N,) in model units, no maps (second opinions)."""
+        return score_images(self.model, images, self.device, batch=max(1, len(images)), maps=False)[0]
+
     def score(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (N, S, S, 3) at the input size -> (image scores float64 (N,) in model units,
         normalised maps float32 (N, S, S) in [0, 1])."""

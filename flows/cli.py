@@ -24,6 +24,7 @@ def _settings(args: argparse.Namespace):
         model=getattr(args, "model", None),
         batch_size=getattr(args, "batch_size", None),
         device=getattr(args, "device", None),
+        second_opinion=getattr(args, "second_opinion", None),
     )
 
 
@@ -148,7 +149,8 @@ def run_night(settings, depot: str, night: str):
 
     flow = nightly_inspection.with_options(task_runner=build_task_runner(settings))
     with temporary_settings(updates=ephemeral_run_settings(settings)):
-        return flow(depot=depot, night=night, store=settings.store, model=settings.model, batch_size=settings.batch_size)
+        return flow(depot=depot, night=night, store=settings.store, model=settings.model, batch_size=settings.batch_size,
+                    second_opinion=settings.second_opinion, device=settings.device)
 
 
 def _loopback(address: str) -> bool:
@@ -494,6 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", help="model reference: NAME (its production version), NAME:VERSION or a local folder")
     r.add_argument("--batch-size", type=int)
     r.add_argument("--device", help="auto | cpu | cuda")
+    r.add_argument("--second-opinion", action="store_true", default=None,
+                   help="also score captures with history by their region's single-image model (report columns "
+                        "second_*; env ANODET_SECOND_OPINION)")
     r.set_defaults(func=cmd_run_night)
 
     pr = sub.add_parser("predict", help="score unlabelled pair folders (DIR/<pair>/cur.*, his.*): map PNGs + scores.parquet")

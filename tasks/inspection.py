@@ -40,7 +40,8 @@ def plan_night_task(store: Store, depot: str, night: str, settings: Settings, ru
     """Manifest -> histories -> pinned model versions (paired, and single-image for no-history regions) and
     threshold -> empty map group."""
     return plan_night(store, depot, night, settings.model, map_dtype=settings.map_dtype, run_id=run_id,
-                      threshold=settings.threshold, single_image=settings.single_image)
+                      threshold=settings.threshold, single_image=settings.single_image,
+                      second_opinion=settings.second_opinion)
 
 
 @task(name="score-batch", cache_policy=NONE, retries=1, retry_delay_seconds=5)

@@ -195,3 +195,52 @@ def test_region_model_is_kept_without_evidence(night):
     assert model_store.get_alias(store, "csaflow-R2") == "1"
     card = model_store.resolve(store, "csaflow-R2:2")[1]
     assert card.extra["promotion"]["promoted"] is False and card.extra["promotion"]["production_value"] is not None
+
+
+def test_second_opinion_scores_paired_captures_without_changing_decisions(night):
+    """ANODET_SECOND_OPINION: captures WITH history in a region that has a single-image model also get its image
+    score (report columns second_*); the paired model's maps and decisions are unchanged; off by default."""
+    import dataclasses
+
+    from anodet_core.config import Settings
+    from anodet_core.night import write_reports
+    from anodet_core.pipeline import process_batch
+    from tasks.inspection import plan_night_task
+
+    store, root, _, _ = night
+    model, card = model_store.load(store, "csaflow-R2:1")  # R0 (paired: it has a reference) gets a model too
+    r0 = model_store.save_version(store, model, dataclasses.replace(card, name="csaflow-R0", version=""))
+    model_store.set_alias(store, "csaflow-R0", r0.version)
+    settings = Settings.from_env(store=root)
+    assert settings.second_opinion is False
+    assert "R0" not in plan_night_task.fn(store, "d", NIGHT, settings, "run").single_models  # only no-history regions
+    on = settings.with_(second_opinion=True)
+    plan = plan_night_task.fn(store, "d", NIGHT, on, "run")
+    assert plan.single_models == {"R0": f"csaflow-R0:{r0.version}", "R2": "csaflow-R2:1"}
+    paired = [j for j in plan.jobs if j.history_uri]
+    assert sorted(j.capture["region_id"] for j in paired) == ["R0", "R1"]
+    rows = {}
+    for s in (settings, on):
+        res = process_batch(store, "d", NIGHT, paired, plan.model_ref, s.with_(threshold=plan.threshold), "run",
+                            plan.single_models)
+        rows[s.second_opinion] = {r["capture_id"]: r for r in res.captures}
+    for cid, row in rows[True].items():
+        off = rows[False][cid]
+        assert (row["decision"], row["score_max"], row["n_findings"]) == (off["decision"], off["score_max"], off["n_findings"])
+        assert not any(k.startswith("second_") for k in off)
+        if row["region_id"] == "R1":  # no single-image model for R1
+            assert not any(k.startswith("second_") for k in row)
+            continue
+        img, _ = prepare_image(store.read_bytes(row["uri"]), 128)
+        expect = float(score_images(model, img[None], maps=False)[0][0])
+        assert row["second_model"] == f"csaflow-R0:{r0.version}"
+        assert row["second_score"] == pytest.approx(expect, rel=1e-5)
+        assert row["second_anomalous"] == (expect > card.threshold)
+    write_reports(store, "d", NIGHT, list(rows[True].values()), [])
+    rep = store.read_report("captures")
+    rep = rep[rep.night == NIGHT].set_index("capture_id")
+    for cid, row in rows[True].items():
+        assert pd.isna(rep.loc[cid, "second_model"]) == (row["region_id"] == "R1")
+        if row["region_id"] == "R0":
+            assert rep.loc[cid, "second_score"] == pytest.approx(row["second_score"], rel=1e-6)
+            assert bool(rep.loc[cid, "second_anomalous"]) == row["second_anomalous"]
