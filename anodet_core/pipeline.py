@@ -11,6 +11,7 @@ by that model alone (:class:`anodet_core.single_image.SingleImageScorer`); their
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import threading
 import time
@@ -40,6 +41,7 @@ from .model_store import ModelCard, load
 from .preprocess import PreparedPair, prepare_pair
 from .single_image import MAP_THRESHOLD, SingleImageScorer, prepare_image
 
+log = logging.getLogger(__name__)
 _MODELS: dict[tuple, Any] = {}  # (Predictor, ModelCard) for paired models, SingleImageScorer for single-image ones
 _LOCK = threading.Lock()
 
@@ -280,6 +282,25 @@ def _finding_rows(row: dict[str, Any], finds: list, card: ModelCard, run_id: str
     ]
 
 
+def _second_opinion_models(store: Store, jobs: list[PairJob], single_models: dict[str, str] | None,
+                           settings: Settings) -> tuple[dict[str, str], dict[str, int]]:
+    """(region_id -> NAME:VERSION, region_id -> input size) of the second-opinion models these jobs need.
+
+    A model that cannot be loaded costs its region the second opinion (logged), never the paired results.
+    """
+    refs: dict[str, str] = {}
+    sizes: dict[str, int] = {}
+    if not settings.second_opinion or not single_models:
+        return refs, sizes
+    for region in sorted({str(j.capture["region_id"]) for j in jobs} & set(single_models)):
+        try:
+            sizes[region] = get_single_image_scorer(store, single_models[region], settings).size
+            refs[region] = single_models[region]
+        except (OSError, LookupError, ValueError, RuntimeError) as exc:
+            log.warning("no second opinion for region %s: cannot load %s: %s", region, single_models[region], exc)
+    return refs, sizes
+
+
 def process_batch(
     store: Store,
     depot: str,
@@ -322,8 +343,7 @@ def process_batch(
         return result
     maps = MapWriter(store, depot, night)
     map_uri = store.url(store.maps_rel(depot, night))
-    second_refs = dict(single_models or {}) if settings.second_opinion else {}
-    second_sizes = {r: get_single_image_scorer(store, ref, settings).size for r, ref in second_refs.items()}
+    second_refs, second_sizes = _second_opinion_models(store, scorable, single_models, settings)
     second: dict[int, dict[str, Any]] = {}  # job.index -> second_* report fields
     pending: list[tuple[PairJob, PreparedPair]] = []
     pending_second: list[tuple[PairJob, np.ndarray]] = []

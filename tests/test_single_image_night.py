@@ -244,3 +244,17 @@ def test_second_opinion_scores_paired_captures_without_changing_decisions(night)
         if row["region_id"] == "R0":
             assert rep.loc[cid, "second_score"] == pytest.approx(row["second_score"], rel=1e-6)
             assert bool(rep.loc[cid, "second_anomalous"]) == row["second_anomalous"]
+    # a second-opinion model that cannot be loaded costs the second opinion only, never the paired results
+    import os
+
+    broken = model_store.save_version(store, model, dataclasses.replace(card, name="csaflow-R0", version=""))
+    os.remove(store.path(f"{store.model_version_rel('csaflow-R0', broken.version)}/{model_store.WEIGHTS}"))
+    model_store.set_alias(store, "csaflow-R0", broken.version)
+    plan = plan_night_task.fn(store, "d", NIGHT, on, "run")
+    assert plan.single_models["R0"] == f"csaflow-R0:{broken.version}"
+    res = process_batch(store, "d", NIGHT, paired, plan.model_ref, on.with_(threshold=plan.threshold), "run",
+                        plan.single_models)
+    assert len(res.captures) == len(paired)
+    for r in res.captures:
+        assert (r["status"], r["decision"]) == (rows[True][r["capture_id"]]["status"], rows[True][r["capture_id"]]["decision"])
+    assert not any(k.startswith("second_") for r in res.captures for k in r)
