@@ -131,7 +131,7 @@ def read_card(store: Store, name: str, version: str) -> ModelCard:
 
 
 def _version(store: Store, ref: str) -> tuple[str, str]:
-    """(name, version) a store reference points to; LookupError when there is none."""
+    """(name, version) a store reference names; LookupError when an alias or ``latest`` finds none."""
     name, _, version = ref.partition(":")
     check_name(name, "model name")
     if not version:
@@ -143,9 +143,15 @@ def _version(store: Store, ref: str) -> tuple[str, str]:
         if not versions:
             raise LookupError(f"model {name!r} has no versions in {store.root}")
         version = versions[-1]
-    if not store.exists(f"{store.model_version_rel(name, version)}/{CARD}"):
-        raise LookupError(f"model {name}:{version} not found in {store.root}")
     return name, version
+
+
+def _stored_card(store: Store, name: str, version: str) -> ModelCard:
+    """:func:`read_card`, with a missing version as LookupError (one read, no separate existence check)."""
+    try:
+        return read_card(store, name, version)
+    except FileNotFoundError:
+        raise LookupError(f"model {name}:{version} not found in {store.root}") from None
 
 
 def resolve_card(store: Store, ref: str) -> ModelCard:
@@ -153,7 +159,7 @@ def resolve_card(store: Store, ref: str) -> ModelCard:
     must not pull ~140 MB of weights from object storage)."""
     if os.path.exists(ref):
         return _local_card(ref)
-    return read_card(store, *_version(store, ref))
+    return _stored_card(store, *_version(store, ref))
 
 
 def resolve(store: Store, ref: str) -> tuple[bytes, ModelCard]:
@@ -161,8 +167,8 @@ def resolve(store: Store, ref: str) -> tuple[bytes, ModelCard]:
     if os.path.exists(ref):
         return _read_local(ref)
     name, version = _version(store, ref)
-    rel = store.model_version_rel(name, version)
-    return store.read_bytes(f"{rel}/{WEIGHTS}"), read_card(store, name, version)
+    card = _stored_card(store, name, version)
+    return store.read_bytes(f"{store.model_version_rel(name, version)}/{WEIGHTS}"), card
 
 
 def build(card: ModelCard, weights: bytes | None = None) -> torch.nn.Module:

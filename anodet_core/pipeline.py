@@ -127,7 +127,10 @@ def _prepare(store: Store, job: PairJob, settings: Settings, second_size: int = 
         return f"cannot read history {job.history_uri}: {exc}"
     try:
         pair = prepare_pair(cur_bytes, his_bytes, registration=settings.registration)
-        return pair, prepare_image(cur_bytes, second_size)[0] if second_size else None
+        if not second_size:
+            return pair, None
+        # pair.cur is prepare_image's result at the paired model's size (same reduced decode and resize)
+        return pair, pair.cur if second_size == pair.cur.shape[0] else prepare_image(cur_bytes, second_size)[0]
     except (ImageError, ValueError) as exc:
         return str(exc)
 
@@ -282,23 +285,21 @@ def _finding_rows(row: dict[str, Any], finds: list, card: ModelCard, run_id: str
     ]
 
 
-def _second_opinion_models(store: Store, jobs: list[PairJob], single_models: dict[str, str] | None,
-                           settings: Settings) -> tuple[dict[str, str], dict[str, int]]:
-    """(region_id -> NAME:VERSION, region_id -> input size) of the second-opinion models these jobs need.
+def _second_opinion_sizes(store: Store, jobs: list[PairJob], single_models: dict[str, str] | None,
+                          settings: Settings) -> dict[str, int]:
+    """region_id -> input size of the second-opinion models (``single_models[region_id]``) these jobs need.
 
     A model that cannot be loaded costs its region the second opinion (logged), never the paired results.
     """
-    refs: dict[str, str] = {}
     sizes: dict[str, int] = {}
     if not settings.second_opinion or not single_models:
-        return refs, sizes
+        return sizes
     for region in sorted({str(j.capture["region_id"]) for j in jobs} & set(single_models)):
         try:
             sizes[region] = get_single_image_scorer(store, single_models[region], settings).size
-            refs[region] = single_models[region]
         except (OSError, LookupError, ValueError, RuntimeError) as exc:
             log.warning("no second opinion for region %s: cannot load %s: %s", region, single_models[region], exc)
-    return refs, sizes
+    return sizes
 
 
 def process_batch(
@@ -343,7 +344,7 @@ def process_batch(
         return result
     maps = MapWriter(store, depot, night)
     map_uri = store.url(store.maps_rel(depot, night))
-    second_refs, second_sizes = _second_opinion_models(store, scorable, single_models, settings)
+    second_sizes = _second_opinion_sizes(store, scorable, single_models, settings)
     second: dict[int, dict[str, Any]] = {}  # job.index -> second_* report fields
     pending: list[tuple[PairJob, PreparedPair]] = []
     pending_second: list[tuple[PairJob, np.ndarray]] = []
@@ -373,7 +374,7 @@ def process_batch(
         def second_opinions() -> None:
             by_ref: dict[str, list[tuple[PairJob, np.ndarray]]] = {}
             for job, img in pending_second:
-                by_ref.setdefault(second_refs[str(job.capture["region_id"])], []).append((job, img))
+                by_ref.setdefault((single_models or {})[str(job.capture["region_id"])], []).append((job, img))
             for ref, group in by_ref.items():
                 scorer = get_single_image_scorer(store, ref, settings)
                 for (job, _), s in zip(group, scorer.image_scores(np.stack([img for _, img in group]))):

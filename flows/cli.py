@@ -145,47 +145,12 @@ def run_night(settings, depot: str, night: str):
     from prefect.settings import temporary_settings
 
     from flows.nightly import nightly_inspection
-    from flows.runners import build_task_runner
+    from flows.runners import build_task_runner, ephemeral_run_settings
 
     flow = nightly_inspection.with_options(task_runner=build_task_runner(settings))
     with temporary_settings(updates=ephemeral_run_settings(settings)):
         return flow(depot=depot, night=night, store=settings.store, model=settings.model, batch_size=settings.batch_size,
                     second_opinion=settings.second_opinion, device=settings.device)
-
-
-def _loopback(address: str) -> bool:
-    from distributed.comm import get_address_host
-
-    try:
-        return get_address_host(address) in {"127.0.0.1", "localhost", "::1"}
-    except ValueError:
-        return False
-
-
-def ephemeral_run_settings(settings) -> dict:
-    """Prefect setting overrides for a flow run from this process: none with a real API server (PREFECT_API_URL).
-
-    Without one, Prefect starts an ephemeral API server in this process, and
-      * each Dask worker process would start one more for its task runs (the settings the runner ships to the
-        workers carry no URL): 15-20 s cold per worker before its first task, and a uvicorn process each. So the
-        ephemeral server is started here and its URL handed on; only when the workers can reach this host's
-        loopback (a LocalCluster, or a scheduler on 127.0.0.1), else they keep their own servers.
-      * nothing outlives the run to act on a missing flow-run heartbeat (crash detection needs a lasting
-        server), while the heartbeat thread, which sleeps in 1 s steps, is joined when the flow ends: up to 1 s
-        of idle wall per run (0.3-0.9 s measured on a 17 s, 128-pair night). Heartbeats are turned off.
-    """
-    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings
-
-    if get_current_settings().api.url:
-        return {}
-    updates: dict = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
-    if not settings.dask_address or _loopback(settings.dask_address):
-        from prefect.server.api.server import SubprocessASGIServer
-
-        server = SubprocessASGIServer()  # the instance Prefect's own clients use in this process
-        server.start()
-        updates[PREFECT_API_URL] = server.api_url
-    return updates
 
 
 def cmd_run_night(args: argparse.Namespace) -> int:

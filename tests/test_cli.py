@@ -111,7 +111,7 @@ def test_ephemeral_runs_share_one_api_server_with_local_workers_and_drop_heartbe
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from anodet_core.config import Settings
-    from flows.cli import ephemeral_run_settings
+    from flows.runners import ephemeral_run_settings
 
     started = []
     monkeypatch.setattr(SubprocessASGIServer, "start", lambda self, timeout=None: started.append(self.api_url))
