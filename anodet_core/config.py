@@ -31,6 +31,7 @@ class Settings:
     model: str = "anodfdnet"  # model name in the store's registry (its production version is used)
     fast: bool = True  # bf16 autocast (when the hardware supports it) + channels_last
     registration: str = "auto"  # auto | phase | features
+    prep_processes: int = -1  # helper processes preparing pairs ahead of the model: -1 the worker's cores, 0 none
     map_dtype: str = "uint8"  # uint8 (score*255) | float16
     single_image: str = "csaflow"  # single-image arch scoring no-history captures (model "<arch>-<region_id>"); "" disables
     second_opinion: bool = False  # also score captures WITH history by their region's single-image model (second_*)

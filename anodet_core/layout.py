@@ -105,8 +105,8 @@ CAPTURE_REPORT_SCHEMA = pa.schema(
         ("second_anomalous", pa.bool_()),  # second_score above the model card's image threshold
         ("map_uri", pa.string()),  # Zarr group URL
         ("map_index", pa.int32()),  # row of the capture in the group's `maps` array
-        ("t_decode_ms", pa.float32()),
-        ("t_register_ms", pa.float32()),
+        ("t_decode_ms", pa.float32()),  # CPU ms of the preparing thread (helpers run beside the model)
+        ("t_register_ms", pa.float32()),  # CPU ms, idem
         ("t_infer_ms", pa.float32()),  # per pair share of the batch forward pass
         ("t_write_ms", pa.float32()),
         ("run_id", pa.string()),

@@ -15,9 +15,10 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -25,7 +26,6 @@ from PIL import Image
 
 from .config import Settings, available_cores, resolve_device
 from .history import PairJob
-from .imaging import ImageError, sha256
 from .inference import Predictor, find_regions, to_native
 from .layout import (
     DECISION_ANOMALOUS,
@@ -38,8 +38,9 @@ from .layout import (
 )
 from .maps import MapWriter, dequantize, quantize
 from .model_store import ModelCard, load
-from .preprocess import PreparedPair, prepare_pair
-from .single_image import MAP_THRESHOLD, SingleImageScorer, prepare_image
+from .prep_pool import PreparedImage, get_prep_pool, prepare_job, prepare_single_job
+from .preprocess import PreparedPair
+from .single_image import MAP_THRESHOLD, SingleImageScorer
 
 log = logging.getLogger(__name__)
 _MODELS: dict[tuple, Any] = {}  # (Predictor, ModelCard) for paired models, SingleImageScorer for single-image ones
@@ -51,6 +52,27 @@ def worker_threads(settings: Settings) -> int:
     if settings.torch_threads > 0:
         return settings.torch_threads
     return max(1, available_cores() // max(1, settings.dask_workers))
+
+
+def prep_processes(settings: Settings) -> int:
+    """Helper processes preparing pairs for this worker: explicit setting, else one per core it may use."""
+    return worker_threads(settings) if settings.prep_processes < 0 else settings.prep_processes
+
+
+def _prepared_chunks(jobs: list[PairJob], size: int, submit: Callable[..., Any], ahead: bool,
+                     call: Callable[[PairJob], tuple]) -> Iterator[list[tuple[PairJob, Any]]]:
+    """``jobs`` in chunks of ``size``, each job with the result of ``submit(*call(job))``, in order.
+
+    With ``ahead`` the next chunk is submitted before this one is handed out, so it is prepared while the caller
+    runs the model on this one; otherwise each chunk is prepared when it is needed.
+    """
+    chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+    depth = 1 if ahead else 0
+    queued = deque([(job, submit(*call(job))) for job in c] for c in chunks[:depth])
+    for k in range(len(chunks)):
+        if k + depth < len(chunks):
+            queued.append([(job, submit(*call(job))) for job in chunks[k + depth]])
+        yield [(job, fut.result()) for job, fut in queued.popleft()]
 
 
 def get_predictor(store: Store, model_ref: str, settings: Settings) -> tuple[Predictor, ModelCard]:
@@ -98,41 +120,6 @@ def _base_row(job: PairJob, card: ModelCard | None, run_id: str) -> dict[str, An
         "run_id": run_id,
         "map_index": job.index,
     }
-
-
-def _read_cur(store: Store, job: PairJob) -> bytes | str:
-    """The capture's bytes, checked against the manifest's sha256; a string is the error."""
-    try:
-        cur_bytes = store.read_bytes(job.capture["uri"])
-    except (FileNotFoundError, OSError) as exc:
-        return f"cannot read capture {job.capture['uri']}: {exc}"
-    expected = job.capture.get("sha256")
-    if expected and sha256(cur_bytes) != expected:
-        return f"sha256 mismatch for {job.capture['uri']}: the file changed after the manifest was written"
-    return cur_bytes
-
-
-def _prepare(store: Store, job: PairJob, settings: Settings, second_size: int = 0) -> tuple[PreparedPair, np.ndarray | None] | str:
-    """Read and align one pair; a string is the error that keeps the capture from being scored.
-
-    With ``second_size`` cur is also prepared for a single-image model's second opinion, as that model's
-    calibration images were (:func:`prepare_image`); else the second item is None.
-    """
-    cur_bytes = _read_cur(store, job)
-    if isinstance(cur_bytes, str):
-        return cur_bytes
-    try:
-        his_bytes = store.read_bytes(job.history_uri)  # type: ignore[arg-type]
-    except (FileNotFoundError, OSError) as exc:
-        return f"cannot read history {job.history_uri}: {exc}"
-    try:
-        pair = prepare_pair(cur_bytes, his_bytes, registration=settings.registration)
-        if not second_size:
-            return pair, None
-        # pair.cur is prepare_image's result at the paired model's size (same reduced decode and resize)
-        return pair, pair.cur if second_size == pair.cur.shape[0] else prepare_image(cur_bytes, second_size)[0]
-    except (ImageError, ValueError) as exc:
-        return str(exc)
 
 
 def _native_map(score: torch.Tensor, size: tuple[int, int], dtype: str) -> np.ndarray:
@@ -222,28 +209,6 @@ def _finish(maps: MapWriter, job: PairJob, prep: PreparedPair, score: torch.Tens
     return figures, finds
 
 
-@dataclass
-class PreparedImage:
-    """A capture without history, decoded and resized for its single-image model."""
-
-    image: np.ndarray  # S x S x 3 uint8, the model's input size
-    native_size: tuple[int, int]  # (width, height)
-    t_decode_ms: float
-
-
-def _prepare_single(store: Store, job: PairJob, size: int) -> PreparedImage | str:
-    """Read, verify and decode one capture for a single-image model; a string is the error."""
-    cur_bytes = _read_cur(store, job)
-    if isinstance(cur_bytes, str):
-        return cur_bytes
-    t0 = time.perf_counter()
-    try:
-        image, native = prepare_image(cur_bytes, size)
-    except (ImageError, ValueError) as exc:
-        return str(exc)
-    return PreparedImage(image, native, (time.perf_counter() - t0) * 1e3)
-
-
 def _finish_single(maps: MapWriter, job: PairJob, prep: PreparedImage, score: torch.Tensor, image_score: float,
                    image_threshold: float, settings: Settings) -> tuple[dict[str, Any], list]:
     """Like :func:`_finish` for a capture scored by a single-image model: ``score`` is its normalised map.
@@ -314,12 +279,13 @@ def process_batch(
 ) -> BatchResult:
     """Score a batch of pairs and write their maps; every job yields exactly one capture row.
 
-    Sub-batches of ``settings.batch_size`` pairs go through three phases, each using all the worker's cores:
-    decode + register (threads: Pillow, FFTs and most of NumPy release the GIL), the model, then upsample +
-    measure + write. ``settings.threshold`` must be set (the flow passes the plan's).
+    Sub-batches of ``settings.batch_size`` pairs are read, decoded and registered by helper processes one
+    sub-batch ahead of the model (``settings.prep_processes``; without helpers, by threads of this process
+    before their forward pass), go through the model on all the worker's cores, then are upsampled, measured
+    and written by threads. ``settings.threshold`` must be set (the flow passes the plan's).
 
     Jobs without history are scored by their region's single-image model when ``single_models`` (region_id ->
-    NAME:VERSION, ``NightPlan.single_models``) has one, in the same three phases; otherwise they are reported
+    NAME:VERSION, ``NightPlan.single_models``) has one, the same way; otherwise they are reported
     ``no_history``. With ``settings.second_opinion``, jobs with history whose region has one are also scored by
     it (report columns ``second_*``; the decision stays the paired model's).
     """
@@ -349,11 +315,16 @@ def process_batch(
     pending: list[tuple[PairJob, PreparedPair]] = []
     pending_second: list[tuple[PairJob, np.ndarray]] = []
     written: list[tuple[PairJob, ModelCard, float, Any]] = []
-    # Phases alternate per sub-batch: read+register the pairs on all cores, run the model on all cores, then
-    # upsample+write on all cores. Running them concurrently instead was measured slower on 2 cores: the
-    # model's threads and the readers thrash each other (see README, performance).
+    # Preparing (read, decode, register) runs in helper processes one sub-batch ahead of the model when they
+    # can be started (anodet_core.prep_pool); otherwise in this process's threads, in phases that alternate
+    # with the model's: threads preparing next to the model's threads were measured slower on 2 cores (they
+    # thrash each other, and registration holds the GIL). Upsampling + writing the maps runs in threads between
+    # forward passes either way (~1.5 ms per pair).
     n_threads = max(1, worker_threads(settings))
+    helpers = get_prep_pool(prep_processes(settings))
     with ThreadPoolExecutor(n_threads, thread_name_prefix="anodet-io") as pool:
+        submit: Callable[..., Any] = helpers.submit if helpers is not None else pool.submit
+        ahead = helpers is not None
 
         def collect(scored_card: ModelCard, t_infer: float, futs: list, batch_jobs: list[PairJob]) -> None:
             for job, fut in zip(batch_jobs, futs):
@@ -382,10 +353,9 @@ def process_batch(
                                          "second_anomalous": bool(s > scorer.threshold)}
             pending_second.clear()
 
-        for start in range(0, len(scorable), settings.batch_size):
-            chunk = scorable[start : start + settings.batch_size]
-            sizes = [second_sizes.get(str(j.capture["region_id"]), 0) for j in chunk]
-            for job, prep in zip(chunk, pool.map(lambda j, s: _prepare(store, j, settings, s), chunk, sizes)):
+        for chunk in _prepared_chunks(scorable, settings.batch_size, submit, ahead,
+                                      lambda j: (prepare_job, store, j, settings, second_sizes.get(str(j.capture["region_id"]), 0))):
+            for job, prep in chunk:
                 if isinstance(prep, str):
                     result.captures.append({**_base_row(job, card, run_id), "status": STATUS_ERROR, "error": prep})
                 else:
@@ -397,10 +367,10 @@ def process_batch(
 
         for ref, group in single.items():
             scorer = get_single_image_scorer(store, ref, settings)
-            for start in range(0, len(group), settings.batch_size):
-                chunk = group[start : start + settings.batch_size]
+            for chunk in _prepared_chunks(group, settings.batch_size, submit, ahead,
+                                          lambda j: (prepare_single_job, store, j, scorer.size)):
                 ready: list[tuple[PairJob, PreparedImage]] = []
-                for job, img in zip(chunk, pool.map(lambda j: _prepare_single(store, j, scorer.size), chunk)):
+                for job, img in chunk:
                     if isinstance(img, str):
                         result.captures.append({**_base_row(job, scorer.card, run_id), "status": STATUS_ERROR, "error": img})
                     else:

@@ -51,7 +51,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .imaging import ImageError, decode, read_mask, resize
+from .imaging import ImageError, read_mask
+from .preprocess import prepare_image
 from .training import flip_augment
 
 __all__ = [
@@ -185,16 +186,6 @@ def load_images(folder: str, size: int) -> tuple[np.ndarray, list[str]]:
         except ImageError as exc:
             raise ValueError(f"{os.path.join(folder, name)}: {exc}") from exc
     return out, names
-
-
-def prepare_image(data: bytes, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Encoded image -> (RGB uint8 (size, size, 3), native (width, height)).
-
-    Reduced JPEG decode (:func:`anodet_core.imaging.decode` with ``min_size``) then bilinear resize: training
-    folders, the retraining flow and the night all prepare images this way.  Raises ``ImageError``.
-    """
-    arr, native = decode(data, min_size=(size, size), mode="RGB")
-    return resize(arr, (size, size)), native
 
 
 def load_masks(mask_dir: str, names: Sequence[str], size: int) -> np.ndarray:

@@ -42,3 +42,22 @@ def add_capture(store: Store, depot: str, night: str, cid: str, img: np.ndarray,
     label = dict(capture_id=cid, anomalous=anomalous, anomaly_type="foreign_body" if anomalous else None,
                  mask_uri=mask_uri)
     return row, label
+
+
+def die_on(x: int, fatal: int) -> int:
+    """For helper-process tests: ``10 * x``, except that ``x == fatal`` kills the calling process."""
+    import os
+
+    if x == fatal:
+        os._exit(1)
+    return 10 * x
+
+
+def die_once(x: int, marker: str) -> int:
+    """For helper-process tests: kills the calling process the first time (leaving ``marker``), then ``10 * x``."""
+    import os
+
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return 10 * x

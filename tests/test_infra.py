@@ -370,7 +370,7 @@ def test_external_workers_get_the_local_clusters_worker_setup():
     compose_env = _service_env(_compose()["services"]["dask-worker"])
     worker = next(d for d in _k8s_docs() if d["kind"] == "Deployment" and d["metadata"]["name"] == "dask-worker")
     k8s_env = {e["name"]: str(e["value"]) for e in worker["spec"]["template"]["spec"]["containers"][0].get("env", [])}
-    expected_malloc = {k: v for k, v in worker_env(Settings()).items() if k.startswith("MALLOC_") or k == "OPENBLAS_NUM_THREADS"}
+    expected_malloc = {k: v for k, v in worker_env(Settings()).items() if k.startswith("MALLOC_") or k in ("OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY")}
     for name, env in (("compose", compose_env), ("k8s", k8s_env)):
         cfg = _dask_config_from_env(env)
         for key, value in WORKER_CONFIG.items():
