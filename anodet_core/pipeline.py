@@ -294,6 +294,7 @@ def process_batch(
     # per call, not per process: OpenMP keeps the thread count per calling thread, and Dask may run the next
     # task on another thread of its pool (measured: half speed without this)
     torch.set_num_threads(worker_threads(settings))
+    helpers = get_prep_pool(prep_processes(settings))  # first: helpers start while the model loads
     predictor, card = get_predictor(store, model_ref, settings)
     result = BatchResult()
     scorable = [j for j in jobs if j.history_uri]
@@ -321,7 +322,6 @@ def process_batch(
     # thrash each other, and registration holds the GIL). Upsampling + writing the maps runs in threads between
     # forward passes either way (~1.5 ms per pair).
     n_threads = max(1, worker_threads(settings))
-    helpers = get_prep_pool(prep_processes(settings))
     with ThreadPoolExecutor(n_threads, thread_name_prefix="anodet-io") as pool:
         submit: Callable[..., Any] = helpers.submit if helpers is not None else pool.submit
         ahead = helpers is not None

@@ -148,10 +148,11 @@ class PrepPool:
         ex = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_init_helper, initargs=(os.getpid(),))
         try:
-            # processes start on first submit: a daemonic parent (a Dask worker with distributed.worker.daemon
-            # left True) cannot have children, and that should fail here, not in the middle of a night
-            for f in [ex.submit(_ready) for _ in range(self.processes)]:
-                f.result()
+            # processes start on submit, here rather than in the middle of a night: a daemonic parent (a Dask
+            # worker with distributed.worker.daemon left True) cannot have children. Not waited for: helpers
+            # import while the caller loads its model.
+            for _ in range(self.processes):
+                ex.submit(_ready)
         except BaseException:
             ex.shutdown(wait=False, cancel_futures=True)
             raise

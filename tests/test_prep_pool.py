@@ -62,7 +62,10 @@ def test_helpers_give_the_rows_and_maps_that_threads_give(small_night):
     assert rows2.keys() == rows0.keys() and len(rows2) == len(plan.jobs)
     timing = {"t_decode_ms", "t_register_ms", "t_infer_ms", "t_write_ms", "processed_at"}
     for cid, row in rows2.items():
-        assert {k: v for k, v in row.items() if k not in timing} == {k: v for k, v in rows0[cid].items() if k not in timing}
+        assert row.keys() == rows0[cid].keys()
+        for k in row.keys() - timing:  # registration figures may differ in the last bit between processes
+            a, b = row[k], rows0[cid][k]
+            assert (a == pytest.approx(b, rel=1e-9, nan_ok=True)) if isinstance(a, float) else a == b, (cid, k, a, b)
     assert sorted(r["status"] for r in rows2.values()).count("error") == 1
     assert "sha256" in next(r["error"] for r in rows2.values() if r["status"] == "error")
     assert np.array_equal(maps2, maps0) and maps2.any()
