@@ -67,7 +67,9 @@ def local_cluster_kwargs(settings: Settings) -> dict:
         "n_workers": settings.dask_workers,
         "threads_per_worker": settings.dask_threads,
         "processes": True,
-        "dashboard_address": None,  # no port to collide with on shared hosts; bokeh is not installed anyway
+        # the scheduler's HTTP server (health, metrics; no dashboard: bokeh is not installed) on a free port: the
+        # default 8787 collides with a second cluster on the same host (the bench runs two)
+        "dashboard_address": ":0",
     }
 
 
