@@ -25,7 +25,7 @@ class Settings:
     torch_threads: int = 0  # 0: all cores of the machine divided among the workers
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     batch_size: int = 8  # pairs per forward pass (8 measured fastest for the paper preset on 2 cores)
-    task_pairs: int = 64  # pairs per Prefect task (one task reads, infers and writes them in phases of batch_size)
+    task_pairs: int = 64  # pairs per Prefect task (one task scores them batch_size at a time)
     threshold: float | None = None  # map threshold for findings and decisions; None: the model card's (0.5 by default)
     min_finding_area: int = 64  # native px; smaller connected regions are ignored as noise
     model: str = "anodfdnet"  # model name in the store's registry (its production version is used)
