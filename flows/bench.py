@@ -17,8 +17,8 @@ import statistics
 import time
 from typing import Any, Callable
 
-import numpy as np
 import dask
+import numpy as np
 import torch
 
 from anodet_core import model_store
