@@ -12,6 +12,7 @@ resident memory; (e) F1 of the store's production model with the fast path minus
 from __future__ import annotations
 
 import copy
+import os
 import resource
 import statistics
 import time
@@ -62,6 +63,10 @@ def _vmhwm_mb(pid: int | str = "self") -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 if pid == "self" else 0.0
+
+
+def _omp_wait_policy() -> str:
+    return os.environ.get("OMP_WAIT_POLICY", "unset")  # in the worker (os.environ.get itself would travel by value)
 
 
 def _worker_peak_mb() -> float:
@@ -145,9 +150,20 @@ def run_bench(
     # (OpenMP's default) measures the same model alongside, so that the log shows whether that choice flatters
     # e2e_over_model by slowing the model (it did not: README, performance).
     spin_env = {k: v for k, v in worker_env(run_settings).items() if k != "OMP_WAIT_POLICY"}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": spin_env}):
-        spin_cluster = LocalCluster(**local_cluster_kwargs(run_settings) | {"n_workers": 1})
+    spin_kwargs = local_cluster_kwargs(run_settings) | {"n_workers": 1}  # outside: it sets the worker env itself
+    # a nanny also copies its pre-spawn environment into this process's os.environ, which its workers inherit
+    inherited = os.environ.pop("OMP_WAIT_POLICY", None)
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": spin_env}):
+            spin_cluster = LocalCluster(**spin_kwargs)
+    finally:
+        if inherited is not None:
+            os.environ["OMP_WAIT_POLICY"] = inherited
     client, spin_client = Client(cluster), Client(spin_cluster)
+    policies = {kind: sorted(set(c.run(_omp_wait_policy).values()))
+                for kind, c in (("nightly", client), ("spinning", spin_client))}
+    if policies["spinning"] != ["unset"]:
+        raise RuntimeError(f"the comparison worker did not get OpenMP's default wait policy: {policies}")
     speeds: dict[str, list[ModelSpeed]] = {"nightly": [], "spinning": []}
 
     def model_only() -> None:
@@ -180,7 +196,8 @@ def run_bench(
     log(f"model only, paper preset, batch {batch_size}, in a nightly worker: fp32 eager {fp32:.2f} pairs/s, fast path "
         f"{fast:.2f} pairs/s (bf16={sp0.bf16}, channels_last={sp0.channels_last}): x{fast / fp32:.2f} (before the "
         f"nightly runs {sp0.fp32_pairs_s:.2f} / {sp0.fast_pairs_s:.2f}, after {speeds['nightly'][1].fp32_pairs_s:.2f} / "
-        f"{speeds['nightly'][1].fast_pairs_s:.2f}); in a worker whose OpenMP threads spin: "
+        f"{speeds['nightly'][1].fast_pairs_s:.2f}; OMP_WAIT_POLICY {policies['nightly']}); in a worker whose OpenMP threads "
+        f"spin (OMP_WAIT_POLICY {policies['spinning']}): "
         f"{rate('spinning', 'fp32_pairs_s'):.2f} / {rate('spinning', 'fast_pairs_s'):.2f} (e2e over that fast rate: "
         "see below)")
 
