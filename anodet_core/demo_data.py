@@ -75,7 +75,6 @@ Everything is seeded: the same spec gives byte-identical files.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
 import math
 import posixpath
@@ -86,6 +85,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from scipy import ndimage as ndi
 
+from .imaging import sha256
 from .layout import Store, check_name, check_night
 
 ANOMALY_TYPES = ("foreign_body", "missing_component", "scratch", "oil_leak")
@@ -177,8 +177,9 @@ def generate_depot(store: Store, spec: DemoSpec = DemoSpec(), *, workers: int = 
     plan = _plan_anomalies(spec.seed, len(nights) * len(keys), spec.anomaly_rate, "depot")
     times = {night: _capture_times(spec.seed, night, keys) for night in nights}
     jobs = [
-        (store, spec, depot, key, nights, [plan.get(ni * len(keys) + ki, (None, False)) for ni in range(len(nights))],
-         [times[night][ki] for night in nights])
+        _RegionJob(store, spec, depot, key, nights,
+                   [plan.get(ni * len(keys) + ki, (None, False)) for ni in range(len(nights))],
+                   [times[night][ki] for night in nights])
         for ki, key in enumerate(keys)
     ]
     if workers <= 0:
@@ -222,10 +223,24 @@ def generate_depot(store: Store, spec: DemoSpec = DemoSpec(), *, workers: int = 
     )
 
 
-def _generate_region(job: tuple) -> tuple[list[dict], list[dict]]:
+@dataclass
+class _RegionJob:
+    """One region of a demo depot over all nights, as a (picklable) unit of work for :func:`_generate_region`."""
+
+    store: Store
+    spec: DemoSpec
+    depot: str
+    key: tuple[str, int, str]  # (train_id, car, region_id)
+    nights: list[str]
+    wanted: list[tuple[str | None, bool]]  # per night: (anomaly type to paste or None, subtle)
+    times: list[dt.datetime]  # per night: captured_at
+
+
+def _generate_region(job: _RegionJob) -> tuple[list[dict], list[dict]]:
     """One region of a demo depot over all nights: writes its reference, captures and masks; returns its
     manifest rows and label rows, one per night."""
-    store, spec, depot, (train, car, region), nights, wanted, times = job
+    store, spec, depot, nights, wanted, times = job.store, job.spec, job.depot, job.nights, job.wanted, job.times
+    train, car, region = job.key
     scene = RegionScene(spec.seed, (train, car, region), spec.width, spec.height)  # cached for all nights
     ref, _, _ = scene.render(_rng(spec.seed, "reference", train, car, region), neutral=True)
     store.write_bytes(Store.reference_rel(train, car, region), encode_jpeg(ref, spec.jpeg_quality))
@@ -245,7 +260,7 @@ def _generate_region(job: tuple) -> tuple[list[dict], list[dict]]:
         rows.append(
             dict(
                 capture_id=cid, depot=depot, night=night, train_id=train, car=car, region_id=region,
-                captured_at=captured_at, uri=rel, sha256=hashlib.sha256(data).hexdigest(),
+                captured_at=captured_at, uri=rel, sha256=sha256(data),
                 width=img.shape[1], height=img.shape[0],
             )
         )
