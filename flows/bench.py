@@ -148,7 +148,7 @@ def run_bench(
     # The nightly workers' OpenMP threads sleep while they wait (OMP_WAIT_POLICY=PASSIVE, for the preparation
     # helpers). (b) is the fast path in such a worker, as it runs at night; a second worker whose threads spin
     # (OpenMP's default) measures the same model alongside, so that the log shows whether that choice flatters
-    # e2e_over_model by slowing the model (it did not: README, performance).
+    # e2e_over_model by slowing the model (README, performance).
     spin_env = {k: v for k, v in worker_env(run_settings).items() if k != "OMP_WAIT_POLICY"}
     spin_kwargs = local_cluster_kwargs(run_settings) | {"n_workers": 1}  # outside: it sets the worker env itself
     # a nanny also copies its pre-spawn environment into this process's os.environ, which its workers inherit

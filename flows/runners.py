@@ -16,8 +16,8 @@ def worker_env(settings: Settings) -> dict[str, str]:
     ``anodet bench``). Fixed thresholds of 1 GiB (trim) and 32 MiB (mmap) keep those buffers in the heap.
     OMP/MKL thread counts follow the torch threads each worker uses. OpenMP threads that wait at a barrier
     sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE) so that the worker's preparation helpers
-    (anodet_core.prep_pool, idle scheduling class) get the cycles the forward pass leaves; the model alone was
-    no slower for it (faster in 5 of 6 side-by-side measurements of ``anodet bench``).
+    (anodet_core.prep_pool, idle scheduling class) get the cycles the forward pass leaves; the model alone moved
+    by a few per cent either way with it, within the machine's noise (README, performance).
     """
     from anodet_core.pipeline import worker_threads
 
