@@ -110,15 +110,16 @@ def run_bench(
     captures: int = 256,
     batch_size: int = 8,
     repeats: int = 8,
-    e2e_runs: int = 2,
+    e2e_runs: int = 3,
     log: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
     """Run the whole benchmark; returns the figures of ``anodet bench --json``.
 
-    Drift-resistant order: model only, then ``e2e_runs`` timed nightly runs (after an untimed warm-up run), then
-    model only again, so a slower or faster stretch of a shared machine moves both sides of each ratio alike.
-    Every rate is pairs over summed wall time: the model-only rates over the timed batches of both measurements
-    around the end-to-end runs (``repeats`` batches per path each), the end-to-end rate over its runs.
+    Drift-resistant order: model only, an untimed warm-up run, then ``e2e_runs`` times a timed nightly run
+    followed by model only again, so a slower or faster stretch of a shared machine moves both sides of each
+    ratio alike. Every rate is pairs over summed wall time: the model-only rates over the timed batches of all
+    ``e2e_runs + 1`` measurements (``repeats`` batches per path each), the end-to-end rate over its runs. The
+    comparison worker with spinning OpenMP threads is measured in the first and the last model-only round.
     """
     from distributed import Client, LocalCluster
 
@@ -166,21 +167,21 @@ def run_bench(
         raise RuntimeError(f"the comparison worker did not get OpenMP's default wait policy: {policies}")
     speeds: dict[str, list[ModelSpeed]] = {"nightly": [], "spinning": []}
 
-    def model_only() -> None:
-        for kind, c in (("nightly", client), ("spinning", spin_client)):
+    def model_only(spinning: bool) -> None:
+        for kind, c in (("nightly", client), ("spinning", spin_client))[: 2 if spinning else 1]:
             speeds[kind].append(c.submit(_model_speed, run_settings, batch_size, repeats, pure=False).result())
 
     try:
         # (a), (b): model only, inside worker processes configured as the nightly run's
-        model_only()
+        model_only(spinning=True)
         run_settings = run_settings.with_(dask_address=cluster.scheduler_address)
         run_night(run_settings, spec.depot, night)  # warm-up: server, worker, model load
         e2e_times = []
-        for _ in range(e2e_runs):
+        for i in range(e2e_runs):
             t0 = time.perf_counter()
             summary = run_night(run_settings, spec.depot, night)
             e2e_times.append(time.perf_counter() - t0)
-        model_only()
+            model_only(spinning=i == e2e_runs - 1)
         worker_peaks = client.run(_worker_peak_mb)
     finally:
         for c in (client, spin_client):
@@ -195,8 +196,9 @@ def run_bench(
     sp0 = speeds["nightly"][0]
     log(f"model only, paper preset, batch {batch_size}, in a nightly worker: fp32 eager {fp32:.2f} pairs/s, fast path "
         f"{fast:.2f} pairs/s (bf16={sp0.bf16}, channels_last={sp0.channels_last}): x{fast / fp32:.2f} (before the "
-        f"nightly runs {sp0.fp32_pairs_s:.2f} / {sp0.fast_pairs_s:.2f}, after {speeds['nightly'][1].fp32_pairs_s:.2f} / "
-        f"{speeds['nightly'][1].fast_pairs_s:.2f}; OMP_WAIT_POLICY {policies['nightly']}); in a worker whose OpenMP threads "
+        "nightly runs and after each: fp32 " + ", ".join(f"{sp.fp32_pairs_s:.2f}" for sp in speeds["nightly"])
+        + ", fast " + ", ".join(f"{sp.fast_pairs_s:.2f}" for sp in speeds["nightly"])
+        + f"; OMP_WAIT_POLICY {policies['nightly']}); in a worker whose OpenMP threads "
         f"spin (OMP_WAIT_POLICY {policies['spinning']}): "
         f"{rate('spinning', 'fp32_pairs_s'):.2f} / {rate('spinning', 'fast_pairs_s'):.2f} (e2e over that fast rate: "
         "see below)")

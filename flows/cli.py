@@ -508,7 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--captures", type=int, default=256, help="size of the generated 1920x1200 bench night")
     b.add_argument("--batch-size", type=int, help="pairs per forward pass (default 8)")
     b.add_argument("--repeats", type=int, default=8, help="timed model-only batches per path and measurement")
-    b.add_argument("--e2e-runs", type=int, default=2, help="timed nightly runs after the warm-up")
+    b.add_argument("--e2e-runs", type=int, default=3,
+                   help="timed nightly runs after the warm-up, each followed by a model-only measurement")
     b.add_argument("--model", help="model whose fp32-vs-fast F1 difference is measured (default: production anodfdnet)")
     b.add_argument("--device", help="auto | cpu | cuda")
     b.set_defaults(func=cmd_bench)
