@@ -104,6 +104,20 @@ def test_helpers_end_when_their_parent_is_killed():
     assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in helpers)
 
 
+def test_terminating_the_pool_does_not_wait_for_a_busy_helper():
+    pool = prep_pool.PrepPool(1)
+    busy = pool.submit(time.sleep, 120)
+    deadline = time.time() + 60
+    while not busy._future.running() and time.time() < deadline:
+        time.sleep(0.1)
+    helpers = list(pool._executor._processes)
+    time.sleep(1.0)  # the helper has taken the sleep off its queue: a plain shutdown would wait 120 s for it
+    t0 = time.perf_counter()
+    pool.shutdown(terminate=True)
+    assert time.perf_counter() - t0 < 20
+    assert len(helpers) == 1 and not psutil.pid_exists(helpers[0])
+
+
 def test_a_daemonic_process_prepares_in_threads():
     import multiprocessing as mp
 
