@@ -77,7 +77,7 @@ def _worker_peak_mb() -> float:
     return _vmhwm_mb() + sum(_vmhwm_mb(p.pid) for p in psutil.Process().children(recursive=True))
 
 
-def _model_speed(settings: Settings, batch_size: int, repeats: int) -> Any:
+def _model_speed(settings: Settings, batch_size: int, repeats: int) -> ModelSpeed:
     """Runs in a Dask worker: the paper preset, fp32 eager against the fast path, same inputs, alternating."""
     from anodet_core.pipeline import worker_threads
 
@@ -193,6 +193,7 @@ def run_bench(
         return len(speeds[kind]) / sum(1.0 / getattr(sp, path) for sp in speeds[kind])
 
     fp32, fast = rate("nightly", "fp32_pairs_s"), rate("nightly", "fast_pairs_s")
+    spin_fp32, spin_fast = rate("spinning", "fp32_pairs_s"), rate("spinning", "fast_pairs_s")
     sp0 = speeds["nightly"][0]
     log(f"model only, paper preset, batch {batch_size}, in a nightly worker: fp32 eager {fp32:.2f} pairs/s, fast path "
         f"{fast:.2f} pairs/s (bf16={sp0.bf16}, channels_last={sp0.channels_last}): x{fast / fp32:.2f} (before the "
@@ -200,7 +201,7 @@ def run_bench(
         + ", fast " + ", ".join(f"{sp.fast_pairs_s:.2f}" for sp in speeds["nightly"])
         + f"; OMP_WAIT_POLICY {policies['nightly']}); in a worker whose OpenMP threads "
         f"spin (OMP_WAIT_POLICY {policies['spinning']}): "
-        f"{rate('spinning', 'fp32_pairs_s'):.2f} / {rate('spinning', 'fast_pairs_s'):.2f} (e2e over that fast rate: "
+        f"{spin_fp32:.2f} / {spin_fast:.2f} (e2e over that fast rate: "
         "see below)")
 
     e2e_s = statistics.fmean(e2e_times)
@@ -210,7 +211,7 @@ def run_bench(
     stages = {k: float(caps[f"t_{k}_ms"].mean()) for k in ("decode", "register", "infer", "write")}
     log(f"end to end, nightly flow: {n_pairs} pairs in {e2e_s:.1f} s (mean of "
         + ", ".join(f"{t:.1f}" for t in e2e_times) + f" s) = {e2e:.2f} pairs/s ({e2e / fast:.3f} of the fast "
-        f"model-only rate; {e2e / rate('spinning', 'fast_pairs_s'):.3f} of the spinning worker's); statuses "
+        f"model-only rate; {e2e / spin_fast:.3f} of the spinning worker's); statuses "
         f"{summary.by_status}")
     log("stage means per pair (decode, registration: CPU ms in the preparation helpers, which run beside the "
         f"model; writing: ms of wall time on one of {worker_threads(run_settings)} threads; inference per pair = its "

@@ -2,6 +2,7 @@
 
 import datetime as dt
 import io
+import os
 
 import numpy as np
 from PIL import Image
@@ -46,8 +47,6 @@ def add_capture(store: Store, depot: str, night: str, cid: str, img: np.ndarray,
 
 def die_on(x: int, fatal: int) -> int:
     """For helper-process tests: ``10 * x``, except that ``x == fatal`` kills the calling process."""
-    import os
-
     if x == fatal:
         os._exit(1)
     return 10 * x
@@ -55,8 +54,6 @@ def die_on(x: int, fatal: int) -> int:
 
 def die_once(x: int, marker: str) -> int:
     """For helper-process tests: kills the calling process the first time (leaving ``marker``), then ``10 * x``."""
-    import os
-
     if not os.path.exists(marker):
         open(marker, "w").close()
         os._exit(1)

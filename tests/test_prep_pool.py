@@ -71,6 +71,11 @@ def test_helpers_give_the_rows_and_maps_that_threads_give(small_night):
     assert np.array_equal(maps2, maps0) and maps2.any()
 
 
+def _alive(pids: list[int]) -> bool:
+    """Whether any of these processes still runs (a zombie has ended, only its parent has not reaped it)."""
+    return any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in pids)
+
+
 def test_a_helper_that_dies_costs_a_retry_and_twice_an_error(tmp_path):
     pool = prep_pool.PrepPool(1)
     try:
@@ -99,9 +104,9 @@ def test_helpers_end_when_their_parent_is_killed():
     helpers = [int(p) for p in out.stdout.split()]
     assert len(helpers) == 1, out.stderr
     deadline = time.time() + 10
-    while time.time() < deadline and any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in helpers):
+    while time.time() < deadline and _alive(helpers):
         time.sleep(0.2)
-    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in helpers)
+    assert not _alive(helpers)
 
 
 def test_terminating_the_pool_does_not_wait_for_a_busy_helper():
@@ -148,7 +153,7 @@ def test_a_dask_worker_closes_promptly_with_its_helpers():
         closed_in = time.perf_counter() - t0
     assert closed_in < 3.5  # the nanny kills a worker that takes 4 s
     time.sleep(1.0)
-    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in helpers)
+    assert not _alive(helpers)
 
 
 def _start_helpers() -> list[int]:
