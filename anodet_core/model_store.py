@@ -38,6 +38,7 @@ class ModelCard:
     version: str = ""
     created_at: str = ""
     threshold: float = 0.5
+    min_finding_area: int | None = None  # native px, calibrated on validation; None: the ANODET_MIN_FINDING_AREA default
     metrics: dict[str, Any] = field(default_factory=dict)  # on the card's evaluation split
     eval_split: str = ""  # what the metrics were measured on
     data_fingerprint: str = ""

@@ -230,6 +230,10 @@ class TrainConfig:
     synthetic: float = 0.5  # probability per sample of a pasted synthetic change (0: the paper's protocol)
     device: str = "cpu"
     bf16: bool = False  # autocast bf16 for the forward/backward (CPU with AVX-512 BF16, or GPU)
+    max_steps: int = 0  # optimiser steps in all (0: no limit but the epochs); bounds fine-tuning and pretraining
+    crop: int = 0  # train on random crop x crop windows of each batch (0: whole 256x256 pairs); multiple of 16
+    lr_schedule: str = "constant"  # "constant" | "cosine" (over max_steps, else over all epochs' steps)
+    channels_last: bool = False  # channels_last memory format in training (faster with bf16 on CPU)
 
 
 @dataclass
@@ -297,7 +301,18 @@ def train_pairs(
         best = (tuple(ck["best_score"]), ck["best_epoch"], ck["best_state"], ck["best_val"])
         first_epoch, elapsed_before = ck["epoch"], ck["elapsed"]
     t_start = time.perf_counter() - elapsed_before
+    if cfg.crop and (cfg.crop % 16 or cfg.crop > train.cur.shape[1]):
+        raise ValueError(f"crop must be a multiple of 16 and at most {train.cur.shape[1]}, got {cfg.crop}")
+    if cfg.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}: constant | cosine")
+    per_epoch = max(1, n // cfg.batch_size)
+    total_steps = cfg.max_steps or cfg.epochs * per_epoch
+    step = sum(int(h.get("steps", 0)) for h in history)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     for epoch in range(first_epoch, cfg.epochs):
+        if cfg.max_steps and step >= cfg.max_steps:
+            break
         model.train()
         order = torch.randperm(n, generator=gen).tolist()
         losses = []
@@ -306,9 +321,18 @@ def train_pairs(
             idx = order[s : s + cfg.batch_size]
             if len(idx) < 2 and n >= 2:  # BatchNorm needs > 1 sample; the leftover joins the next epoch
                 continue
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+            if cfg.lr_schedule == "cosine":
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps)))
             cur = to_input(train.cur[idx], cfg.device, False)
             his = to_input(train.his[idx], cfg.device, False)
             y = torch.from_numpy(train.mask[idx]).float().unsqueeze(1).to(cfg.device)
+            if cfg.crop and cfg.crop < cur.shape[-1]:
+                oy, ox = (int(v) for v in torch.randint(0, cur.shape[-1] - cfg.crop + 1, (2,), generator=gen))
+                win = (slice(None), slice(None), slice(oy, oy + cfg.crop), slice(ox, ox + cfg.crop))
+                cur, his, y = cur[win], his[win], y[win]
             aug = torch.randint(0, 4, (len(idx),), generator=gen).tolist()
             cur = torch.stack([flip_augment(c, a) for c, a in zip(cur, aug)])
             his = torch.stack([flip_augment(c, a) for c, a in zip(his, aug)])
@@ -317,6 +341,8 @@ def train_pairs(
                 _synthesize(cur, his, y, gen, cfg.synthetic)
             if cfg.photometric:
                 cur, his = _photometric(cur, gen), _photometric(his, gen)
+            if cfg.channels_last:
+                cur, his = cur.contiguous(memory_format=torch.channels_last), his.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda" if cfg.device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
                 logits = model.forward_logits(cur, his)
             loss = F.binary_cross_entropy_with_logits(logits.float(), y)
@@ -328,8 +354,10 @@ def train_pairs(
             loss.backward()
             opt.step()
             losses.append(loss.item())
+            step += 1
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        rec: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"), "seconds": time.perf_counter() - t_start}
+        rec: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
+                               "seconds": time.perf_counter() - t_start, "steps": len(losses)}
         if val is not None and len(val):
             m = evaluate_arrays(model, val, cfg.device)
             rec.update({f"val_{k}": v for k, v in m.items() if k in ("precision", "recall", "f1", "iou", "auc")})

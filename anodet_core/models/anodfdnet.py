@@ -80,8 +80,21 @@ class AnoDFDNetConfig:
     ln_eps: float = 1e-6
     img_size: int = INPUT_SIZE  # size the position embedding is defined for
     final_bias: bool = False  # bias on d1 (reference: none; pinned by the param count)
+    # --- beyond the paper (the ``base`` preset): a pretrained timm encoder and a pyramid decoder
+    encoder: str = "dcgan"  # "dcgan": the paper's trunk; else a timm name (offline weights: efficientnet_lite0)
+    pretrained: bool = True  # timm encoder: start from the packaged ImageNet weights
+    out_indices: tuple[int, ...] = (0, 1, 2, 3)  # timm encoder stages used (deepest = Transformer input)
+    freeze_stages: int = 0  # timm encoder: stem + this many stages take no gradient
+    feature_norm: str = "none"  # "none" | "l2": unit-normalise features over channels before differencing
+    pos_embed: bool = True  # False: no absolute position embedding (translation-equivariant, any crop size)
+    pixel_skip: bool = False  # timm encoder: the full-resolution image difference as the decoder's last skip
+    decoder_widths: tuple[int, ...] = (128, 96, 64, 32, 16)  # timm encoder: one per skip, plus the last
 
     def __post_init__(self) -> None:
+        if self.feature_norm not in ("none", "l2"):
+            raise ValueError(f"feature_norm must be 'none' or 'l2', got {self.feature_norm!r}")
+        object.__setattr__(self, "out_indices", tuple(self.out_indices))
+        object.__setattr__(self, "decoder_widths", tuple(self.decoder_widths))
         if self.token_dim % self.num_heads:
             raise ValueError(f"token_dim {self.token_dim} not divisible by num_heads {self.num_heads}")
         if self.depth < 0:
@@ -97,6 +110,13 @@ PRESETS: dict[str, AnoDFDNetConfig] = {
     # Same graph at 1/4 width so a training run fits in minutes on 2 CPU cores.
     "lite": AnoDFDNetConfig(
         widths=(16, 32, 64, 128), latent_dim=256, token_dim=256, num_heads=4, mlp_dim=512
+    ),
+    # Production default: ImageNet EfficientNet-Lite0 as the shared encoder (differences at strides 2, 4, 8,
+    # 16), the Transformer on the 16x16 stride-16 difference, a pyramid decoder with a pixel-difference skip;
+    # no absolute position embedding, so it trains on crops and runs on any size that is a multiple of 16.
+    "base": AnoDFDNetConfig(
+        encoder="efficientnet_lite0", latent_dim=112, token_dim=192, num_heads=6, mlp_dim=384, depth=2,
+        pos_drop=0.1, pos_embed=False, pixel_skip=True, freeze_stages=1,
     ),
 }
 
@@ -208,12 +228,14 @@ class DifferenceTransformer(nn.Module):
         super().__init__()
         self.grid = cfg.img_size // _DOWNSAMPLE
         self.patch_embed = nn.Conv2d(cfg.latent_dim, cfg.token_dim, 1)  # with bias (param count)
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid * self.grid, cfg.token_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid * self.grid, cfg.token_dim)) if cfg.pos_embed else None
         self.pos_drop = nn.Dropout(cfg.pos_drop)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.token_dim, eps=cfg.ln_eps)
 
-    def _pos_embed(self, h: int, w: int) -> torch.Tensor:
+    def _pos_embed(self, h: int, w: int) -> torch.Tensor | float:
+        if self.pos_embed is None:
+            return 0.0
         if (h, w) == (self.grid, self.grid):
             return self.pos_embed
         # Other input sizes: resample the 16x16 grid of embeddings bilinearly.
@@ -270,10 +292,22 @@ class AnoDFDNet(nn.Module):
     def __init__(self, cfg: AnoDFDNetConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg = cfg or AnoDFDNetConfig()
-        self.encoder = Encoder(cfg)
+        if cfg.encoder == "dcgan":
+            self.encoder: nn.Module = Encoder(cfg)
+            self.transformer = DifferenceTransformer(cfg)
+            self.decoder: nn.Module = Decoder(cfg)
+            self.apply(_init_weights)
+            return
+        from .pretrained_parts import PyramidDecoder, TimmEncoder
+
+        enc = TimmEncoder(cfg.encoder, cfg.out_indices, cfg.pretrained, cfg.freeze_stages)
+        if enc.channels[-1] != cfg.latent_dim:
+            raise ValueError(f"latent_dim {cfg.latent_dim} must equal the deepest {cfg.encoder} stage's channels {enc.channels[-1]}")
         self.transformer = DifferenceTransformer(cfg)
-        self.decoder = Decoder(cfg)
-        self.apply(_init_weights)
+        self.decoder = PyramidDecoder(cfg.token_dim, enc.channels[::-1], cfg.decoder_widths,
+                                      cfg.in_chans if cfg.pixel_skip else 0, cfg.out_chans)
+        self.decoder.apply(_init_weights)
+        self.encoder = enc  # after the init: the ImageNet weights stay as loaded
 
     def forward_logits(self, cur: torch.Tensor, his: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid map; train with BCEWithLogits (same loss as BCE on the sigmoid, stable)."""
@@ -282,6 +316,8 @@ class AnoDFDNet(nn.Module):
         if cur.shape[-2] % _DOWNSAMPLE or cur.shape[-1] % _DOWNSAMPLE:
             raise ValueError(f"H, W must be multiples of {_DOWNSAMPLE}, got {tuple(cur.shape[-2:])}")
         b = cur.shape[0]
+        if self.cfg.encoder != "dcgan":
+            return self._forward_pyramid(cur, his)
         # One 2B batch instead of two passes (the reference does two): in train mode BN then
         # normalises cur and his with the SAME batch statistics, so |F_c - F_h| reflects content
         # differences only, not a per-stream BN shift; running stats update once per step, the
@@ -289,6 +325,16 @@ class AnoDFDNet(nn.Module):
         feats = self.encoder(torch.cat((cur, his), 0))
         diffs = [(f[:b] - f[b:]).abs() for f in feats]
         return self.decoder(diffs[:5], self.transformer(diffs[5]))
+
+    def _forward_pyramid(self, cur: torch.Tensor, his: torch.Tensor) -> torch.Tensor:
+        b = cur.shape[0]
+        feats = self.encoder(torch.cat((cur, his), 0))
+        if self.cfg.feature_norm == "l2":  # differences of directions: invariant to a per-location gain
+            feats = [F.normalize(f.float(), dim=1).to(f.dtype) for f in feats]
+        diffs = [(f[:b] - f[b:]).abs() for f in feats]
+        deep = self.transformer(diffs[-1])
+        pixel = (cur - his).abs() if self.cfg.pixel_skip else None
+        return self.decoder(deep, diffs[::-1], pixel, cur.shape[-2:])
 
     def forward(self, cur: torch.Tensor, his: torch.Tensor) -> torch.Tensor:
         """Anomaly probability map in [0, 1], (B, out_chans, H, W)."""
