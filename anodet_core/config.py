@@ -27,7 +27,7 @@ class Settings:
     batch_size: int = 8  # pairs per forward pass (8 measured fastest for the paper preset on 2 cores)
     task_pairs: int = 64  # pairs per Prefect task (one task scores them batch_size at a time)
     threshold: float | None = None  # map threshold for findings and decisions; None: the model card's (0.5 by default)
-    min_finding_area: int = 64  # native px; smaller connected regions are ignored as noise
+    min_finding_area: int | None = None  # native px, smaller connected regions are ignored as noise; None: the card's, else 64
     model: str = "anodfdnet"  # model name in the store's registry (its production version is used)
     fast: bool = True  # bf16 autocast (when the hardware supports it) + channels_last
     registration: str = "auto"  # auto | phase | features
@@ -50,6 +50,8 @@ class Settings:
             default = getattr(cls(), f.name)
             if f.name == "threshold":
                 values[f.name] = float(raw) if raw.strip() else None
+            elif f.name == "min_finding_area":
+                values[f.name] = int(raw) if raw.strip() else None
             elif isinstance(default, bool):
                 values[f.name] = raw.strip().lower() in {"1", "true", "yes", "on"}
             elif isinstance(default, int):

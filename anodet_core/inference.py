@@ -1,14 +1,11 @@
-"""Batched AnoDFDNet inference: device and precision choice, maps back to native size, findings."""
+"""Batched AnoDFDNet inference: device and precision choice (maps to findings: :mod:`anodet_core.scoring`)."""
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from scipy import ndimage
 
 
 def bf16_supported(device: str) -> bool:
@@ -56,40 +53,3 @@ class Predictor:
         with self._autocast():
             out = self.model(to_input(cur, self.device, self.channels_last), to_input(his, self.device, self.channels_last))
         return out.float()[:, 0]
-
-
-def to_native(score: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """One model-resolution map (H, W) to the capture's native (width, height), bilinear, as float32 numpy."""
-    w, h = size
-    up = F.interpolate(score[None, None], size=(h, w), mode="bilinear", align_corners=False)
-    return up[0, 0].clamp_(0, 1).cpu().numpy()
-
-
-@dataclass
-class Finding:
-    x0: int
-    y0: int
-    x1: int
-    y1: int
-    area_px: int
-    peak_score: float
-    mean_score: float
-
-
-def find_regions(score: np.ndarray, threshold: float = 0.5, min_area: int = 1) -> list[Finding]:
-    """Connected regions (8-connectivity) with score > threshold and at least ``min_area`` px, by peak score."""
-    above = score > threshold
-    if not above.any():  # the common case costs one pass
-        return []
-    labels, n = ndimage.label(above, structure=np.ones((3, 3), bool))
-    idx = np.arange(1, n + 1)
-    areas = ndimage.sum_labels(above, labels, idx)
-    peaks = ndimage.maximum(score, labels, idx)
-    means = ndimage.mean(score, labels, idx)
-    out = []
-    for k, sl in enumerate(ndimage.find_objects(labels)):
-        if sl is None or areas[k] < min_area:
-            continue
-        out.append(Finding(sl[1].start, sl[0].start, sl[1].stop, sl[0].stop, int(areas[k]), float(peaks[k]), float(means[k])))
-    out.sort(key=lambda f: -f.peak_score)
-    return out

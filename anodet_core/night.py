@@ -13,6 +13,7 @@ from .history import PairJob, resolve_histories
 from .layout import DECISION_ANOMALOUS, Store, check_name, check_night
 from .maps import create_night_maps
 from .model_store import get_alias, read_card, resolve_card
+from .scoring import DEFAULT_MIN_AREA, OperatingPoint, resolve_operating_point
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +25,17 @@ class NightPlan:
     model_ref: str  # pinned NAME:VERSION, so every batch of the night uses the same weights
     model_name: str
     model_version: str
-    threshold: float
+    threshold: float  # with min_finding_area: the night's operating point, pinned like the model version
     jobs: list[PairJob]
     maps_url: str
     # region_id -> pinned single-image NAME:VERSION, for regions with no-history jobs, or all regions when second
     # opinions are on (see pin_single_image_models)
     single_models: dict[str, str] = field(default_factory=dict)
+    min_finding_area: int = DEFAULT_MIN_AREA  # native px
+
+    @property
+    def operating_point(self) -> OperatingPoint:
+        return OperatingPoint(self.threshold, self.min_finding_area)
 
 
 def plan_night(
@@ -41,12 +47,16 @@ def plan_night(
     run_id: str = "",
     threshold: float | None = None,
     *,
+    min_finding_area: int | None = None,
     single_image: str = "",
     second_opinion: bool = False,
 ) -> NightPlan:
     """Read the manifest, resolve histories, pin the model version and create the night's (empty) map group.
 
-    The threshold is the model card's unless one is given (ANODET_THRESHOLD). With ``single_image`` (an arch,
+    The operating point is pinned for the whole night (:func:`anodet_core.scoring.resolve_operating_point`):
+    the threshold is the model card's unless one is given (ANODET_THRESHOLD), the minimum finding area the
+    given one (ANODET_MIN_FINDING_AREA), else the card's, else 64 native px; both go into the map group's
+    attributes. With ``single_image`` (an arch,
     ANODET_SINGLE_IMAGE), the production single-image models of the regions that have captures without history
     are pinned too (``NightPlan.single_models``); with ``second_opinion`` those of every region of the night.
     """
@@ -56,9 +66,7 @@ def plan_night(
     if dupes:
         raise ValueError(f"manifest {depot}/{night} repeats capture ids: {dupes[:5]}")
     card = resolve_card(store, model)
-    threshold = card.threshold if threshold is None else float(threshold)
-    if not 0.0 <= threshold < 1.0:
-        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+    op = resolve_operating_point(card, threshold, min_finding_area)
     jobs = resolve_histories(store, manifest, depot, night)
     single_models = pin_single_image_models(store, jobs, single_image, all_regions=second_opinion)
     sizes = [(int(j.capture["width"]), int(j.capture["height"])) for j in jobs]
@@ -69,11 +77,11 @@ def plan_night(
         [j.capture["capture_id"] for j in jobs],
         sizes,
         dtype=map_dtype,
-        attrs={"model_name": card.name, "model_version": card.version, "threshold": threshold, "run_id": run_id,
-               "single_models": single_models},
+        attrs={"model_name": card.name, "model_version": card.version, "threshold": op.threshold,
+               "min_finding_area": op.min_area, "run_id": run_id, "single_models": single_models},
     )
     pinned = model if os.path.exists(model) else f"{card.name}:{card.version}"
-    return NightPlan(depot, night, pinned, card.name, card.version, threshold, jobs, url, single_models)
+    return NightPlan(depot, night, pinned, card.name, card.version, op.threshold, jobs, url, single_models, op.min_area)
 
 
 def pin_single_image_models(store: Store, jobs: list[PairJob], single_image: str, *, all_regions: bool = False) -> dict[str, str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import math
 import threading
 import time
 from collections import deque
@@ -22,11 +21,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .config import Settings, available_cores, resolve_device
 from .history import PairJob
-from .inference import Predictor, find_regions, to_native
+from .inference import Predictor
 from .layout import (
     DECISION_ANOMALOUS,
     DECISION_NORMAL,
@@ -36,10 +34,11 @@ from .layout import (
     STATUS_REGISTRATION_FAILED,
     Store,
 )
-from .maps import MapWriter, dequantize, quantize
+from .maps import MapWriter
 from .model_store import ModelCard, load
 from .prep_pool import PreparedImage, get_prep_pool, prepare_job, prepare_single_job
 from .preprocess import PreparedPair
+from .scoring import OperatingPoint, ScoredMap, operating_point, postprocess
 from .single_image import MAP_THRESHOLD, SingleImageScorer
 
 log = logging.getLogger(__name__)
@@ -122,81 +121,26 @@ def _base_row(job: PairJob, card: ModelCard | None, run_id: str) -> dict[str, An
     }
 
 
-def _native_map(score: torch.Tensor, size: tuple[int, int], dtype: str) -> np.ndarray:
-    """Model-resolution map -> stored map at the capture's native (width, height).
-
-    uint8 maps are quantized at model resolution and upsampled by Pillow's bilinear resize in uint8: 3-4x
-    cheaper than a float upsample of ~2.3 Mpx per capture, and within one quantization step of it.
-    """
-    if dtype == "uint8":
-        return upsample_u8(quantize(score.numpy(), "uint8"), size)
-    return quantize(to_native(score, size), dtype)
-
-
-def upsample_u8(q: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear upsampling of a uint8 map to (width, height), computed only where the map is nonzero.
-
-    Maps of a trained model are zero almost everywhere: resampling just the box whose bilinear support touches
-    nonzero pixels (Pillow's ``box``: same sampling grid) costs ~0.2 ms instead of ~6 ms for 1920x1200.
-    Pillow's fixed-point weights differ by at most one level from a whole-image resize.
-    """
-    w_out, h_out = size
-    h, w = q.shape
-    out = np.zeros((h_out, w_out), np.uint8)
-    rows = np.flatnonzero(q.any(axis=1))
-    if rows.size == 0:
-        return out
-    cols = np.flatnonzero(q.any(axis=0))
-    sh, sw = h / h_out, w / w_out
-
-    def span(lo: int, hi: int, s: float, n: int) -> tuple[int, int]:
-        return max(0, math.floor((lo - 0.5) / s - 0.5)), min(n, math.ceil((hi + 1.5) / s - 0.5) + 1)
-
-    y0, y1 = span(int(rows[0]), int(rows[-1]), sh, h_out)
-    x0, x1 = span(int(cols[0]), int(cols[-1]), sw, w_out)
-    box = (x0 * sw, y0 * sh, x1 * sw, y1 * sh)
-    out[y0:y1, x0:x1] = np.asarray(Image.fromarray(q).resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR, box=box))
-    return out
-
-
-def _store_map(maps: MapWriter, index: int, score: torch.Tensor, native_size: tuple[int, int], thr: float,
-               min_area: int) -> tuple[dict[str, Any], list]:
-    """Upsample a model-resolution [0, 1] map to native size, write its Zarr row, measure it and find regions.
-
-    Shared by paired and single-image captures. Report figures come from the stored (quantized) map, so the
-    report and the Zarr agree exactly.
-    """
+def _store_map(maps: MapWriter, index: int, score: torch.Tensor, native_size: tuple[int, int],
+               op: OperatingPoint) -> tuple[ScoredMap, float]:
+    """Post-process a model-resolution [0, 1] map (:func:`anodet_core.scoring.postprocess`) and write its Zarr
+    row; returns it and the milliseconds spent. Shared by paired and single-image captures."""
     t1 = time.perf_counter()
-    stored = _native_map(score, native_size, str(maps.dtype))
-    maps.write(index, stored)
-    peak = float(dequantize(np.asarray(stored.max()).reshape(1))[0])
-    if peak > thr:  # the rare case pays for the float map and the labelling
-        native = dequantize(stored)
-        finds = find_regions(native, thr, min_area)
-        above = int((native > thr).sum())
-    else:
-        finds, above = [], 0
-    mean = float(stored.mean(dtype=np.float64)) / (255.0 if stored.dtype == np.uint8 else 1.0)
-    figures = dict(
-        threshold=thr,
-        score_max=peak,
-        score_mean=mean,
-        anomalous_area_px=above,
-        anomalous_area_frac=above / stored.size,
-        n_findings=len(finds),
-        t_write_ms=(time.perf_counter() - t1) * 1e3,
-    )
-    return figures, finds
+    scored = postprocess(score, native_size, op, str(maps.dtype))
+    maps.write(index, scored.stored)
+    return scored, (time.perf_counter() - t1) * 1e3
 
 
-def _finish(maps: MapWriter, job: PairJob, prep: PreparedPair, score: torch.Tensor, settings: Settings) -> tuple[dict[str, Any], list]:
-    """Native map, figures and findings of one scored pair; writes its Zarr row. Runs in the writer thread."""
-    thr = float(settings.threshold)  # type: ignore[arg-type]
-    figures, finds = _store_map(maps, job.index, score, prep.native_size, thr, settings.min_finding_area)
+def _finish(maps: MapWriter, job: PairJob, prep: PreparedPair, score: torch.Tensor, op: OperatingPoint) -> tuple[dict[str, Any], list]:
+    """Native map, figures, findings and decision of one scored pair at the night's operating point; writes its
+    Zarr row. Runs in the writer thread."""
+    scored, t_write = _store_map(maps, job.index, score, prep.native_size, op)
     reg = prep.registration
-    figures.update(
+    figures = dict(
+        scored.figures,
+        t_write_ms=t_write,
         status=STATUS_OK if reg.ok else STATUS_REGISTRATION_FAILED,
-        decision=DECISION_ANOMALOUS if finds else DECISION_NORMAL,
+        decision=scored.decision,
         reg_method=reg.method,
         reg_ok=reg.ok,
         reg_inliers=reg.inliers,
@@ -206,28 +150,30 @@ def _finish(maps: MapWriter, job: PairJob, prep: PreparedPair, score: torch.Tens
         t_decode_ms=prep.t_decode_ms,
         t_register_ms=prep.t_register_ms,
     )
-    return figures, finds
+    return figures, scored.findings
 
 
 def _finish_single(maps: MapWriter, job: PairJob, prep: PreparedImage, score: torch.Tensor, image_score: float,
-                   image_threshold: float, settings: Settings) -> tuple[dict[str, Any], list]:
+                   image_threshold: float, op: OperatingPoint) -> tuple[dict[str, Any], list]:
     """Like :func:`_finish` for a capture scored by a single-image model: ``score`` is its normalised map.
 
     Findings are regions of the normalised map above MAP_THRESHOLD (0.5 = twice the normal pixel p99.9), not
-    ANODET_THRESHOLD, which is the paired model's map threshold. Decision: anomalous when the image score is
-    above the card's calibrated image threshold (global evidence, e.g. a missing part that changes the whole
-    image) OR the map has at least one finding (local evidence); normal only when neither fires. So an
-    anomalous capture may have no finding (image score alone) and findings always make it anomalous, as for
-    paired captures.
+    the night's threshold, which is the paired model's map threshold; the minimum area is the night's
+    (``op.min_area``). Decision: anomalous when the image score is above the card's calibrated image threshold
+    (global evidence, e.g. a missing part that changes the whole image) OR the map has at least one finding
+    (local evidence); normal only when neither fires. So an anomalous capture may have no finding (image
+    score alone) and findings always make it anomalous, as for paired captures.
     """
-    figures, finds = _store_map(maps, job.index, score, prep.native_size, MAP_THRESHOLD, settings.min_finding_area)
-    anomalous = image_score > image_threshold or bool(finds)
-    figures.update(
+    scored, t_write = _store_map(maps, job.index, score, prep.native_size, OperatingPoint(MAP_THRESHOLD, op.min_area))
+    anomalous = image_score > image_threshold or scored.anomalous
+    figures = dict(
+        scored.figures,
+        t_write_ms=t_write,
         status=STATUS_OK,
         decision=DECISION_ANOMALOUS if anomalous else DECISION_NORMAL,
         t_decode_ms=prep.t_decode_ms,
     )
-    return figures, finds
+    return figures, scored.findings
 
 
 def _finding_rows(row: dict[str, Any], finds: list, card: ModelCard, run_id: str) -> list[dict[str, Any]]:
@@ -282,7 +228,9 @@ def process_batch(
     Sub-batches of ``settings.batch_size`` pairs are read, decoded and registered by helper processes one
     sub-batch ahead of the model (``settings.prep_processes``; without helpers, by threads of this process
     before their forward pass), go through the model on all the worker's cores, then are upsampled, measured
-    and written by threads. ``settings.threshold`` must be set (the flow passes the plan's).
+    and written by threads. ``settings.threshold`` must be set (the flow passes the plan's, and the plan's
+    ``min_finding_area``): with the card they give the operating point of every capture
+    (:func:`anodet_core.scoring.operating_point`), post-processed by :func:`anodet_core.scoring.postprocess`.
 
     Jobs without history are scored by their region's single-image model when ``single_models`` (region_id ->
     NAME:VERSION, ``NightPlan.single_models``) has one, the same way; otherwise they are reported
@@ -296,6 +244,7 @@ def process_batch(
     torch.set_num_threads(worker_threads(settings))
     helpers = get_prep_pool(prep_processes(settings))  # first: helpers start while the model loads
     predictor, card = get_predictor(store, model_ref, settings)
+    op = operating_point(card, settings)
     result = BatchResult()
     scorable = [j for j in jobs if j.history_uri]
     single: dict[str, list[PairJob]] = {}  # single-image model ref -> its jobs
@@ -336,7 +285,7 @@ def process_batch(
             t0 = time.perf_counter()
             scores = predictor.predict(np.stack([p.cur for _, p in pending]), np.stack([p.his for _, p in pending])).cpu()
             t_infer = (time.perf_counter() - t0) * 1e3 / len(pending)
-            futs = [pool.submit(_finish, maps, job, prep, scores[k], settings) for k, (job, prep) in enumerate(pending)]
+            futs = [pool.submit(_finish, maps, job, prep, scores[k], op) for k, (job, prep) in enumerate(pending)]
             if pending_second:
                 second_opinions()
             collect(card, t_infer, futs, [job for job, _ in pending])
@@ -382,7 +331,7 @@ def process_batch(
                 t_infer = (time.perf_counter() - t0) * 1e3 / len(ready)
                 futs = [
                     pool.submit(_finish_single, maps, job, prep, torch.from_numpy(norm_maps[k]), float(image_scores[k]),
-                                scorer.threshold, settings)
+                                scorer.threshold, op)
                     for k, (job, prep) in enumerate(ready)
                 ]
                 collect(scorer.card, t_infer, futs, [job for job, _ in ready])

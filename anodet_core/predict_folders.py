@@ -1,4 +1,8 @@
-"""Scoring a folder of unlabelled pairs (``DIR/<pair>/cur.*`` and ``his.*``) outside the nightly layout."""
+"""Scoring a folder of unlabelled pairs (``DIR/<pair>/cur.*`` and ``his.*``) outside the nightly layout.
+
+Maps, figures, findings and decisions come from :func:`anodet_core.scoring.postprocess` at the model's
+operating point, as in the nightly run (uint8 maps, as a night stores them by default).
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,11 @@ import pyarrow.parquet as pq
 
 from .config import Settings, resolve_device
 from .imaging import ImageError, encode_png
-from .inference import Predictor, find_regions, to_native
+from .inference import Predictor
 from .layout import Store
-from .maps import quantize
 from .model_store import load
 from .preprocess import prepare_pair
+from .scoring import operating_point, postprocess
 
 SCORES_SCHEMA = pa.schema(
     [
@@ -53,24 +57,24 @@ def predict_folders(store: Store, model_ref: str, pairs_dir: str, out_dir: str, 
     rows: list[dict[str, Any]] = []
     ready: list[tuple[dict[str, Any], Any]] = []
     model_name = f"{card.name}:{card.version}" if card.version else card.name
-    threshold = card.threshold if settings.threshold is None else settings.threshold
+    op = operating_point(card, settings)
 
     def flush() -> None:
         if not ready:
             return
-        scores = predictor.predict(np.stack([p.cur for _, p in ready]), np.stack([p.his for _, p in ready]))
+        scores = predictor.predict(np.stack([p.cur for _, p in ready]), np.stack([p.his for _, p in ready])).cpu()
         for k, (row, prep) in enumerate(ready):
-            native = to_native(scores[k], prep.native_size)
-            finds = find_regions(native, threshold, settings.min_finding_area)
+            scored = postprocess(scores[k], prep.native_size, op, "uint8")
             png = os.path.join(out_dir, f"{row['pair_id']}.png")
             with open(png, "wb") as fh:
-                fh.write(encode_png(quantize(native, "uint8")))
+                fh.write(encode_png(scored.stored))
+            f = scored.figures
             row.update(
-                decision="anomalous" if finds else "normal",
-                score_max=float(native.max()),
-                score_mean=float(native.mean()),
-                anomalous_area_frac=float((native > threshold).mean()),
-                n_findings=len(finds),
+                decision=scored.decision,
+                score_max=f["score_max"],
+                score_mean=f["score_mean"],
+                anomalous_area_frac=f["anomalous_area_frac"],
+                n_findings=f["n_findings"],
                 map_png=png,
             )
             rows.append(row)

@@ -225,7 +225,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-EVAL_KEYS = ("precision", "recall", "oa", "f1", "iou", "auc", "eer", "image_auroc")
+EVAL_KEYS = ("precision", "recall", "oa", "f1", "iou", "auc", "eer", "image_auroc",  # pixels at > 0.5 (paper)
+             "precision_at_op", "recall_at_op", "f1_at_op", "iou_at_op", "threshold", "min_area",  # operating point
+             "decision_precision", "decision_recall", "false_alarms")  # capture decisions at the operating point
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -234,6 +236,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from anodet_core.evaluation import dataset_split, evaluate_pairs
     from anodet_core.inference import Predictor
     from anodet_core.model_store import load
+    from anodet_core.scoring import operating_point
 
     if getattr(args, "normal_dir", None) or getattr(args, "anomalous_dir", None):
         return _evaluate_single_image(args)
@@ -249,17 +252,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"error: {args.model} is a single-image model ({card.arch}): evaluate it with --normal-dir and "
               f"--anomalous-dir, not --data", file=sys.stderr)
         return 2
-    res = evaluate_pairs(Predictor(model, device, fast=settings.fast), pairs, threshold=0.5,
-                         registration=settings.registration, batch_size=settings.batch_size)
+    op = operating_point(card, settings)  # the night's: ANODET_THRESHOLD / ANODET_MIN_FINDING_AREA over the card's
+    res = evaluate_pairs(Predictor(model, device, fast=settings.fast), pairs, op, registration=settings.registration,
+                         batch_size=settings.batch_size, map_dtype=settings.map_dtype)
+
+    def num(v: float | int) -> float | int | None:
+        return v if isinstance(v, int) else (None if math.isnan(v) else float(v))
+
     if args.json:
-        print(json.dumps({k: (None if isinstance(res[k], float) and math.isnan(res[k]) else float(res[k])) for k in EVAL_KEYS}))
+        print(json.dumps({k: num(res[k]) for k in EVAL_KEYS}))
         return 0
     name = f"{card.name}:{card.version}" if card.version else card.name
-    print(f"model {name} on {path}: {res['n_samples']} pairs ({res['n_anomalous']} anomalous); pixel metrics at > 0.5, "
-          f"summed over all pixels (native resolution)")
-    print("| " + " | ".join(EVAL_KEYS) + " | false alarms |")
-    print("|" + "---|" * (len(EVAL_KEYS) + 1))
-    print("| " + " | ".join(f"{res[k]:.4f}" for k in EVAL_KEYS) + f" | {res['false_alarms']} |")
+    print(f"model {name} on {path}: {res['n_samples']} pairs ({res['n_anomalous']} anomalous), native resolution, "
+          f"the nightly post-processing; operating point: threshold {op.threshold:.3f}, min finding area "
+          f"{op.min_area} px")
+    for title, keys in (("pixels at > 0.5 (paper), summed over all pixels", EVAL_KEYS[:7]),
+                        ("pixels at the operating point's threshold", EVAL_KEYS[8:12]),
+                        ("captures: AUROC of the map maximum; decisions at the operating point (anomalous iff a "
+                         "finding)", EVAL_KEYS[7:8] + EVAL_KEYS[14:])):
+        print(f"\n{title}\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+        print("| " + " | ".join(str(res[k]) if isinstance(res[k], int) else f"{res[k]:.4f}" for k in keys) + " |")
     return 0
 
 

@@ -58,7 +58,7 @@ def nightly_inspection(
     run_id = str(flow_run.get_id() or "")
     t0 = time.perf_counter()
     plan = plan_night_task(st, depot, night, settings, run_id)
-    settings = settings.with_(threshold=plan.threshold)
+    settings = settings.with_(threshold=plan.threshold, min_finding_area=plan.min_finding_area)  # one operating point
     logger.info("night %s/%s: %d captures, model %s", plan.depot, plan.night, len(plan.jobs), plan.model_ref)
     if plan.single_models:
         logger.info("captures without history scored by single-image models: %s", plan.single_models)

@@ -38,9 +38,10 @@ class Sealed(Generic[T]):
 @task(name="plan-night", cache_policy=NONE)
 def plan_night_task(store: Store, depot: str, night: str, settings: Settings, run_id: str) -> NightPlan:
     """Manifest -> histories -> pinned model versions (paired, and single-image for no-history regions) and
-    threshold -> empty map group."""
+    operating point (threshold, min finding area) -> empty map group."""
     return plan_night(store, depot, night, settings.model, map_dtype=settings.map_dtype, run_id=run_id,
-                      threshold=settings.threshold, single_image=settings.single_image,
+                      threshold=settings.threshold, min_finding_area=settings.min_finding_area,
+                      single_image=settings.single_image,
                       second_opinion=settings.second_opinion)
 
 

@@ -98,8 +98,12 @@ def test_evaluate_json_on_a_paired_folder(tiny_store, tmp_path, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1  # one JSON object, nothing else on stdout
     res = json.loads(out[0])
-    assert list(res) == ["precision", "recall", "oa", "f1", "iou", "auc", "eer", "image_auroc"]
-    assert all(v is None or 0.0 <= v <= 1.0 for v in res.values())
+    assert list(res) == ["precision", "recall", "oa", "f1", "iou", "auc", "eer", "image_auroc", "precision_at_op",
+                         "recall_at_op", "f1_at_op", "iou_at_op", "threshold", "min_area", "decision_precision",
+                         "decision_recall", "false_alarms"]
+    assert isinstance(res["min_area"], int) and res["min_area"] >= 1 and isinstance(res["false_alarms"], int)
+    assert 0 <= res["false_alarms"] <= 4
+    assert all(v is None or 0.0 <= v <= 1.0 for k, v in res.items() if k not in ("min_area", "false_alarms"))
     assert main(["--store", tiny_store, "evaluate", "--model", "anodfdnet:1", "--data", str(data)]) == 0
     table = capsys.readouterr().out
     assert "4 pairs" in table and "| precision |" in table

@@ -7,13 +7,14 @@ import torch
 from anodet_core import model_store
 from anodet_core.config import Settings
 from anodet_core.demo_data import DemoSpec, generate_depot
-from anodet_core.inference import Predictor, find_regions, to_native
+from anodet_core.inference import Predictor
 from anodet_core.layout import Store
 from anodet_core.maps import dequantize, open_night_maps, quantize, read_map
 from anodet_core.model_store import ModelCard
 from anodet_core.models import create_model
 from anodet_core.preprocess import prepare_pair
 from anodet_core.query import run_query
+from anodet_core.scoring import find_regions, to_native
 
 pytestmark = pytest.mark.slow
 
