@@ -23,7 +23,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .training import LabelledPair, PairArrays, TrainConfig, folder_pairs, pixel_metrics, split_indices, store_pairs, train_pairs
+from .training import (LabelledPair, PairArrays, TrainConfig, TrainResult, folder_pairs, pixel_metrics, split_indices,
+                       store_pairs, train_pairs)
 
 __all__ = [
     "MethodResult",
@@ -39,6 +40,9 @@ __all__ = [
 
 # (display name, registry architecture)
 TABLE_ONE = (("AnoDFDNet", "anodfdnet"), ("Unet-cat", "unet_cat"), ("FC-Siam-diff", "fc_siam_diff"))
+CLASSICAL = ("Classical (registration + normalised smoothed difference)", "classical_diff")
+"""Shown in every table: what the deep models buy over it. Nothing is trained; its one level is fitted on the
+validation split (best pixel F1), as the networks' thresholds are."""
 METRIC_COLUMNS = (("Pre", "precision"), ("Re", "recall"), ("OA", "oa"), ("F1", "f1"), ("IoU", "iou"), ("AUC", "auc"))
 
 
@@ -154,17 +158,26 @@ def run_comparison(
 
     if len(train) == 0 or len(test) == 0:
         raise ValueError(f"need training and test pairs, got {len(train)} and {len(test)}")
+    from .models.classical_diff import fit_offset
+
     tr, va = split_indices(len(train), 0.2, cfg.seed)
     fit, val = train.subset(tr), (train.subset(va) if va else None)
     results: list[MethodResult] = []
     for i, (name, arch, overrides) in enumerate(methods):
         torch.manual_seed(cfg.seed)  # same initialisation stream for every method
-        model = create_model(arch, preset=preset, **overrides)
-        params = sum(p.numel() for p in model.parameters())
+        classical = arch == CLASSICAL[1]
+        model = create_model(arch, preset=None if classical else preset, **overrides)
+        params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if progress:
             print(f"[{i + 1}/{len(methods)}] {name}: {arch} preset={preset} {overrides or ''} "
                   f"({params:,} params), {len(fit)} train / {len(val) if val else 0} val pairs", flush=True)
-        res = train_pairs(model, fit, val, cfg, progress=progress)
+        if classical:
+            t0 = time.perf_counter()
+            calib = val if val is not None and val.mask.any() else train
+            fit_offset(model, calib.cur, calib.his, calib.mask)  # type: ignore[arg-type]
+            res = TrainResult({}, 0, {}, [], time.perf_counter() - t0)
+        else:
+            res = train_pairs(model, fit, val, cfg, progress=progress)
         pm = pixel_metrics(model, test, cfg.device, threshold=0.5)
         metrics = pm.compute()
         if pm.pos_hist.sum() and pm.neg_hist.sum():
@@ -293,7 +306,8 @@ def compare(
     else:
         methods, stem = table_one_methods(preset), "table1_methods"
         title = f"Table I: methods (preset {preset})"
-    methods = resolve_overrides(methods, overrides)
+    methods = methods + [(CLASSICAL[0], CLASSICAL[1], {})]
+    methods = resolve_overrides(methods[:-1], overrides) + methods[-1:]  # user overrides are the networks'
     results = run_comparison(train, test, methods, preset, cfg, progress=progress)
     paths = write_outputs(results, out_dir, stem, title)
     return ComparisonRun(note, title, results, paths, prep)

@@ -17,12 +17,14 @@ import os
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from .imaging import read_mask
 from .inference import Predictor
 from .metrics import PixelMetrics, confusion_counts, image_metrics, scores_from_counts
 from .preprocess import prepare_pair
-from .scoring import OperatingPoint, ScoredMap, postprocess
+from .model_store import ModelCard
+from .scoring import OperatingPoint, ScoredMap, postprocess, resolve_operating_point
 from .training import LabelledPair, folder_pairs
 
 
@@ -96,3 +98,18 @@ def evaluate_pairs(
                decision_precision=hits / decided if decided else float("nan"), decision_recall=im.recall,
                false_alarms=im.false_alarms, n_samples=len(pairs), n_anomalous=im.n_anomalous)
     return out
+
+
+def evaluate_model_on_pairs(
+    model: torch.nn.Module,
+    card: ModelCard,
+    pairs: list[LabelledPair],
+    *,
+    device: str = "cpu",
+    fast: bool = True,
+    registration: str = "auto",
+    batch_size: int = 8,
+) -> dict[str, Any]:
+    """:func:`evaluate_pairs` of an in-memory model at its card's operating point (what a night would use)."""
+    return evaluate_pairs(Predictor(model, device, fast=fast), pairs, resolve_operating_point(card),
+                          registration=registration, batch_size=batch_size)

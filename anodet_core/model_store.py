@@ -4,6 +4,9 @@ A model reference is one of:
   * ``NAME``            the version the ``production`` alias of NAME points to
   * ``NAME:VERSION``    that version (``NAME:latest`` for the newest)
   * a local folder (or its ``weights.safetensors``) holding ``weights.safetensors`` and ``card.json``
+  * ``NAME:base``       the base model shipped inside the package (:mod:`anodet_core.weights`), for the names
+                        that have one; ``NAME`` falls back to it while the store has no production version,
+                        so a fresh install scores nights without training
 
 Weights are safetensors, so loading never unpickles code; the card holds what is needed to rebuild the module
 through :func:`anodet_core.models.create_model`.
@@ -131,6 +134,24 @@ def read_card(store: Store, name: str, version: str) -> ModelCard:
     return ModelCard.from_json(store.read_text(f"{store.model_version_rel(name, version)}/{CARD}"))
 
 
+PACKAGED_VERSION = "base"
+
+
+def packaged_folder(name: str) -> str | None:
+    """Folder of the base model shipped for ``name`` inside the package, or None."""
+    from .weights import packaged_model_dir
+
+    return packaged_model_dir(name)
+
+
+def _packaged_ref(store: Store, ref: str) -> str | None:
+    """The shipped folder a store reference falls back to: ``NAME:base``, or ``NAME`` without production."""
+    name, _, version = ref.partition(":")
+    if version == PACKAGED_VERSION or (not version and get_alias(store, check_name(name, "model name")) is None):
+        return packaged_folder(name)
+    return None
+
+
 def _version(store: Store, ref: str) -> tuple[str, str]:
     """(name, version) a store reference names; LookupError when an alias or ``latest`` finds none."""
     name, _, version = ref.partition(":")
@@ -160,6 +181,9 @@ def resolve_card(store: Store, ref: str) -> ModelCard:
     must not pull ~140 MB of weights from object storage)."""
     if os.path.exists(ref):
         return _local_card(ref)
+    shipped = _packaged_ref(store, ref)
+    if shipped:
+        return _local_card(shipped)
     return _stored_card(store, *_version(store, ref))
 
 
@@ -167,6 +191,9 @@ def resolve(store: Store, ref: str) -> tuple[bytes, ModelCard]:
     """Weights bytes and card for a model reference (see the module docstring)."""
     if os.path.exists(ref):
         return _read_local(ref)
+    shipped = _packaged_ref(store, ref)
+    if shipped:
+        return _read_local(shipped)
     name, version = _version(store, ref)
     card = _stored_card(store, name, version)
     return store.read_bytes(f"{store.model_version_rel(name, version)}/{WEIGHTS}"), card
@@ -176,7 +203,10 @@ def build(card: ModelCard, weights: bytes | None = None) -> torch.nn.Module:
     """Rebuild the module a card describes and load its weights (strict: every tensor must match)."""
     from .models import create_model
 
-    model = create_model(card.arch, preset=card.preset, **card.config)
+    config = dict(card.config)
+    if weights is not None and card.arch == "anodfdnet":
+        config["pretrained"] = False  # the stored weights replace the ImageNet start: don't read it first
+    model = create_model(card.arch, preset=card.preset, **config)
     if weights is not None:
         model.load_state_dict(st_load(weights), strict=True)
     return model

@@ -60,6 +60,8 @@ def register_and_maybe_promote(
     cand_metrics = cand.card.metrics if metric in cand.card.metrics else evaluate_arrays(cand.model, cand.test, device)
     prod_version = model_store.get_alias(store, name)
     prod_metrics = None
+    if prod_version is None and model_store.packaged_folder(name):
+        prod_version = model_store.PACKAGED_VERSION  # what the nights use until a version is promoted
     if prod_version is not None:
         prod_model, _ = model_store.load(store, f"{name}:{prod_version}", device)
         prod_metrics = evaluate_arrays(prod_model, cand.test, device)

@@ -50,13 +50,16 @@ class PairArrays:
     his: np.ndarray
     mask: np.ndarray
     groups: list[str] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # native (width, height) of each cur
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def subset(self, idx: Sequence[int]) -> "PairArrays":
         idx = list(idx)
-        return PairArrays([self.keys[i] for i in idx], self.cur[idx], self.his[idx], self.mask[idx], [self.groups[i] for i in idx] if self.groups else [])
+        return PairArrays([self.keys[i] for i in idx], self.cur[idx], self.his[idx], self.mask[idx],
+                          [self.groups[i] for i in idx] if self.groups else [],
+                          [self.sizes[i] for i in idx] if self.sizes else [])
 
     def fingerprint(self) -> str:
         """Content hash of the samples: tells whether two models saw the same data."""
@@ -86,12 +89,14 @@ def prepare_arrays(
     cur = np.zeros((n, MODEL_SIZE, MODEL_SIZE, 3), np.uint8)
     his = np.zeros_like(cur)
     mask = np.zeros((n, MODEL_SIZE, MODEL_SIZE), np.uint8)
+    sizes: list[tuple[int, int]] = []
     for i, p in enumerate(tqdm(pairs, desc="preparing pairs", disable=not progress)):
         prep = prepare_pair(read(p.cur_uri), read(p.his_uri), registration=registration)
         cur[i], his[i] = prep.cur, prep.his
+        sizes.append(prep.native_size)
         if p.mask_uri:
             mask[i] = mask_to_model(read_mask(read(p.mask_uri), prep.native_size))
-    return PairArrays([p.key for p in pairs], cur, his, mask, [p.group for p in pairs])
+    return PairArrays([p.key for p in pairs], cur, his, mask, [p.group for p in pairs], sizes)
 
 
 def store_pairs(store: Store, depot: str, nights: Sequence[str]) -> list[LabelledPair]:
@@ -288,7 +293,7 @@ def train_pairs(
     model.to(cfg.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
     history: list[dict[str, Any]] = []
-    best: tuple[tuple[float, float], int, dict, dict] = ((-1.0, -1.0), -1, {}, {})
+    best: tuple[tuple[float, float], int, dict, dict] = ((-math.inf, -math.inf), -1, {}, {})
     n = len(train)
     first_epoch, elapsed_before = 0, 0.0
     if checkpoint and os.path.exists(checkpoint):
@@ -424,10 +429,17 @@ def train_candidate(
     cfg: TrainConfig | None = None,
     registration: str = "auto",
     progress: bool = False,
+    init: str | None = None,
 ) -> Candidate:
     """Train a model on the labelled pairs of ``train_nights`` (8:2 train/validation split, best val F1) and
-    measure it on ``test_nights``; returns an unsaved candidate whose card carries the test metrics."""
-    from .model_store import ModelCard
+    measure it on ``test_nights``; returns an unsaved candidate whose card carries the test metrics.
+
+    ``init`` (a model reference, e.g. ``anodfdnet:base``, the shipped pretrained model) fine-tunes that model
+    instead of training ``arch``/``preset`` from scratch: its architecture, preset and config are kept. The
+    operating point (threshold, minimum finding area) is calibrated on the validation split either way.
+    """
+    from .calibration import calibrate
+    from .model_store import ModelCard, load
     from .models import create_model
 
     cfg = cfg or TrainConfig()
@@ -436,8 +448,16 @@ def train_candidate(
         raise ValueError(f"need at least 2 labelled pairs in {depot} nights {list(train_nights)}, found {len(pairs)}")
     data = prepare_arrays(store.read_bytes, pairs, registration=registration, progress=progress)
     tr, va = split_indices(len(data), 0.2, cfg.seed)
-    model = create_model(arch, preset=preset, **(overrides or {}))
-    result = train_pairs(model, data.subset(tr), data.subset(va), cfg, progress=progress)
+    init_card = None
+    if init:
+        model, init_card = load(store, init, "cpu")
+        arch, preset, overrides = init_card.arch, init_card.preset, dict(init_card.config)
+    else:
+        model = create_model(arch, preset=preset, **(overrides or {}))
+    val = data.subset(va)
+    result = train_pairs(model, data.subset(tr), val, cfg, progress=progress)
+    cal = calibrate(model, val, cfg.device) if len(val) else None
+    threshold = cal.threshold if cal else result.threshold
     test = None
     metrics: dict[str, Any] = {}
     split = ""
@@ -445,7 +465,7 @@ def train_candidate(
     if test_pairs:
         test = prepare_arrays(store.read_bytes, test_pairs, registration=registration, progress=progress)
         metrics = evaluate_arrays(model, test, cfg.device)
-        at_op = evaluate_arrays(model, test, cfg.device, threshold=result.threshold)
+        at_op = evaluate_arrays(model, test, cfg.device, threshold=threshold)
         metrics.update({f"{k}_at_threshold": at_op[k] for k in ("precision", "recall", "f1", "iou")})
         split = f"{depot}:{','.join(sorted(test_nights))}"
     card = ModelCard(
@@ -454,7 +474,8 @@ def train_candidate(
         preset=preset,
         config=dict(overrides or {}),
         metrics=metrics,
-        threshold=result.threshold,
+        threshold=threshold,
+        min_finding_area=cal.min_finding_area if cal else None,
         eval_split=split,
         data_fingerprint=data.fingerprint(),
         extra={
@@ -465,7 +486,11 @@ def train_candidate(
             "best_epoch": result.best_epoch,
             "best_val": result.best_val,
             "train_seconds": round(result.seconds, 1),
+            "steps": sum(int(h.get("steps", 0)) for h in result.history),
             "train_config": {k: v for k, v in cfg.__dict__.items() if k != "max_seconds" or math.isfinite(v)},
+            "init": None if init_card is None else {"ref": init, "version": init_card.version,
+                                                     "data_fingerprint": init_card.data_fingerprint},
+            "calibration": None if cal is None else cal.__dict__,
         },
     )
     return Candidate(model, card, result, test)

@@ -68,13 +68,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     test = [args.holdout_night] if args.holdout_night else ([nights[-1]] if len(nights) > 1 else [])
     train = [n for n in nights if n not in test]
     device = _device(settings)
+    init = _init_ref(args.init, args.arch)
     cfg = TrainConfig(epochs=args.epochs, max_seconds=args.max_minutes * 60, seed=args.seed, device=device,
                       bf16=_bf16(args.bf16, device), lr=PAIRED_LR if args.lr is None else args.lr, loss=args.loss,
-                      synthetic=args.synthetic)
-    overrides = json.loads(args.overrides) if args.overrides else {}
-    print(f"training {args.arch} preset={args.preset} on {args.depot} nights {train}, testing on {test}")
+                      synthetic=args.synthetic, max_steps=args.steps, crop=args.crop,
+                      lr_schedule="cosine" if init else "constant", channels_last=bool(init))
+    overrides = _json_object(args.overrides, "--overrides")
+    what = f"fine-tuning {init}" if init else f"training {args.arch} preset={args.preset}"
+    print(f"{what} on {args.depot} nights {train}, testing on {test}")
     cand = train_candidate(store, args.depot, train, test, name=args.name or "anodfdnet", arch=args.arch, preset=args.preset,
-                           overrides=overrides, cfg=cfg, registration=settings.registration, progress=True)
+                           overrides=overrides, cfg=cfg, registration=settings.registration, progress=True, init=init)
     card = model_store.save_version(store, cand.model, cand.card)
     promote = args.promote or model_store.get_alias(store, card.name) is None
     if promote:
@@ -87,6 +90,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 PAIRED_LR = 2e-4  # paper learning rate of the paired models (train --lr default without --normal-dir)
+
+
+def _init_ref(choice: str | None, arch: str) -> str | None:
+    """What ``train --init`` starts from: ``base`` (default) the shipped pretrained model when there is one for
+    ``arch``, ``none`` nothing (``--arch``/``--preset`` from scratch), else the model reference given."""
+    from anodet_core import model_store
+
+    if choice in (None, "base"):
+        return f"{arch}:{model_store.PACKAGED_VERSION}" if model_store.packaged_folder(arch) else None
+    return None if choice == "none" else choice
 
 
 def _train_single_image(args: argparse.Namespace) -> int:
@@ -153,6 +166,54 @@ def run_night(settings, depot: str, night: str):
                     second_opinion=settings.second_opinion, device=settings.device)
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """``anodet pretrain``: build the corpus if needed, train the base preset for fixed steps, register it."""
+    from anodet_core.pretraining.corpus import CORPUS_FILE, CorpusSpec, build_corpus
+    from anodet_core.pretraining.pretrain import export_packaged, pretrain
+    from anodet_core.training import TrainConfig
+
+    settings = _settings(args)
+    store = _store(settings)
+    if not os.path.exists(os.path.join(args.corpus, CORPUS_FILE)):
+        t0 = time.perf_counter()
+        spec = CorpusSpec(train_per_photo=args.train_per_photo, test_per_photo=args.test_per_photo, seed=args.seed,
+                          dirs=tuple(args.photo_dirs) if args.photo_dirs is not None else None)
+        rec = build_corpus(args.corpus, spec)
+        print(f"corpus {args.corpus}: {rec['n_train']} train pairs from {len(rec['train_photos'])} photographs, "
+              f"{rec['n_test']} test pairs from {len(rec['test_photos'])} held-out photographs ({rec['changes']}) "
+              f"in {time.perf_counter() - t0:.0f} s")
+    device = _device(settings)
+    cfg = TrainConfig(epochs=args.epochs, max_steps=args.steps, batch_size=args.batch, lr=args.lr, seed=args.seed,
+                      device=device, bf16=_bf16(args.bf16, device), crop=args.crop, lr_schedule="cosine",
+                      channels_last=True, synthetic=args.synthetic, max_seconds=args.max_minutes * 60)
+    overrides = _json_object(args.overrides, "--overrides")
+    checkpoint = args.checkpoint or os.path.join(args.corpus, f"checkpoint-{args.preset}-seed{args.seed}.pt")
+    print(f"pretraining anodfdnet preset={args.preset} {overrides or ''} for {args.steps} steps of {args.batch} "
+          f"(crops {args.crop or 256}px, cosine lr from {args.lr:g}, {device}); checkpoint {checkpoint}")
+    card = pretrain(store, args.corpus, cfg, name=args.name, preset=args.preset, overrides=overrides,
+                    checkpoint=checkpoint, promote=args.promote, progress=True, evaluate_test=not args.no_test)
+    cal = card.extra["calibration"]
+    print(f"saved {card.name}:{card.version}: {card.extra['steps']} steps in {card.extra['train_seconds']:.0f} s; "
+          f"validation F1 {cal['pixel_f1_at_05']:.3f} at 0.5; operating point threshold {card.threshold:.2f}, "
+          f"min finding area {card.min_finding_area} px")
+    if card.metrics:
+        print("held-out photographs: " + ", ".join(f"{k} {v:.4f}" for k, v in card.metrics.items()
+                                                    if isinstance(v, float)))
+    if args.export:
+        print(f"exported to {export_packaged(store, card.name, card.version, args.export)}")
+    return 0
+
+
+def _json_object(text: str | None, flag: str) -> dict[str, Any]:
+    """A CLI flag's JSON object (empty when not given); anything else is a clear error."""
+    if not text:
+        return {}
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object, got {text!r}")
+    return value
+
+
 def cmd_run_night(args: argparse.Namespace) -> int:
     from anodet_core.layout import check_night
 
@@ -185,13 +246,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     nights = store.nights(spec.depot)
     if model_store.get_alias(store, settings.model) is None:
         device = _device(settings)
-        # demo recipe: the paper's protocol plus a 5x learning rate and bf16, to learn within minutes on 2 cores
-        cfg = TrainConfig(epochs=args.epochs, max_seconds=args.train_minutes * 60, device=device, seed=args.seed,
-                          lr=1e-3, bf16=_bf16("auto", device))
-        print(f"[{time.perf_counter() - t0:5.0f}s] no production {settings.model!r}: training the lite preset on "
-              f"nights {nights[:-1]} (held out: {nights[-1]}), at most {args.train_minutes} min")
+        base = f"{settings.model}:{model_store.PACKAGED_VERSION}" if model_store.packaged_folder(settings.model) else None
+        if base:
+            # fine-tune the shipped pretrained model for a fixed number of steps: what is learned does not depend
+            # on how fast or busy the machine is, so two runs give the same figures
+            cfg = TrainConfig(epochs=10_000, max_steps=args.steps, batch_size=8, crop=args.crop, device=device,
+                              seed=args.seed, lr=args.lr, lr_schedule="cosine", channels_last=True, synthetic=0.3,
+                              bf16=_bf16("auto", device))
+            what = f"fine-tuning the shipped {base} for {args.steps} steps"
+        else:  # a checkout without shipped weights: the lite preset from scratch, as before
+            cfg = TrainConfig(epochs=args.epochs, max_steps=args.steps, device=device, seed=args.seed, lr=1e-3,
+                              bf16=_bf16("auto", device))
+            what = f"training the lite preset for {args.steps} steps"
+        print(f"[{time.perf_counter() - t0:5.0f}s] no production {settings.model!r}: {what} on nights {nights[:-1]} "
+              f"(held out: {nights[-1]})")
         cand = train_candidate(store, spec.depot, nights[:-1], nights[-1:], name=settings.model, preset="lite", cfg=cfg,
-                               registration=settings.registration, progress=True)
+                               registration=settings.registration, progress=True, init=base)
         card = model_store.save_version(store, cand.model, cand.card)
         model_store.set_alias(store, card.name, card.version)
         m = card.metrics
@@ -418,11 +488,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser = add_parser  # type: ignore[method-assign]
 
-    d = sub.add_parser("demo", help="generate a demo depot, train the lite model if none, run every night, print the summary")
+    d = sub.add_parser("demo", help="generate a demo depot, fine-tune the shipped base model if there is no production "
+                                    "model, run every night, print the summary")
     d.add_argument("--depot", default="demo")
     d.add_argument("--nights", type=int, default=5, help="nights to generate (the last is held out from training)")
-    d.add_argument("--epochs", type=int, default=200)
-    d.add_argument("--train-minutes", type=float, default=4.0, help="wall-time cap of the demo training")
+    d.add_argument("--steps", type=int, default=400, help="fine-tuning steps of 8 pairs (fixed: no wall-time cap)")
+    d.add_argument("--crop", type=int, default=160, help="fine-tuning crop size (multiple of 16; 0 = whole pairs)")
+    d.add_argument("--lr", type=float, default=2e-4, help="peak fine-tuning learning rate (cosine schedule)")
+    d.add_argument("--epochs", type=int, default=10_000, help="upper bound on passes over the demo's pairs")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--top", type=int, default=20, help="captures listed in the summary")
     d.set_defaults(func=cmd_demo)
@@ -451,7 +524,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="single-image unsupervised model, trained on --normal-dir instead of a depot")
     t.add_argument("--normal-dir", help="folder of normal images (jpg/png/bmp/tif) for --model: 80%% train, 20%% "
                                         "held out to set the image-score threshold (their 99th percentile)")
-    t.add_argument("--preset", default="lite", help="architecture preset: paper | lite")
+    t.add_argument("--init", default="base", help="start from: base (the shipped pretrained model, default), none "
+                                                 "(--arch/--preset from scratch) or a model reference NAME[:VERSION]")
+    t.add_argument("--preset", default="lite", help="architecture preset with --init none: paper | lite | base")
+    t.add_argument("--steps", type=int, default=0, help="optimiser steps in all (0: only --epochs / --max-minutes bound it)")
+    t.add_argument("--crop", type=int, default=0, help="random training crops (multiple of 16; 0 = whole pairs)")
     t.add_argument("--overrides", help='JSON of config overrides, e.g. \'{"depth": 4}\'')
     t.add_argument("--epochs", type=int, default=40)
     t.add_argument("--max-minutes", type=float, default=30.0)
@@ -466,6 +543,32 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--promote", action="store_true", help="make the new version production (default: only if none)")
     t.add_argument("--device", help="auto | cpu | cuda")
     t.set_defaults(func=cmd_train)
+
+    pt = sub.add_parser("pretrain", help="build the generic pretraining corpus from offline photographs (if missing) and "
+                                         "pretrain the base paired model on it for a fixed number of steps")
+    pt.add_argument("--corpus", default="anodet-corpus", help="corpus folder (train/, test/, corpus.json); built when absent")
+    pt.add_argument("--photo-dirs", nargs="*", help="photo folders besides scikit-image's and matplotlib's "
+                                                   "(default /usr/share/backgrounds: `make pretrain-data`)")
+    pt.add_argument("--train-per-photo", type=int, default=80)
+    pt.add_argument("--test-per-photo", type=int, default=10)
+    pt.add_argument("--name", default="anodfdnet", help="registry name of the version")
+    pt.add_argument("--preset", default="base")
+    pt.add_argument("--overrides", help='JSON of AnoDFDNetConfig overrides, e.g. \'{"feature_norm": "l2"}\'')
+    pt.add_argument("--steps", type=int, default=6000, help="optimiser steps (the budget; no wall-time cap decides)")
+    pt.add_argument("--epochs", type=int, default=1000, help="upper bound on passes over the corpus")
+    pt.add_argument("--batch", type=int, default=8)
+    pt.add_argument("--crop", type=int, default=160, help="random training crops (multiple of 16; 0 = whole pairs)")
+    pt.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate (cosine schedule)")
+    pt.add_argument("--synthetic", type=float, default=0.3, help="probability of an extra pasted change per sample")
+    pt.add_argument("--max-minutes", type=float, default=float("inf"), help="safety stop (recorded in the card)")
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--bf16", choices=["auto", "on", "off"], default="auto")
+    pt.add_argument("--checkpoint", help="resumable checkpoint file (default: in the corpus folder)")
+    pt.add_argument("--no-test", action="store_true", help="skip the held-out evaluation")
+    pt.add_argument("--promote", action="store_true", help="make the version production")
+    pt.add_argument("--export", help="copy the version into this folder (anodet_core/weights/anodfdnet-base ships it)")
+    pt.add_argument("--device", help="auto | cpu | cuda")
+    pt.set_defaults(func=cmd_pretrain)
 
     r = sub.add_parser("run-night", help="run the nightly inspection flow for one depot-night")
     r.add_argument("--depot", required=True)

@@ -20,9 +20,10 @@ from anodet_core.training import Candidate, TrainConfig, train_candidate
 
 @task(name="train-candidate", cache_policy=NONE)
 def train_candidate_task(store: Store, depot: str, train_nights: list[str], test_nights: list[str], name: str,
-                         preset: str, overrides: dict, cfg: TrainConfig, registration: str) -> Candidate:
+                         preset: str, overrides: dict, cfg: TrainConfig, registration: str,
+                         init: str | None = None) -> Candidate:
     return train_candidate(store, depot, train_nights, test_nights, name=name, arch="anodfdnet", preset=preset,
-                           overrides=overrides, cfg=cfg, registration=registration)
+                           overrides=overrides, cfg=cfg, registration=registration, init=init)
 
 
 @task(name="train-single-image", cache_policy=NONE)
@@ -50,9 +51,15 @@ def retrain(
     single_image_epochs: int = 20,
     single_image_overrides: dict | None = None,
     single_image_max_minutes: float = 5.0,
+    init: str | None = "base",
+    steps: int = 0,
 ) -> dict:
     """Train a candidate on the depot's labelled nights except the last ``holdout_nights``, evaluate it and the
     production version on those held-out nights, promote it only if it is better by ``margin``.
+
+    ``init``: "base" (default) fine-tunes the shipped pretrained model when there is one for ``model``
+    (``preset``/``overrides`` then do not apply), None or "none" trains ``preset`` from scratch, anything else is
+    a model reference to start from; ``steps`` > 0 bounds training by optimiser steps.
 
     Labels come from the store's labels area (written by the demo generator or by analysts). The comparison is
     a table artifact and is kept in the candidate's card whether it is promoted or not.
@@ -71,9 +78,17 @@ def retrain(
         raise ValueError(f"depot {depot!r} has {len(labelled)} labelled nights; need more than {holdout_nights}")
     train_nights, test_nights = labelled[:-holdout_nights], labelled[-holdout_nights:]
     device = resolve_device(settings.device)
+    from anodet_core import model_store
+
+    if init == "base":
+        init = f"{model}:{model_store.PACKAGED_VERSION}" if model_store.packaged_folder(model) else None
+    elif init == "none":
+        init = None
     cfg = TrainConfig(epochs=epochs, max_seconds=max_minutes * 60 if max_minutes > 0 else math.inf, lr=lr, seed=seed,
-                      device=device, bf16=bf16_supported(device))
-    cand = train_candidate_task(st, depot, train_nights, test_nights, model, preset, overrides or {}, cfg, settings.registration)
+                      device=device, bf16=bf16_supported(device), max_steps=steps,
+                      lr_schedule="cosine" if init else "constant", channels_last=bool(init))
+    cand = train_candidate_task(st, depot, train_nights, test_nights, model, preset, overrides or {}, cfg,
+                                settings.registration, init)
     promo, cand_m, prod_m = register_and_maybe_promote(st, cand, metric=metric, margin=margin, device=device)
     logger.info("%s:%s %s: %s", promo.name, promo.candidate_version, "promoted" if promo.promoted else "not promoted", promo.reason)
     key = re.sub(r"[^a-z0-9-]+", "-", f"retrain-{promo.name}-{depot}".lower())

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import register_model, preset_config
+from ._registry import preset_config, register_model
 
 __all__ = [
     "INPUT_SIZE",

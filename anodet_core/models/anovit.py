@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import register_model, preset_config
+from ._registry import preset_config, register_model
 from .backbones import create_backbone
 
 __all__ = [

@@ -54,7 +54,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import register_model, preset_config
+from ._registry import preset_config, register_model
 from .backbones import IMAGENET_MEAN, IMAGENET_STD, create_backbone
 
 __all__ = [

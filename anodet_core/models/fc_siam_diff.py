@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import register_model, preset_config
+from ._registry import preset_config, register_model
 
 __all__ = ["INPUT_SIZE", "MEAN", "STD", "FCSiamDiffConfig", "PRESETS", "FCSiamDiff", "fc_siam_diff"]
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from . import register_model, preset_config
+from ._registry import preset_config, register_model
 
 __all__ = ["INPUT_SIZE", "MEAN", "STD", "UNetCatConfig", "PRESETS", "UNetCat", "unet_cat"]
 

@@ -1,0 +1,148 @@
+"""Pretraining the base paired model on the corpus, and shipping it.
+
+``pretrain`` prepares the corpus's train split exactly as the night prepares pairs (registration included;
+cached beside the corpus), keeps a random tenth of it for validation (best checkpoint, operating point),
+trains the ``base`` preset for a fixed number of steps, calibrates, evaluates on the held-out photographs
+through the scoring path the night uses, and saves a registry version whose card records the corpus
+fingerprint, the code version and those figures. ``export_packaged`` copies a version into the package
+(:mod:`anodet_core.weights`), which is how the shipped default is made.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from ..calibration import calibrate
+from ..config import available_cores
+from ..layout import Store
+from ..model_store import CARD, WEIGHTS, ModelCard, code_version, save_version, set_alias
+from ..training import PairArrays, TrainConfig, folder_pairs, prepare_arrays, split_indices, train_pairs
+from .corpus import CORPUS_FILE
+
+__all__ = ["load_split", "pretrain", "export_packaged"]
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def _prepare_chunk(pairs: list, registration: str) -> PairArrays:
+    return prepare_arrays(_read, pairs, registration=registration)
+
+
+def load_split(corpus: str, split: str, *, registration: str = "auto", progress: bool = False) -> PairArrays:
+    """Prepared arrays of one corpus split, cached in ``corpus/prepared-<split>-<fingerprint>.npz``."""
+    with open(os.path.join(corpus, CORPUS_FILE)) as fh:
+        fp = json.load(fh)["fingerprint"]
+    cache = os.path.join(corpus, f"prepared-{split}-{fp}-{registration}.npz")
+    if os.path.exists(cache):
+        z = np.load(cache, allow_pickle=False)
+        return PairArrays(list(z["keys"]), z["cur"], z["his"], z["mask"], list(z["groups"]),
+                          [tuple(int(v) for v in s) for s in z["sizes"]])
+    pairs = folder_pairs(os.path.join(corpus, split))
+    if not pairs:
+        raise ValueError(f"corpus split {split!r} under {corpus} has no pairs")
+    workers = max(1, min(available_cores(), len(pairs) // 64))
+    if workers > 1:  # registration is CPU-bound and holds the GIL: one process per core
+        chunks = [pairs[i::workers] for i in range(workers)]
+        with ProcessPoolExecutor(workers) as ex:
+            parts = list(ex.map(_prepare_chunk, chunks, [registration] * workers))
+        order = {p.key: i for i, p in enumerate(pairs)}
+        data = PairArrays(sum((q.keys for q in parts), []), np.concatenate([q.cur for q in parts]),
+                          np.concatenate([q.his for q in parts]), np.concatenate([q.mask for q in parts]),
+                          sum((q.groups for q in parts), []), sum((q.sizes for q in parts), []))
+        data = data.subset(sorted(range(len(data)), key=lambda i: order[data.keys[i]]))
+    else:
+        data = prepare_arrays(_read, pairs, registration=registration, progress=progress)
+    data.groups = [k.rsplit("-", 1)[0] for k in data.keys]  # source photograph of each pair
+    tmp = cache + ".tmp.npz"
+    np.savez(tmp, keys=np.array(data.keys), cur=data.cur, his=data.his, mask=data.mask, groups=np.array(data.groups),
+             sizes=np.array(data.sizes, np.int64))
+    os.replace(tmp, cache)
+    return data
+
+
+def pretrain(
+    store: Store,
+    corpus: str,
+    cfg: TrainConfig,
+    *,
+    name: str = "anodfdnet",
+    preset: str = "base",
+    overrides: dict[str, Any] | None = None,
+    val_frac: float = 0.1,
+    registration: str = "auto",
+    checkpoint: str | None = None,
+    promote: bool = False,
+    progress: bool = False,
+    evaluate_test: bool = True,
+) -> ModelCard:
+    """Train, calibrate, evaluate on the held-out photographs and save a version (see the module docstring)."""
+    from ..models import create_model
+
+    with open(os.path.join(corpus, CORPUS_FILE)) as fh:
+        record = json.load(fh)
+    data = load_split(corpus, "train", registration=registration, progress=progress)
+    tr, va = split_indices(len(data), val_frac, cfg.seed)
+    train, val = data.subset(tr), data.subset(va)
+    model = create_model("anodfdnet", preset=preset, **(overrides or {}))
+    result = train_pairs(model, train, val, cfg, progress=progress, checkpoint=checkpoint)
+    cal = calibrate(model, val, cfg.device)
+    card = ModelCard(
+        name=name, arch="anodfdnet", preset=preset, config=dict(overrides or {}), threshold=cal.threshold,
+        min_finding_area=cal.min_finding_area, data_fingerprint=record["fingerprint"], code_version=code_version(),
+        extra={
+            "pretraining": {
+                "corpus_spec": record["spec"], "train_photos": sorted(record["train_photos"]),
+                "test_photos": sorted(record["test_photos"]), "n_train": len(tr), "n_val": len(va),
+                "changes": record["changes"],
+            },
+            "calibration": asdict(cal),
+            "best_epoch": result.best_epoch,
+            "best_val": result.best_val,
+            "train_seconds": round(result.seconds, 1),
+            "steps": sum(int(h.get("steps", 0)) for h in result.history),
+            "train_config": {k: v for k, v in asdict(cfg).items() if k != "max_seconds" or math.isfinite(v)},
+            "history": result.history,
+        },
+    )
+    if evaluate_test:
+        from ..evaluation import evaluate_model_on_pairs
+
+        test = folder_pairs(os.path.join(corpus, "test"))
+        card.metrics = evaluate_model_on_pairs(model, card, test, device=cfg.device, registration=registration)
+        card.eval_split = (f"pretraining corpus test split: {len(test)} pairs from {len(record['test_photos'])} "
+                           f"held-out photographs ({', '.join(sorted(record['test_photos']))})")
+    card = save_version(store, model, card)
+    if promote:
+        set_alias(store, card.name, card.version)
+    return card
+
+
+def export_packaged(store: Store, name: str, version: str, dest: str) -> str:
+    """Copy version ``name:version`` (weights + card) into ``dest`` (a folder of :mod:`anodet_core.weights`)."""
+    from ..model_store import PACKAGED_VERSION, read_card
+
+    card = read_card(store, name, version)
+    weights = store.read_bytes(f"{store.model_version_rel(name, version)}/{WEIGHTS}")
+    card.extra = {**card.extra, "registry_version": card.version}
+    card.version = PACKAGED_VERSION
+    tmp = dest.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    with open(os.path.join(tmp, WEIGHTS), "wb") as fh:
+        fh.write(weights)
+    with open(os.path.join(tmp, CARD), "w") as fh:
+        fh.write(card.to_json())
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return dest
