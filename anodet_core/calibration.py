@@ -11,6 +11,7 @@ of ``ANODET_MIN_FINDING_AREA`` and of the night's findings.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,7 +19,9 @@ from scipy import ndimage
 
 from .inference import to_input
 from .metrics import PixelMetrics
-from .training import PairArrays
+
+if TYPE_CHECKING:  # training imports this module (calibrate), on call
+    from .training import PairArrays
 
 __all__ = ["Calibration", "calibrate", "AREA_CANDIDATES"]
 
@@ -87,7 +90,7 @@ def calibrate(model: torch.nn.Module, val: PairArrays, device: str = "cpu") -> C
             at.update(maps, val.mask)
             threshold, f1 = cand, at.compute()["f1"]
     largest = np.array([_largest_region(m, threshold) for m in maps])
-    truth = val.mask.reshape(len(val), -1).any(axis=1)
+    truth = np.asarray(val.mask.reshape(len(val), -1).any(axis=1))
     best = max(AREA_CANDIDATES, key=lambda a: (_decision_figures(largest, truth, a)[0], -a))
     dec_f1, dec_p, dec_r = _decision_figures(largest, truth, best)
     native_px = float(np.median([w * h for w, h in val.sizes])) if val.sizes else float(maps.shape[1] * maps.shape[2])

@@ -17,14 +17,24 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from .training import (LabelledPair, PairArrays, TrainConfig, TrainResult, folder_pairs, pixel_metrics, split_indices,
-                       store_pairs, train_pairs)
+from .training import (
+    LabelledPair,
+    PairArrays,
+    TrainConfig,
+    TrainResult,
+    folder_pairs,
+    pixel_metrics,
+    split_indices,
+    store_pairs,
+    train_pairs,
+)
 
 __all__ = [
     "MethodResult",

@@ -38,7 +38,7 @@ class Settings:
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> "Settings":
+    def from_env(cls, **overrides: Any) -> Settings:
         """Defaults, then ``ANODET_*`` variables, then explicit ``overrides`` (None values are ignored)."""
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -63,7 +63,7 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
-    def with_(self, **changes: Any) -> "Settings":
+    def with_(self, **changes: Any) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
@@ -76,6 +76,16 @@ def resolve_device(name: str = "auto") -> str:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} requested but CUDA is not available")
     return name
+
+
+def local_timezone() -> str:
+    """The host's IANA time zone name, UTC when none is configured (``ANODET_TIMEZONE`` overrides it where used)."""
+    try:
+        import tzlocal
+
+        return tzlocal.get_localzone_name() or "UTC"
+    except Exception:  # no zone configured on the host: schedules in UTC rather than failing to serve
+        return "UTC"
 
 
 def available_cores() -> int:

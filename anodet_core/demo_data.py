@@ -81,6 +81,8 @@ import posixpath
 import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from scipy import ndimage as ndi
@@ -267,7 +269,7 @@ def _generate_region(job: _RegionJob) -> tuple[list[dict], list[dict]]:
         mask_uri = None
         if atype is not None:
             mask_uri = Store.mask_rel(depot, night, cid)
-            store.write_bytes(mask_uri, encode_png(mask))
+            store.write_bytes(mask_uri, encode_png(mask))  # type: ignore[arg-type]  # render() draws a mask with an anomaly
         labels.append(dict(capture_id=cid, anomalous=atype is not None, anomaly_type=atype, mask_uri=mask_uri))
     return rows, labels
 
@@ -353,7 +355,7 @@ def _plan_anomalies(seed: int, n: int, rate: float, what: str) -> dict[int, tupl
 def _capture_times(seed: int, night: str, keys: list[tuple[str, int, str]]) -> list[dt.datetime]:
     """01:00 UTC on the night's date, then 6-10 s per capture, trains in sequence with 5-15 min between them."""
     rng = _rng(seed, "clock", night)
-    start = dt.datetime.combine(dt.date.fromisoformat(night), dt.time(1, 0), tzinfo=dt.timezone.utc)
+    start = dt.datetime.combine(dt.date.fromisoformat(night), dt.time(1, 0), tzinfo=dt.UTC)
     t = float(rng.uniform(0, 120))
     out, prev_train = [], None
     for train, _, _ in keys:
@@ -638,7 +640,6 @@ class RegionScene:
         return len(self.parts) - 1
 
     def _bolt(self, rng, cx, cy, r, color=None) -> int | None:
-        k = self.k
         r = max(r, 2.5)
         washer = rng.random() < 0.8
         rw = r * rng.uniform(1.2, 1.45) if washer else r
@@ -738,7 +739,7 @@ class RegionScene:
             L = (Wc if horiz else Hc) / 2 + 40 * k
             cx, cy = (Wc / 2, c) if horiz else (c, Hc / 2)
             hw, hh = (L, t) if horiz else (t, L)
-            holes = None
+            holes: Any = None  # a beam's (radius, step, offset); a plate's list of (u, v, radius) below
             if rng.random() < 0.4:  # a periodic row of lightening holes along the beam
                 hr = rng.uniform(0.3, 0.6) * t
                 holes = (hr, rng.uniform(3.0, 5.0) * hr, rng.uniform(0, 1))
@@ -753,7 +754,8 @@ class RegionScene:
                 return sd
 
             col = self.bg.reshape(-1, 3)[:: 97].mean(0) * rng.uniform(0.65, 1.5)
-            self._flat_part(rng, "beam", cx, cy, sd_beam, max(hw, hh), col, rng.uniform(8, 16) * k, rng.uniform(6, 14) * k, obj_h=rng.uniform(10, 25) * k)
+            self._flat_part(rng, "beam", cx, cy, sd_beam, max(hw, hh), col, rng.uniform(8, 16) * k, rng.uniform(6, 14) * k,
+                            obj_h=rng.uniform(10, 25) * k)
             if rng.random() < 0.5:  # a row of bolts along one edge
                 r = rng.uniform(12, 22) * k
                 e = rng.choice([-1, 1]) * (t - 2.2 * r)
@@ -840,7 +842,7 @@ class RegionScene:
             A, B = (Wc, Hc) if horiz else (Hc, Wc)
             c0 = rng.uniform(0.12, 0.88) * B
             xs_ = np.sort(rng.uniform(0.15, 0.85, int(rng.integers(0, 3)))) * A
-            pts = [(-3 * r, c0)]
+            pts: Any = [(-3 * r, c0)]  # knots, then their array (a cable's curve below)
             c = c0
             for x in xs_:
                 dc = rng.uniform(-0.25, 0.25) * B
@@ -1248,7 +1250,7 @@ class RegionScene:
         ia, ib, ic, id_, ie, if_ = _invert_affine(data)
         cands, weights = [], []
         wk = {"bolt": 1.0, "bracket": 0.8, "clamp": 0.6, "plate": 0.5, "cable": 0.35}
-        for gi, (kind, idxs) in enumerate(self.groups):
+        for gi, (kind, _idxs) in enumerate(self.groups):
             if subtle and kind != "bolt":
                 continue
             ax, ay = self._group_points(gi)
@@ -1349,11 +1351,11 @@ def _shadow(alpha, x0, y0, obj_h, light, strength):
 def _composite(dst: np.ndarray, win: tuple[int, int, int, int], p: _Part) -> None:
     """Shadow then colour of part ``p`` over ``dst`` (float32), whose origin and extent are ``win``."""
     if p.shadow is not None:
-        cl = _clip_boxes(p.sx0, p.sy0, *p.shadow.shape, win)
+        cl = _clip_boxes(p.sx0, p.sy0, *p.shadow.shape, win)  # type: ignore[call-arg]  # shape is (h, w)
         if cl is not None:
             (dy, dx), (py, px) = cl
             dst[dy, dx] *= (1 - p.shadow[py, px])[..., None]
-    cl = _clip_boxes(p.x0, p.y0, *p.alpha.shape, win)
+    cl = _clip_boxes(p.x0, p.y0, *p.alpha.shape, win)  # type: ignore[call-arg]  # shape is (h, w)
     if cl is not None:
         (dy, dx), (py, px) = cl
         d = dst[dy, dx]
@@ -1378,7 +1380,7 @@ def _to_u8(a: np.ndarray) -> np.ndarray:
 
 
 def _or_mask(mask_c: np.ndarray, m: np.ndarray, x0: int, y0: int) -> None:
-    cl = _clip_boxes(x0, y0, *m.shape, (0, 0, mask_c.shape[1], mask_c.shape[0]))
+    cl = _clip_boxes(x0, y0, *m.shape, (0, 0, mask_c.shape[1], mask_c.shape[0]))  # type: ignore[call-arg]  # (h, w)
     if cl is not None:
         (dy, dx), (py, px) = cl
         mask_c[dy, dx][m[py, px]] = 255
@@ -1417,7 +1419,7 @@ def _foreign_object(rng, kind: str, S: float, k: float):
         dist = ndi.distance_transform_edt(alpha > 0.5)
         dn = dist / max(dist.max(), 1)
         height = (S * rng.uniform(0.15, 0.3) * np.sqrt(dn * (2 - dn)) + S * 0.02 * _fbm(rng, P, P, max(S / 6, 3), 2)).astype(_F32)
-        col = [(120, 115, 105), (140, 120, 95), (90, 88, 85), (165, 155, 140), (105, 90, 75)][int(rng.integers(5))]
+        col: Any = [(120, 115, 105), (140, 120, 95), (90, 88, 85), (165, 155, 140), (105, 90, 75)][int(rng.integers(5))]
         alb = np.array(col, _F32) * rng.uniform(0.85, 1.15) * tex(0.25, 0.6, ("gravel", "brick", "moon"))[..., None]
         return alpha, height * alpha, alb, rng.uniform(0.05, 0.2), 12.0, S * 0.15
     if kind == "rag":

@@ -14,7 +14,8 @@ AUROC uses the map maximum as the image score.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,8 +23,8 @@ import torch
 from .imaging import read_mask
 from .inference import Predictor
 from .metrics import PixelMetrics, confusion_counts, image_metrics, scores_from_counts
-from .preprocess import prepare_pair
 from .model_store import ModelCard
+from .preprocess import prepare_pair
 from .scoring import OperatingPoint, ScoredMap, postprocess, resolve_operating_point
 from .training import LabelledPair, folder_pairs
 

@@ -79,6 +79,9 @@ def resolve_histories(store: Store, manifest: pd.DataFrame, depot: str, night: s
     jobs: list[PairJob] = []
     for row in cur.to_dict("records"):
         i = int(row.pop("job_index"))
+        src: str | None
+        hid: str | None
+        huri: str | None
         if i in matched:
             src, hid, huri = "capture", *matched[i]
         else:

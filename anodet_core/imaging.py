@@ -27,7 +27,7 @@ def decode(data: bytes, *, min_size: tuple[int, int] | None = None, mode: str = 
     256x256 anyway.
     """
     try:
-        img = Image.open(io.BytesIO(data))
+        img: Image.Image = Image.open(io.BytesIO(data))
         native = img.size
         if min_size is not None and img.format == "JPEG":
             img.draft(mode, (max(1, min_size[0]), max(1, min_size[1])))

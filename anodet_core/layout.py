@@ -25,8 +25,9 @@ import datetime as dt
 import io
 import posixpath
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import fsspec
 import pandas as pd
@@ -320,8 +321,8 @@ class Store:
 
     def write_report(self, table: str, depot: str, night: str, rows: Iterable[dict[str, Any]] | pa.Table) -> str:
         """Replace the (depot, night) partition of a report table; re-running a night overwrites, never appends."""
-        schema = REPORT_SCHEMAS[table] if table in REPORT_SCHEMAS else None
-        part = self.report_partition_rel(table, depot, night)
+        part = self.report_partition_rel(table, depot, night)  # ValueError for an unknown table
+        schema = REPORT_SCHEMAS[table]
         data = rows if isinstance(rows, pa.Table) else table_from_rows(rows, schema)
         data = data.select(schema.names).cast(schema)
         tmp = f"{part}/.part-0.parquet.tmp"

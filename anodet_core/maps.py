@@ -17,7 +17,8 @@ touch the same object.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import zarr
@@ -92,7 +93,7 @@ class MapWriter:
         import numcodecs
 
         self.group = open_night_maps(store, depot, night, writable=True)
-        arr = self.group["maps"]
+        arr: Any = self.group["maps"]  # zarr types members Array | Group, metadata JSON; the layout fixes them
         meta = arr.metadata.to_dict()
         codecs = meta.get("codecs", [])
         names = [c.get("name") for c in codecs]
@@ -112,7 +113,7 @@ class MapWriter:
             self._base = store.path(store.maps_rel(depot, night))
         self.shape = arr.shape
         self.dtype = arr.dtype
-        flags = self.group["written"]
+        flags: Any = self.group["written"]
         fmeta = flags.metadata.to_dict()
         self._flags = flags
         self._fast_flags = self.fast and [c.get("name") for c in fmeta.get("codecs", [])] == ["bytes", "zstd"] and tuple(flags.chunks) == (1,)
@@ -155,14 +156,15 @@ def _pad_row(stored: np.ndarray, shape: tuple[int, ...], dtype: Any) -> np.ndarr
 
 def write_map(g: zarr.Group, index: int, stored: np.ndarray) -> None:
     """Write one capture's map (H x W, already :func:`quantize`-d, native size) into row ``index`` of an open group."""
-    arr = g["maps"]
+    arr: Any = g["maps"]  # zarr types members Array | Group; the layout fixes them
     arr[index] = _pad_row(stored, arr.shape[1:], arr.dtype)
-    g["written"][index] = 1
+    written: Any = g["written"]
+    written[index] = 1
 
 
 def read_map(store: Store, depot: str, night: str, capture_id: str) -> np.ndarray:
     """A capture's map as float32 in [0, 1] at its native size."""
-    g = open_night_maps(store, depot, night)
+    g: Any = open_night_maps(store, depot, night)  # members typed Array | Group by zarr; the layout fixes them
     ids = list(g["capture_ids"][:])
     if capture_id not in ids:
         raise KeyError(f"capture {capture_id!r} has no map in {depot}/{night}")

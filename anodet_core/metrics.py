@@ -93,8 +93,9 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -453,7 +454,7 @@ class PixelMetrics:
             self.neg_hist += h[:bins]
             self.pos_hist += h[bins:]
 
-    def merge(self, other: "PixelMetrics") -> "PixelMetrics":
+    def merge(self, other: PixelMetrics) -> PixelMetrics:
         """Add another accumulator's counts into this one (same threshold and bins)."""
         if not isinstance(other, PixelMetrics):
             raise ValueError("can only merge another PixelMetrics")
@@ -581,7 +582,7 @@ class ImageMetrics:
 
 
 def image_metrics(
-    scores: Sequence[float], labels: Sequence[bool], decisions: Sequence[bool]
+    scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray, decisions: Sequence[bool] | np.ndarray
 ) -> ImageMetrics:
     """Image-level metrics of a split.
 

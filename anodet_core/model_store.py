@@ -49,7 +49,7 @@ class ModelCard:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelCard":
+    def from_json(cls, text: str) -> ModelCard:
         raw = json.loads(text)
         known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
         return cls(**known)
@@ -101,7 +101,7 @@ def save_version(store: Store, model: torch.nn.Module, card: ModelCard) -> Model
     while store.exists(store.model_version_rel(card.name, str(nxt))):  # a concurrent writer took it
         nxt += 1
     card.version = str(nxt)
-    card.created_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    card.created_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     card.code_version = card.code_version or code_version()
     rel = store.model_version_rel(card.name, card.version)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -15,9 +15,10 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -317,7 +318,7 @@ def process_batch(
         for ref, group in single.items():
             scorer = get_single_image_scorer(store, ref, settings)
             for chunk in _prepared_chunks(group, settings.batch_size, submit, ahead,
-                                          lambda j: (prepare_single_job, store, j, scorer.size)):
+                                          lambda j: (prepare_single_job, store, j, scorer.size)):  # noqa: B023  (used in this iteration)
                 ready: list[tuple[PairJob, PreparedImage]] = []
                 for job, img in chunk:
                     if isinstance(img, str):
@@ -336,7 +337,7 @@ def process_batch(
                 ]
                 collect(scorer.card, t_infer, futs, [job for job, _ in ready])
 
-        processed_at = dt.datetime.now(dt.timezone.utc)
+        processed_at = dt.datetime.now(dt.UTC)
         for job, scored_card, t_infer, fut in written:
             figures, finds = fut.result()
             row = {**_base_row(job, scored_card, run_id), **figures, **second.get(job.index, {}), "t_infer_ms": t_infer,

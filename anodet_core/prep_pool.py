@@ -23,10 +23,11 @@ import multiprocessing.util
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -160,7 +161,7 @@ class PrepPool:
             raise
         return ex
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> "PrepFuture":
+    def submit(self, fn: Callable[..., Any], *args: Any) -> PrepFuture:
         return PrepFuture(self, fn, args)
 
     def _submit(self, fn: Callable[..., Any], args: tuple) -> tuple[Executor, Future]:

@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-
 from PIL import Image
 
 from .imaging import decode, resize

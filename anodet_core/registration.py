@@ -135,7 +135,7 @@ class Registration:
         m.setflags(write=False)
         object.__setattr__(self, "matrix", m)
 
-    def scaled(self, factor: float) -> "Registration":
+    def scaled(self, factor: float) -> Registration:
         """Same transform for images ``factor`` times larger (both cur and his).
 
         The matrix is conjugated by ``S = diag(factor, factor, 1)``:
@@ -602,7 +602,7 @@ def _robust_fit(
     """
     inl = np.ones(len(src), bool)
     m = None
-    for it in range(6):
+    for _it in range(6):
         if inl.sum() < min_count:
             return None
         m = _fit_model(src[inl], dst[inl], wts[inl], model)
@@ -763,6 +763,7 @@ def _phase_estimate(cur: np.ndarray, his: np.ndarray, model: str) -> _Estimate |
         if best is None or float(peak) > best[0]:
             # peak at t: cur(p) ~ hw(p - t) = his(m0 (p - t))
             best = (float(peak), m0 @ _translation(-float(tx), -float(ty)))
+    assert best is not None  # hyps is never empty
     m1 = best[1]
     ref = _refine(cur, his, m1, model)
     if ref is None:

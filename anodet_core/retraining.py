@@ -33,9 +33,11 @@ class Promotion:
     def rows(self, candidate_metrics: dict[str, float], production_metrics: dict[str, float] | None) -> list[dict[str, Any]]:
         """Table rows (one per model) for a Prefect table artifact or a report."""
         keys = ("precision", "recall", "oa", "f1", "iou", "auc")
-        out = [{"model": f"{self.name}:{self.candidate_version}", "role": "candidate", **{k: round(float(candidate_metrics[k]), 4) for k in keys}}]
+        out = [{"model": f"{self.name}:{self.candidate_version}", "role": "candidate",
+                **{k: round(float(candidate_metrics[k]), 4) for k in keys}}]
         if production_metrics is not None:
-            out.append({"model": f"{self.name}:{self.production_version}", "role": "production", **{k: round(float(production_metrics[k]), 4) for k in keys}})
+            out.append({"model": f"{self.name}:{self.production_version}", "role": "production",
+                        **{k: round(float(production_metrics[k]), 4) for k in keys}})
         return out
 
 
@@ -78,7 +80,7 @@ def register_and_maybe_promote(
         promoted=promoted,
         reason=reason,
         eval_split=card.eval_split,
-        decided_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        decided_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
     card.extra["promotion"] = {**asdict(promo), "table": promo.rows(cand_metrics, prod_metrics)}
     model_store.update_card(store, card)

@@ -48,14 +48,14 @@ class OperatingPoint:
         object.__setattr__(self, "min_area", int(self.min_area))
 
 
-def resolve_operating_point(card: "ModelCard", threshold: float | None = None, min_area: int | None = None) -> OperatingPoint:
+def resolve_operating_point(card: ModelCard, threshold: float | None = None, min_area: int | None = None) -> OperatingPoint:
     """Explicit values over the card's over :data:`DEFAULT_MIN_AREA` (the card always has a threshold)."""
     if min_area is None:
         min_area = card.min_finding_area if card.min_finding_area is not None else DEFAULT_MIN_AREA
     return OperatingPoint(card.threshold if threshold is None else threshold, min_area)
 
 
-def operating_point(card: "ModelCard", settings: "Settings") -> OperatingPoint:
+def operating_point(card: ModelCard, settings: Settings) -> OperatingPoint:
     """threshold: ``settings.threshold``, else the card's; min_area: ``settings.min_finding_area``, else the
     card's, else 64."""
     return resolve_operating_point(card, settings.threshold, settings.min_finding_area)

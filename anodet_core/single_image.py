@@ -46,7 +46,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -54,6 +54,9 @@ import torch
 from .imaging import ImageError, read_mask
 from .preprocess import prepare_image
 from .training import flip_augment
+
+if TYPE_CHECKING:
+    from .models.csaflow import CSAFlow
 
 __all__ = [
     "ARCHS",
@@ -107,14 +110,16 @@ def _check_arch(arch: str) -> None:
 def _config(arch: str, preset: str | None, overrides: dict[str, Any] | None) -> Any:
     """The dataclass config ``create_model(arch, preset, **overrides)`` would use (validated, nothing built)."""
     _check_arch(arch)
+    presets: dict[str, Any]
+    cls: type
     if arch == "csaflow":
-        from .models import csaflow as mod
+        from .models import csaflow
 
-        presets, cls, label = mod.PRESETS, mod.CSAFlowConfig, "CSA-Flow"
+        presets, cls, label = csaflow.PRESETS, csaflow.CSAFlowConfig, "CSA-Flow"
     else:
-        from .models import anovit as mod
+        from .models import anovit
 
-        presets, cls, label = mod.PRESETS, mod.AnoViTConfig, "AnoViT"
+        presets, cls, label = anovit.PRESETS, anovit.AnoViTConfig, "AnoViT"
     name = preset or "paper"
     if name not in presets:
         raise ValueError(f"unknown {label} preset {name!r}; valid presets: {sorted(presets)}")
@@ -144,7 +149,8 @@ def _arch_of(model: torch.nn.Module) -> str:
 
 def model_input_size(model: torch.nn.Module) -> int:
     """Square input side a built single-image model was configured for."""
-    return int(model.cfg.input_size if _arch_of(model) == "csaflow" else model.cfg.img_size)
+    cfg: Any = model.cfg  # CSAFlowConfig or AnoViTConfig
+    return int(cfg.input_size if _arch_of(model) == "csaflow" else cfg.img_size)
 
 
 def _mean_std(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -227,7 +233,7 @@ class _FeatureCache:
     """CSA-Flow's backbone is frozen and in eval mode, so its features of (image, flip) never change: compute
     them once and reuse them in later epochs (exact, not an approximation), up to a memory budget."""
 
-    def __init__(self, model: torch.nn.Module, budget: int = _CACHE_BYTES) -> None:
+    def __init__(self, model: CSAFlow, budget: int = _CACHE_BYTES) -> None:
         self.model = model
         self.budget = budget
         self.used = 0
@@ -288,7 +294,7 @@ def train_single_image(
         raise ValueError("epochs and batch_size must be >= 1")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = create_model(arch, preset=preset, **overrides).to(device)
+    model: Any = create_model(arch, preset=preset, **overrides).to(device)  # CSAFlow or AnoViT, by arch
     params = [p for p in model.parameters() if p.requires_grad]
     clip: float | None
     if arch == "csaflow":
@@ -348,7 +354,7 @@ def train_single_image(
 
 @torch.no_grad()
 def score_images(
-    model: torch.nn.Module, images: np.ndarray, device: str = "cpu", batch: int = 8, *, maps: bool = True
+    model: Any, images: np.ndarray, device: str = "cpu", batch: int = 8, *, maps: bool = True
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(image scores float64 (N,), anomaly maps float32 (N, H, W) or None when ``maps=False``).
 
@@ -371,7 +377,7 @@ def score_images(
             mp = model.anomaly_map(x)
             sc = mp.amax(dim=(1, 2, 3))
         scores[s : s + len(x)] = sc.double().cpu().numpy()
-        if out is not None:
+        if out is not None and mp is not None:  # mp is None only without maps
             out[s : s + len(x)] = mp[:, 0].float().cpu().numpy()
     return scores, out
 
@@ -536,9 +542,9 @@ def evaluate_single_image(
     labels = np.r_[np.zeros(len(s_norm), bool), np.ones(len(s_anom), bool)]
     im = image_metrics(scores, labels, scores > thr)
     pixel = float("nan")
-    if want_maps and len(anomalous):
+    if masks is not None and len(anomalous):  # masks is not None: want_maps
         maps = np.concatenate([m for m in (m_norm, m_anom) if m is not None])
-        lab = np.concatenate([np.zeros((len(normal), *masks.shape[1:]), bool), masks.astype(bool)])
+        lab = np.concatenate([np.zeros((len(normal), *masks.shape[1:]), np.bool_), masks.astype(bool)])
         pixel = _pixel_auroc(maps, lab, max_pixels, seed)
     return {
         "image_auroc": im.image_auroc,
@@ -836,4 +842,4 @@ def retrain_region_model(
 def _now() -> str:
     import datetime as dt
 
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

@@ -16,8 +16,9 @@ import hashlib
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +56,7 @@ class PairArrays:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def subset(self, idx: Sequence[int]) -> "PairArrays":
+    def subset(self, idx: Sequence[int]) -> PairArrays:
         idx = list(idx)
         return PairArrays([self.keys[i] for i in idx], self.cur[idx], self.his[idx], self.mask[idx],
                           [self.groups[i] for i in idx] if self.groups else [],
@@ -122,10 +123,10 @@ def store_pairs(store: Store, depot: str, nights: Sequence[str]) -> list[Labelle
             if his is None:
                 ref = store.reference_rel(row.train_id, int(row.car), row.region_id)
                 his = ref if store.exists(ref) else None
-            l = lab.loc[row.capture_id]
+            label = lab.loc[row.capture_id]
             if his is not None:
-                pairs.append(LabelledPair(row.capture_id, row.uri, his, l["mask_uri"] if l["anomalous"] else None, night))
-            if not l["anomalous"]:
+                pairs.append(LabelledPair(row.capture_id, row.uri, his, label["mask_uri"] if label["anomalous"] else None, night))
+            if not label["anomalous"]:
                 normal_tonight[key] = row.uri
         last_normal.update(normal_tonight)
     return pairs
@@ -138,7 +139,7 @@ def folder_pairs(root: str) -> list[LabelledPair]:
     pairs = []
     for d in sorted(glob.glob(os.path.join(root, "*", ""))):
         def one(stem: str) -> str | None:
-            found = sorted(glob.glob(os.path.join(d, stem + ".*")))
+            found = sorted(glob.glob(os.path.join(d, stem + ".*")))  # noqa: B023  (called in this iteration)
             return found[0] if found else None
 
         cur, his = one("cur"), one("his")
@@ -203,8 +204,8 @@ def _synthesize(cur: torch.Tensor, his: torch.Tensor, y: torch.Tensor, gen: torc
         kind = torch.randint(0, 3, (1,), generator=gen).item()
         target = cur if torch.rand(1, generator=gen).item() < 0.7 else his
         if kind == 0:  # texture from elsewhere (another sample, rolled)
-            j = torch.randint(0, b, (1,), generator=gen).item()
-            sy, sx = torch.randint(0, h, (1,), generator=gen).item(), torch.randint(0, w, (1,), generator=gen).item()
+            j = int(torch.randint(0, b, (1,), generator=gen).item())
+            sy, sx = int(torch.randint(0, h, (1,), generator=gen).item()), int(torch.randint(0, w, (1,), generator=gen).item())
             content = torch.roll(cur[j], shifts=(sy, sx), dims=(1, 2))
         elif kind == 1:  # stain: darker, slightly glossy version of the background
             content = target[i] * float(torch.empty(1).uniform_(0.2, 0.7, generator=gen)) - 0.3
@@ -349,7 +350,7 @@ def train_pairs(
             if cfg.channels_last:
                 cur, his = cur.contiguous(memory_format=torch.channels_last), his.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda" if cfg.device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                logits = model.forward_logits(cur, his)
+                logits = model.forward_logits(cur, his)  # type: ignore[operator]  # every paired model defines it
             loss = F.binary_cross_entropy_with_logits(logits.float(), y)
             if cfg.loss == "bce+dice":
                 loss = loss + _dice_loss(logits.float(), y)

@@ -1,3 +1,3 @@
 """Prefect flows: compose the tasks, own schedules and deployments."""
 
-from . import _env  # noqa: F401  (must run before prefect is imported anywhere)
+import tasks._env  # noqa: F401  (Prefect defaults: must run before prefect is imported anywhere)

@@ -16,10 +16,10 @@ import os
 import resource
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import dask
-import numpy as np
 import torch
 
 from anodet_core import model_store
@@ -49,7 +49,7 @@ def bench_model() -> torch.nn.Module:
     torch.manual_seed(0)
     model = create_model("anodfdnet", preset="paper", **BENCH_CONFIG).eval()
     with torch.no_grad():
-        model.decoder.d1.bias.fill_(BENCH_LOGIT_SHIFT)
+        model.decoder.d1.bias.fill_(BENCH_LOGIT_SHIFT)  # type: ignore[union-attr,operator]  # AnoDFDNet's output conv
     return model
 
 
@@ -124,7 +124,7 @@ def run_bench(
     from distributed import Client, LocalCluster
 
     from anodet_core.pipeline import worker_threads
-    from flows.cli import run_night
+    from flows.nightly import run_night
     from flows.runners import local_cluster_kwargs, worker_env
 
     if captures < 4 or batch_size < 1 or repeats < 1 or e2e_runs < 1:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from prefect.schedules import Cron
 
-from anodet_core.config import Settings
+from anodet_core.config import Settings, local_timezone
 from anodet_core.layout import Store, check_name
 
 DEFAULT_NIGHTLY_CRON = "0 2 * * *"
@@ -28,15 +28,6 @@ class DepotSchedule:
     nightly_cron: str
     retrain_cron: str
     timezone: str
-
-
-def local_timezone() -> str:
-    try:
-        import tzlocal
-
-        return tzlocal.get_localzone_name() or "UTC"
-    except Exception:  # no zone configured on the host: schedules in UTC rather than failing to serve
-        return "UTC"
 
 
 def schedules_from_env(settings: Settings | None = None) -> list[DepotSchedule]:

@@ -11,26 +11,26 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from anodet_core.config import Settings
+from anodet_core.config import Settings, local_timezone
 from anodet_core.layout import Store
 from anodet_core.night import NightSummary, split_jobs, summarize
 from tasks.inspection import Sealed, plan_night_task, score_batch_task, write_reports_task
 
-from .runners import build_task_runner
+from .runners import SettingsTaskRunner, build_task_runner, ephemeral_run_settings
 
 
 def last_night(now: dt.datetime | None = None) -> str:
     """The night a run at ``now`` (default: now, in ANODET_TIMEZONE or local time) should process."""
     from zoneinfo import ZoneInfo
 
-    from flows.deployments import local_timezone
-
     tz = ZoneInfo(os.environ.get("ANODET_TIMEZONE") or local_timezone())
     now = (now or dt.datetime.now(tz)).astimezone(tz)
     return (now - dt.timedelta(hours=12)).date().isoformat()
 
 
-@flow(name="nightly-inspection", task_runner=build_task_runner(Settings.from_env()), log_prints=False)
+# the runner is built from the environment when a run starts (SettingsTaskRunner), not at import;
+# TaskRunner is invariant in its future type, which Flow's annotation fixes to PrefectFuture
+@flow(name="nightly-inspection", task_runner=SettingsTaskRunner(), log_prints=False)  # type: ignore[arg-type]
 def nightly_inspection(
     depot: str,
     night: str | None = None,
@@ -76,3 +76,13 @@ def nightly_inspection(
     key = re.sub(r"[^a-z0-9-]+", "-", f"night-{plan.depot}-{plan.night}".lower())
     create_markdown_artifact(summary.markdown(), key=key, description=f"anodet night {plan.depot} {plan.night}")
     return summary
+
+
+def run_night(settings: Settings, depot: str, night: str) -> NightSummary:
+    """Run the flow for one night with the task runner these settings ask for (the CLI and the bench)."""
+    from prefect.settings import temporary_settings
+
+    flow = nightly_inspection.with_options(task_runner=build_task_runner(settings))  # type: ignore[arg-type]  # as above
+    with temporary_settings(updates=ephemeral_run_settings(settings)):
+        return flow(depot=depot, night=night, store=settings.store, model=settings.model, batch_size=settings.batch_size,
+                    second_opinion=settings.second_opinion, device=settings.device)

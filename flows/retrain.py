@@ -92,8 +92,10 @@ def retrain(
     promo, cand_m, prod_m = register_and_maybe_promote(st, cand, metric=metric, margin=margin, device=device)
     logger.info("%s:%s %s: %s", promo.name, promo.candidate_version, "promoted" if promo.promoted else "not promoted", promo.reason)
     key = re.sub(r"[^a-z0-9-]+", "-", f"retrain-{promo.name}-{depot}".lower())
-    create_table_artifact(promo.rows(cand_m, prod_m), key=key, description=f"{promo.name}:{promo.candidate_version} vs production on {promo.eval_split}: {promo.reason}")
-    create_markdown_artifact(f"**{'Promoted' if promo.promoted else 'Not promoted'}** {promo.name}:{promo.candidate_version} — {promo.reason}\n\n```json\n{json.dumps(promo.__dict__, indent=2, default=str)}\n```", key=key + "-decision")
+    create_table_artifact(promo.rows(cand_m, prod_m), key=key,
+                          description=f"{promo.name}:{promo.candidate_version} vs production on {promo.eval_split}: {promo.reason}")
+    create_markdown_artifact(f"**{'Promoted' if promo.promoted else 'Not promoted'}** {promo.name}:{promo.candidate_version} — {promo.reason}"
+                             f"\n\n```json\n{json.dumps(promo.__dict__, indent=2, default=str)}\n```", key=key + "-decision")
     out = dict(promo.__dict__)
     out["single_image"] = []
     if single_image:

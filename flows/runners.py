@@ -80,6 +80,19 @@ def build_task_runner(settings: Settings) -> DaskTaskRunner:
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs(settings))
 
 
+class SettingsTaskRunner(DaskTaskRunner):
+    """A flow's default task runner: ``build_task_runner(Settings.from_env())``, built when a flow run starts.
+
+    Prefect runs every flow run on ``flow.task_runner.duplicate()``, entered in the process that runs the flow
+    (a served deployment's run is a freshly spawned process); the duplicate is the real runner. So importing a
+    flow's module builds no runner and changes no Dask config, and each run reads the environment it starts
+    in. ``flow.with_options(task_runner=build_task_runner(settings))`` (the CLI) replaces it.
+    """
+
+    def duplicate(self) -> DaskTaskRunner:  # type: ignore[override]  # the real runner, deliberately not a SettingsTaskRunner
+        return build_task_runner(Settings.from_env())
+
+
 def _loopback(address: str) -> bool:
     from distributed.comm import get_address_host
 

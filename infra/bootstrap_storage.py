@@ -24,7 +24,8 @@ import os
 import re
 import sys
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import fsspec
 

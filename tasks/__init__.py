@@ -1,3 +1,3 @@
 """Thin Prefect tasks over anodet_core: retries, names and logging live here, logic does not."""
 
-import flows._env  # noqa: F401  (Prefect defaults before prefect is imported)
+from . import _env  # noqa: F401  (Prefect defaults before prefect is imported)

@@ -38,7 +38,7 @@ def add_capture(store: Store, depot: str, night: str, cid: str, img: np.ndarray,
     store.write_bytes(uri, data)
     d = dt.date.fromisoformat(night)
     row = dict(capture_id=cid, depot=depot, night=night, train_id=train_id, car=1, region_id=region_id,
-               captured_at=dt.datetime(d.year, d.month, d.day, 1, minute, tzinfo=dt.timezone.utc), uri=uri,
+               captured_at=dt.datetime(d.year, d.month, d.day, 1, minute, tzinfo=dt.UTC), uri=uri,
                sha256=sha256(data), width=img.shape[1], height=img.shape[0])
     label = dict(capture_id=cid, anomalous=anomalous, anomaly_type="foreign_body" if anomalous else None,
                  mask_uri=mask_uri)

@@ -3,7 +3,6 @@
 import datetime as dt
 
 import pandas as pd
-import pyarrow as pa
 import pytest
 
 from anodet_core.history import resolve_histories
@@ -16,7 +15,7 @@ from anodet_core.layout import (
     check_night,
 )
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def _cap(cid, night, region="R01", train="T001", car=1, hour=1):

@@ -21,7 +21,8 @@ from anodet_core.model_store import ModelCard
 from anodet_core.models import create_model
 from anodet_core.night import plan_night
 from anodet_core.pipeline import prep_processes, process_batch
-from helpers import die_once, die_on
+
+from helpers import die_on, die_once
 
 SPEC = DemoSpec(depot="prep", nights=1, trains=1, cars=1, regions=6, width=320, height=200, anomaly_rate=0.5, seed=5)
 

@@ -16,7 +16,7 @@ H, W = 300, 480
 PAD = 80  # the scene is larger than the captures so that his has no empty border
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _scene(name: str, seed: int = 0) -> np.ndarray:
     """Textured photograph with drawn bolts (disks), plates (rectangles) and cables (lines)."""
     img = getattr(data, name)()

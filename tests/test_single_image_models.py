@@ -9,8 +9,8 @@ import copy  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from anodet_core.models import create_model, list_models, list_presets  # noqa: E402
 from anodet_core.models import anovit as av  # noqa: E402
+from anodet_core.models import create_model, list_models, list_presets  # noqa: E402
 from anodet_core.models import csaflow as csa  # noqa: E402
 
 SIZE = 128  # CSA-Flow test input: stride-16 maps of 8x8, 4x4, 2x2
@@ -187,11 +187,11 @@ def test_anovit_lite_shapes_and_step():
     torch.manual_seed(0)
     m = create_model("anovit", "lite")
     assert m.embed_dim == 192 and len(m.encoder.blocks) == 4
-    convs = [l for l in m.decoder if isinstance(l, torch.nn.ConvTranspose2d)]
+    convs = [layer for layer in m.decoder if isinstance(layer, torch.nn.ConvTranspose2d)]
     assert [(c.in_channels, c.out_channels, c.stride[0], c.padding[0]) for c in convs] == [
         (192, 256, 1, 0), (256, 128, 1, 0), (128, 64, 1, 0), (64, 32, 2, 1), (32, 16, 2, 1), (16, 3, 2, 1)
     ]
-    assert sum(isinstance(l, torch.nn.InstanceNorm2d) for l in m.decoder) == 5
+    assert sum(isinstance(layer, torch.nn.InstanceNorm2d) for layer in m.decoder) == 5
     assert not isinstance(m.decoder[-1], (torch.nn.ReLU, torch.nn.InstanceNorm2d))
     x = torch.randn(2, 3, 128, 160)
     assert m.encode(x).shape == (2, 192, 8, 10)  # CLS dropped, patch grid kept

@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from anodet_core import model_store
-from anodet_core.scoring import find_regions
 from anodet_core.layout import Store
 from anodet_core.maps import dequantize, open_night_maps, quantize, read_map
 from anodet_core.model_store import ModelCard
+from anodet_core.scoring import find_regions
 from anodet_core.single_image import (
     MAP_THRESHOLD,
     labelled_captures,

@@ -7,11 +7,13 @@ this package, so there is no import cycle.
 from ._registry import create_model, list_models, list_presets, preset_config, register_model
 
 # importing a model module registers it
+# isort: off
 from . import anodfdnet  # noqa: E402,F401
 from . import fc_siam_diff  # noqa: E402,F401
 from . import unet_cat  # noqa: E402,F401
 from . import csaflow  # noqa: E402,F401
 from . import anovit  # noqa: E402,F401
 from . import classical_diff  # noqa: E402,F401
+# isort: on
 
 __all__ = ["register_model", "create_model", "list_models", "list_presets", "preset_config"]

@@ -23,6 +23,7 @@ reconstruction noise does not dominate; ``image_score`` = max of that map.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -114,7 +115,7 @@ class AnoViT(nn.Module):
     def __init__(self, cfg: AnoViTConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg = cfg or AnoViTConfig()
-        vit_kw: dict[str, object] = {
+        vit_kw: dict[str, Any] = {
             k: v for k, v in (("embed_dim", cfg.embed_dim), ("depth", cfg.depth), ("num_heads", cfg.num_heads)) if v is not None
         }
         self.encoder = create_backbone(

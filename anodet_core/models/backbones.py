@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import timm
 import torch
@@ -127,7 +128,7 @@ def load_lite0_into_timm(model: nn.Module, path: str | None = None) -> None:
     src = _load_checkpoint(path or lite0_weights_path())
     if not hasattr(model, "blocks"):
         raise ValueError("expected a timm EfficientNet (model.blocks missing)")
-    mapping = lite0_key_map(list(src), [len(stage) for stage in model.blocks])
+    mapping = lite0_key_map(list(src), [len(stage) for stage in model.blocks])  # type: ignore[union-attr]  # checked above
     target = model.state_dict()
 
     unused = sorted(k for k, t in mapping.items() if t not in target and not k.endswith(_COUNTER))
@@ -172,8 +173,8 @@ def create_backbone(
     out_indices: Sequence[int] | None = None,
     tf_compat: bool = True,
     prune: bool = True,
-    **kwargs: object,
-) -> nn.Module:
+    **kwargs: Any,
+) -> Any:  # a timm model: its attributes (feature_info, blocks, embed_dim, ...) depend on the architecture
     """timm model with weights from local files only.
 
     pretrained: True -> the packaged ImageNet weights (``efficientnet_lite0`` only);
@@ -186,10 +187,10 @@ def create_backbone(
     """
     if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
         raise ValueError(f"hub/dir model names are not allowed offline: {name!r}")
-    kw: dict[str, object] = dict(kwargs)
+    kw: dict[str, Any] = dict(kwargs)
     if name == "efficientnet_lite0" and tf_compat:
         kw = {**LITE0_TF_KWARGS, **kw}
-    feat_kw: dict[str, object] = {}
+    feat_kw: dict[str, Any] = {}
     if features_only:
         feat_kw["features_only"] = True
         if out_indices is not None:

@@ -38,6 +38,9 @@ PRESETS = {"default": ClassicalDiffConfig()}
 class ClassicalDiff(nn.Module):
     """(cur, his) normalised with mean = std = 0.5 -> change probability map (B, 1, H, W); no learned weights."""
 
+    kernel: torch.Tensor  # buffers (register_buffer)
+    offset: torch.Tensor
+
     def __init__(self, cfg: ClassicalDiffConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg = cfg or ClassicalDiffConfig()

@@ -278,7 +278,7 @@ class CrossScaleFlow(nn.Module):
         xs = list(zs)
         for k in reversed(range(len(self.blocks))):
             inv = getattr(self, f"perm_inv{k}")
-            xs = [x[:, inv[i]] for i, x in enumerate(self.blocks[k].inverse(xs))]
+            xs = [x[:, inv[i]] for i, x in enumerate(self.blocks[k].inverse(xs))]  # type: ignore[operator]  # ModuleList items are typed Module
         return xs
 
 

@@ -33,6 +33,9 @@ class TimmEncoder(nn.Module):
     small to re-estimate them), and the stem plus the first ``freeze_stages`` stages take no gradient.
     """
 
+    scale: torch.Tensor  # buffers (register_buffer)
+    shift: torch.Tensor
+
     def __init__(self, name: str, out_indices: Sequence[int], pretrained: bool, freeze_stages: int) -> None:
         super().__init__()
         self.body = create_backbone(name, pretrained=pretrained, features_only=True, out_indices=tuple(out_indices))
@@ -51,7 +54,7 @@ class TimmEncoder(nn.Module):
                 for p in mod.parameters():
                     p.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "TimmEncoder":
+    def train(self, mode: bool = True) -> TimmEncoder:
         super().train(mode)
         for m in self.body.modules():  # BN keeps ImageNet statistics (see class docstring)
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
