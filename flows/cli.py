@@ -6,14 +6,14 @@ Every option has an ``ANODET_*`` environment default (see anodet_core.config.Set
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from . import _env  # noqa: F401  (Prefect defaults before anything imports prefect)
+import tasks._env  # noqa: F401  (Prefect defaults before anything imports prefect)
 
 
 def _settings(args: argparse.Namespace):
@@ -153,19 +153,6 @@ def _device(settings) -> str:
     return resolve_device(settings.device)
 
 
-def run_night(settings, depot: str, night: str):
-    """Run the Prefect flow for one night with the task runner these settings ask for."""
-    from prefect.settings import temporary_settings
-
-    from flows.nightly import nightly_inspection
-    from flows.runners import build_task_runner, ephemeral_run_settings
-
-    flow = nightly_inspection.with_options(task_runner=build_task_runner(settings))
-    with temporary_settings(updates=ephemeral_run_settings(settings)):
-        return flow(depot=depot, night=night, store=settings.store, model=settings.model, batch_size=settings.batch_size,
-                    second_opinion=settings.second_opinion, device=settings.device)
-
-
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """``anodet pretrain``: build the corpus if needed, train the base preset for fixed steps, register it."""
     from anodet_core.pretraining.corpus import CORPUS_FILE, CorpusSpec, build_corpus
@@ -174,6 +161,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     store = _store(settings)
+    if args.quality_steps:
+        return _quality_table(args, settings, store)
     if not os.path.exists(os.path.join(args.corpus, CORPUS_FILE)):
         t0 = time.perf_counter()
         spec = CorpusSpec(train_per_photo=args.train_per_photo, test_per_photo=args.test_per_photo, seed=args.seed,
@@ -204,6 +193,24 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quality_table(args: argparse.Namespace, settings, store) -> int:
+    """``anodet pretrain --quality-steps N [--quality-models REF ...]``: the held-out quality table."""
+    from anodet_core.model_store import load
+    from anodet_core.pretraining.quality import quality_table, to_markdown
+
+    device = _device(settings)
+    extra = [(f"{ref} (as built)", *load(store, ref, device)) for ref in args.quality_models or []]
+    rows = quality_table(args.corpus, args.quality_steps, extra_models=extra, seed=args.seed, device=device,
+                         bf16=_bf16(args.bf16, device))
+    text = to_markdown(rows, f"held-out photographs of {args.corpus} ({args.quality_steps} steps per trained method)")
+    print(text)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as fh:
+            fh.write(text + "\n")
+    return 0
+
+
 def _json_object(text: str | None, flag: str) -> dict[str, Any]:
     """A CLI flag's JSON object (empty when not given); anything else is a clear error."""
     if not text:
@@ -216,6 +223,7 @@ def _json_object(text: str | None, flag: str) -> dict[str, Any]:
 
 def cmd_run_night(args: argparse.Namespace) -> int:
     from anodet_core.layout import check_night
+    from flows.nightly import run_night
 
     settings = _settings(args)
     store = _store(settings)
@@ -233,6 +241,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from anodet_core import model_store
     from anodet_core.demo_data import DemoSpec, generate_depot
     from anodet_core.training import TrainConfig, train_candidate
+    from flows.nightly import run_night
     from flows.runners import local_cluster_kwargs
 
     settings = _settings(args)
@@ -567,6 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--no-test", action="store_true", help="skip the held-out evaluation")
     pt.add_argument("--promote", action="store_true", help="make the version production")
     pt.add_argument("--export", help="copy the version into this folder (anodet_core/weights/anodfdnet-base ships it)")
+    pt.add_argument("--quality-steps", type=int, default=0,
+                    help="instead of pretraining: train every method of the quality table for this many steps and "
+                         "score it, the classical baseline and --quality-models on the corpus's test split")
+    pt.add_argument("--quality-models", nargs="*", help="model references scored as built in the quality table")
+    pt.add_argument("--out", help="also write the quality table (Markdown) to this file")
     pt.add_argument("--device", help="auto | cpu | cuda")
     pt.set_defaults(func=cmd_pretrain)
 

@@ -121,11 +121,12 @@ def test_cli_compare_on_a_folder_dataset(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "6 train/ pairs, 3 test/ pairs" in text
     assert "| Method | Pre | Re | OA | F1 | IoU | AUC | params | s/epoch |" in text
-    for name in ("AnoDFDNet", "Unet-cat", "FC-Siam-diff"):
+    for name in ("AnoDFDNet", "Unet-cat", "FC-Siam-diff", "Classical (registration + normalised smoothed difference)"):
         assert f"| {name} |" in text
     for f in ("table1_methods.md", "table1_methods.csv", "table1_methods_roc.png"):
         assert (out / f).exists() and str(out / f) in text
-    assert len(pd.read_csv(out / "table1_methods.csv")) == 3
+    table = pd.read_csv(out / "table1_methods.csv")
+    assert len(table) == 4  # three networks and the classical baseline, on the same test pairs
 
 
 def test_cli_compare_needs_a_data_source(capsys):

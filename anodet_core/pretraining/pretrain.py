@@ -47,7 +47,7 @@ def load_split(corpus: str, split: str, *, registration: str = "auto", progress:
     if os.path.exists(cache):
         z = np.load(cache, allow_pickle=False)
         return PairArrays(list(z["keys"]), z["cur"], z["his"], z["mask"], list(z["groups"]),
-                          [tuple(int(v) for v in s) for s in z["sizes"]])
+                          [(int(w), int(h)) for w, h in z["sizes"]])
     pairs = folder_pairs(os.path.join(corpus, split))
     if not pairs:
         raise ValueError(f"corpus split {split!r} under {corpus} has no pairs")
@@ -143,6 +143,40 @@ def export_packaged(store: Store, name: str, version: str, dest: str) -> str:
         fh.write(weights)
     with open(os.path.join(tmp, CARD), "w") as fh:
         fh.write(card.to_json())
+    with open(os.path.join(tmp, "MODEL_CARD.md"), "w") as fh:
+        fh.write(model_card_markdown(card, len(weights)))
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
     return dest
+
+
+REBUILD_COMMAND = "make pretrain-data && make pretrain"
+
+
+def model_card_markdown(card: ModelCard, n_bytes: int) -> str:
+    """A human-readable card for a shipped version: what it is, what it saw, how it scores, how to rebuild it."""
+    pre = card.extra.get("pretraining", {})
+    cal = card.extra.get("calibration", {})
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in card.metrics.items() if isinstance(v, float))
+    return f"""# {card.name}:{card.version} (registry version {card.extra.get('registry_version', '?')})
+
+AnoDFDNet, preset `{card.preset}` {card.config or ''}: ImageNet EfficientNet-Lite0 as the shared encoder of cur
+and his, |F_cur - F_his| at strides 2/4/8/16, a 2-layer pre-LN Transformer over the 16x16 stride-16 difference,
+a pyramid decoder with a pixel-difference skip, sigmoid map. Weights: {n_bytes / 1e6:.1f} MB safetensors.
+
+- Code: {card.code_version}; created {card.created_at}
+- Data: the generic pretraining corpus (fingerprint `{card.data_fingerprint}`), {pre.get('n_train', '?')} training
+  and {pre.get('n_val', '?')} validation pairs synthesised from {len(pre.get('train_photos', []))} offline photographs;
+  changes: {pre.get('changes', {})}
+- Training: {card.extra.get('steps', '?')} steps in {card.extra.get('train_seconds', '?')} s, config
+  `{json.dumps(card.extra.get('train_config', {}), sort_keys=True)}`
+- Operating point (validation): threshold {card.threshold}, minimum finding area {card.min_finding_area} native px
+  (decision F1 {cal.get('decision_f1', float('nan')):.3f})
+- Held-out evaluation: {card.eval_split}
+
+| metric | value |
+|---|---|
+{rows}
+
+Rebuild: `{REBUILD_COMMAND}` (seeded; bf16 autocast where the CPU has it, so figures move slightly between CPUs).
+"""
