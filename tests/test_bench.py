@@ -34,8 +34,35 @@ def test_model_paths_are_timed_side_by_side():
     model = create_model("anodfdnet", preset="lite").eval()
     speed = compare_model_paths(model, create_model("anodfdnet", preset="lite").eval(), batch_size=2, repeats=1, warmup=1)
     assert speed.fp32_pairs_s > 0 and speed.fast_pairs_s > 0
-    assert speed.speedup == pytest.approx(speed.fast_pairs_s / speed.fp32_pairs_s)
     assert speed.channels_last and speed.batch_size == 2
+
+
+def test_model_path_rates_count_only_the_timed_batches_of_each_path(monkeypatch):
+    """On a fake clock (fp32 batch 0.5 s, fast batch 0.2 s, warm-up batches 10x slower): the rates are pairs over
+    the summed time of each path's timed batches, the paths alternate, and each path is the Predictor it claims."""
+    import anodet_core.bench as bench
+    from anodet_core.inference import bf16_supported
+
+    clock = [0.0]
+    calls: list[tuple[bool, tuple[int, ...]]] = []
+    n_warmup, n_repeats, batch = 2, 3, 4
+
+    def predict(self, cur, his):
+        fast = self.channels_last
+        warm = len(calls) < 2 * n_warmup
+        calls.append((fast, cur.shape))
+        clock[0] += (0.2 if fast else 0.5) * (10 if warm else 1)
+        return torch.zeros(cur.shape[0], 8, 8)
+
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(Predictor, "predict", predict)
+    speed = compare_model_paths(torch.nn.Conv2d(3, 1, 1), torch.nn.Conv2d(3, 1, 1), batch_size=batch, repeats=n_repeats, warmup=n_warmup)
+    assert [fast for fast, _ in calls] == [False, True] * (n_warmup + n_repeats)  # alternating, fp32 first
+    assert {shape for _, shape in calls} == {(batch, 256, 256, 3)}
+    assert speed.fp32_pairs_s == pytest.approx(batch / 0.5)  # 8 pairs/s: the warm-up batches do not count
+    assert speed.fast_pairs_s == pytest.approx(batch / 0.2)
+    assert speed.speedup == pytest.approx(2.5)
+    assert (speed.repeats, speed.batch_size, speed.channels_last, speed.bf16) == (n_repeats, batch, True, bf16_supported("cpu"))
 
 
 @pytest.mark.slow
