@@ -83,12 +83,13 @@ def calibrate(model: torch.nn.Module, val: PairArrays, device: str = "cpu") -> C
     f1_05 = pm.compute()["f1"]
     threshold, f1 = 0.5, f1_05
     if val.mask.any():
-        cand, f1_cand = pm.best_f1_threshold()
+        cand, _ = pm.best_f1_threshold()
         cand = float(min(max(cand, _THRESHOLD_RANGE[0]), _THRESHOLD_RANGE[1]))
+        at = PixelMetrics(threshold=cand)  # the gain is judged where the threshold lands, after clamping
+        at.update(maps, val.mask)
+        f1_cand = at.compute()["f1"]
         if f1_cand > f1_05 + _THRESHOLD_GAIN:
-            at = PixelMetrics(threshold=cand)
-            at.update(maps, val.mask)
-            threshold, f1 = cand, at.compute()["f1"]
+            threshold, f1 = cand, f1_cand
     largest = np.array([_largest_region(m, threshold) for m in maps])
     truth = np.asarray(val.mask.reshape(len(val), -1).any(axis=1))
     best = max(AREA_CANDIDATES, key=lambda a: (_decision_figures(largest, truth, a)[0], -a))

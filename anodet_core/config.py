@@ -14,6 +14,10 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"ANODET_{name}", default)
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
 @dataclass(frozen=True)
 class Settings:
     """All knobs of a run. ``ANODET_<FIELD>`` (upper case) sets a field from the environment."""
@@ -53,7 +57,10 @@ class Settings:
             elif f.name == "min_finding_area":
                 values[f.name] = int(raw) if raw.strip() else None
             elif isinstance(default, bool):
-                values[f.name] = raw.strip().lower() in {"1", "true", "yes", "on"}
+                word = raw.strip().lower()
+                if word not in _TRUE | _FALSE:
+                    raise ValueError(f"ANODET_{f.name.upper()}={raw!r} is not a boolean: use one of {sorted(_TRUE | _FALSE)}")
+                values[f.name] = word in _TRUE
             elif isinstance(default, int):
                 values[f.name] = int(raw)
             elif isinstance(default, float):

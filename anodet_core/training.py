@@ -392,10 +392,10 @@ def train_pairs(
     if val is not None and len(val) and val.mask.any():
         # move off the paper's 0.5 only for a clear validation gain, and not far: small validation splits are noisy
         pm = pixel_metrics(model, val, cfg.device)
-        cand, f1_cand = pm.best_f1_threshold()
+        cand, _ = pm.best_f1_threshold()
         cand = float(min(max(cand, 0.25), 0.75))
-        if f1_cand > pm.compute()["f1"] + 0.02:
-            threshold = cand
+        if pixel_metrics(model, val, cfg.device, threshold=cand).compute()["f1"] > pm.compute()["f1"] + 0.02:
+            threshold = cand  # judged where the threshold lands after clamping (as anodet_core.calibration)
     return TrainResult(best[2], best[1], best[3], history, time.perf_counter() - t_start, threshold)
 
 

@@ -150,9 +150,6 @@ def test_unknown_override_raises(env):
         Settings.from_env(batchsize=3)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: Settings.from_env reads any unrecognised boolean spelling "
-                   "(ANODET_FAST=ture, =2, =enabled) as False instead of raising, so a typo silently turns the fast "
-                   "path (or second opinions) off")
 @pytest.mark.parametrize("raw", ["ture", "2", "enabled"])
 def test_bad_booleans_raise(env, raw):
     env(fast=raw)

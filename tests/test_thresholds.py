@@ -149,9 +149,6 @@ def test_threshold_stays_05_without_a_clear_gain():
     assert cal.threshold == 0.5
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: calibrate() clamps the GLOBAL best-F1 threshold into "
-                   "[0.25, 0.75] and compares the unclamped F1 with F1 at 0.5; when the optimum lies above 0.75 but "
-                   "F1 at 0.75 is worse than at 0.5 the card gets 0.75, a threshold worse than the paper's 0.5")
 def test_calibrated_threshold_never_worse_than_05_when_the_optimum_is_outside_the_range():
     # at 0.5: TP 15 FP 10 FN 0 -> F1 0.75; at 0.75: TP 10 FP 10 FN 5 -> 0.571; at 0.85: TP 10 FP 0 FN 5 -> 0.8
     maps, masks = _case(pos=[(0.95, 10), (0.6, 5)], neg=[(0.8, 10)])
