@@ -80,7 +80,8 @@ def test_bench_command_on_a_tiny_night(tmp_path, prefect_harness, capsys):
         assert out[key] > 0, key
     assert out["speedup"] == pytest.approx(out["model_fast_pairs_s"] / out["model_fp32_pairs_s"], rel=1e-2)
     assert out["e2e_over_model"] == pytest.approx(out["e2e_pairs_s"] / out["model_fast_pairs_s"], rel=1e-2)
-    assert out["f1_delta"] is None and "no f1_delta" in captured.err  # the store has no production anodfdnet
+    # the store has no production anodfdnet, so the shipped base is production: its fast path scores like fp32
+    assert out["f1_delta"] is not None and abs(out["f1_delta"]) <= 0.05, out["f1_delta"]
     assert "stage means per pair" in captured.err
 
     from anodet_core.layout import Store
