@@ -47,14 +47,28 @@ def test_decide_rule():
     assert decide(float("nan"), 0.5, 0.01)[0] is False
 
 
-def test_worse_candidate_is_kept_but_not_promoted_better_one_is(tmp_path, prefect_harness):
-    from flows.nightly import nightly_inspection
+def test_a_fine_tune_that_learned_nothing_does_not_replace_the_shipped_base(tmp_path, prefect_harness):
     from flows.retrain import retrain
 
     root = str(tmp_path)
     store = Store(root)
     _easy_depot(store)
-    common = dict(depot="d", store=root, overrides=TINY, epochs=6, max_minutes=0, seed=0, margin=0.05)
+    out = retrain(depot="d", store=root, epochs=1, max_minutes=0, lr=0.0, seed=0, margin=0.01)  # init: the base
+    assert out["production_version"] == "base" and not out["promoted"], out["reason"]
+    assert model_store.get_alias(store, "anodfdnet") is None  # the nights keep using anodfdnet:base
+    card = model_store.resolve(store, "anodfdnet:1")[1]
+    assert card.extra["init"]["ref"] == "anodfdnet:base"
+
+
+def test_worse_candidate_is_kept_but_not_promoted_better_one_is(tmp_path, prefect_harness, monkeypatch):
+    from flows.nightly import nightly_inspection
+    from flows.retrain import retrain
+
+    monkeypatch.setattr(model_store, "packaged_folder", lambda name: None)  # a checkout without shipped weights
+    root = str(tmp_path)
+    store = Store(root)
+    _easy_depot(store)
+    common = dict(depot="d", store=root, overrides=TINY, epochs=6, max_minutes=0, seed=0, margin=0.05, init="none")
     first = retrain(lr=0.0, **common)  # an untrained candidate: becomes production only because there is none
     assert first["promoted"] and first["candidate_version"] == "1"
     worse = retrain(lr=0.0, **common)  # the same untrained model again: no evidence it is better
