@@ -78,8 +78,8 @@ def test_bench_command_on_a_tiny_night(tmp_path, prefect_harness, capsys):
     assert set(out) == JSON_KEYS
     for key in JSON_KEYS - {"f1_delta"}:
         assert out[key] > 0, key
-    assert out["speedup"] == pytest.approx(out["model_fast_pairs_s"] / out["model_fp32_pairs_s"], rel=1e-2)
-    assert out["e2e_over_model"] == pytest.approx(out["e2e_pairs_s"] / out["model_fast_pairs_s"], rel=1e-2)
+    assert out["speedup"] == pytest.approx(out["model_fast_pairs_s"] / out["model_fp32_pairs_s"], rel=1e-2, abs=1e-3)
+    assert out["e2e_over_model"] == pytest.approx(out["e2e_pairs_s"] / out["model_fast_pairs_s"], rel=1e-2, abs=1e-3)  # JSON keeps 3 decimals
     # the store has no production anodfdnet, so the shipped base is production: its fast path scores like fp32
     assert out["f1_delta"] is not None and abs(out["f1_delta"]) <= 0.05, out["f1_delta"]
     assert "stage means per pair" in captured.err
