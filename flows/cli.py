@@ -117,9 +117,7 @@ def _train_single_image(args: argparse.Namespace) -> int:
         return 2
     settings = _settings(args)
     store = _store(settings)
-    overrides = json.loads(args.overrides) if args.overrides else {}
-    if not isinstance(overrides, dict):
-        raise ValueError(f"--overrides must be a JSON object, got {args.overrides!r}")
+    overrides = _json_object(args.overrides, "--overrides")
     size = config_input_size(arch, args.preset, overrides)
     normal, names = load_images(args.normal_dir, size)
     name = args.name or arch
@@ -413,7 +411,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     device = _device(settings)
     cfg = TrainConfig(epochs=args.epochs, max_seconds=args.max_minutes_per_method * 60, lr=args.lr, seed=args.seed,
                       device=device, bf16=_bf16("auto", device))
-    overrides = json.loads(args.overrides) if args.overrides else {}
+    overrides = _json_object(args.overrides, "--overrides")
     print(note)
     run = compare(train, test, read, note=note, preset=args.preset, layers=args.layers, overrides=overrides, cfg=cfg,
                   out_dir=args.out, registration=settings.registration, progress=True)
@@ -457,7 +455,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     from flows.retrain import retrain
 
     settings = _settings(args)
-    overrides = json.loads(args.overrides) if args.overrides else None
+    overrides = _json_object(args.overrides, "--overrides") or None
     out = retrain(depot=args.depot, store=settings.store, model=args.name, preset=args.preset, overrides=overrides,
                   holdout_nights=args.holdout_nights, epochs=args.epochs, max_minutes=args.max_minutes, lr=args.lr,
                   seed=args.seed, margin=args.margin)

@@ -10,7 +10,6 @@ fails), one without history, and runs with uint8 and float16 maps, on a local fo
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import os
 import uuid
 
@@ -173,18 +172,6 @@ def test_a_rerun_replaces_the_maps_and_the_reports(tmp_path, monkeypatch):
 _AWS_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION",
              "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_CONFIG_FILE",
              "AWS_SHARED_CREDENTIALS_FILE")
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture
