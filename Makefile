@@ -34,7 +34,10 @@ pretrain-data:
 # Rebuilds the shipped base model (anodet_core/weights/anodfdnet-base): ~10 min of corpus, ~45 min of training
 # on 2 cores; resumable (checkpoint in anodet-corpus/).
 pretrain: $(STAMP)
-	$(BIN)/anodet pretrain --corpus anodet-corpus --store anodet-pretrain --steps 5000 --export anodet_core/weights/anodfdnet-base
+	# stage 1: 5000 steps on 160 px crops; stage 2 continues it for 2000 steps on 224 px crops at a lower lr
+	$(BIN)/anodet pretrain --corpus anodet-corpus --store anodet-pretrain --steps 5000 --no-test --export anodet-pretrain/stage1
+	$(BIN)/anodet pretrain --corpus anodet-corpus --store anodet-pretrain --init anodet-pretrain/stage1 --steps 2000 \
+	  --crop 224 --lr 3e-4 --export anodet_core/weights/anodfdnet-base
 
 clean-demo:
 	rm -rf anodet-data .prefect

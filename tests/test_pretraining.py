@@ -140,3 +140,15 @@ def test_pretrain_small_budget_registers_a_calibrated_evaluated_version(tmp_path
     assert "held-out photographs" in card["eval_split"]
     # resumable: the checkpoint of the finished run is there, and a rerun does not train again
     assert any(f.startswith("checkpoint-") for f in os.listdir(corpus))
+    # a second stage continues the first from its exported folder: same preset, steps added up, provenance kept
+    stage1 = tmp_path / "stage1"
+    rc = main(["pretrain", "--corpus", str(corpus), "--store", str(store), "--steps", "3", "--batch", "4", "--crop",
+               "64", "--device", "cpu", "--no-test", "--export", str(stage1)])
+    assert rc == 0 and (stage1 / "weights.safetensors").exists()
+    rc = main(["pretrain", "--corpus", str(corpus), "--store", str(store), "--init", str(stage1), "--steps", "2",
+               "--batch", "4", "--crop", "64", "--device", "cpu", "--no-test"])
+    assert rc == 0
+    versions = sorted(int(v) for v in os.listdir(store / "models" / "anodfdnet" / "versions"))
+    card2 = json.loads((store / "models" / "anodfdnet" / "versions" / str(versions[-1]) / "card.json").read_text())
+    assert card2["extra"]["steps"] == 2 and card2["extra"]["steps_total"] == 5
+    assert card2["extra"]["init"]["ref"] == str(stage1) and card2["extra"]["init"]["steps_total"] == 3

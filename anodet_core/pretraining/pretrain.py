@@ -85,8 +85,14 @@ def pretrain(
     promote: bool = False,
     progress: bool = False,
     evaluate_test: bool = True,
+    init: str | None = None,
 ) -> ModelCard:
-    """Train, calibrate, evaluate on the held-out photographs and save a version (see the module docstring)."""
+    """Train, calibrate, evaluate on the held-out photographs and save a version (see the module docstring).
+
+    ``init`` (a model reference such as ``anodfdnet:base``) continues training that model instead of a fresh
+    ``preset``: its preset and config are kept and the card adds its steps to this run's (``steps_total``).
+    """
+    from ..model_store import load
     from ..models import create_model
 
     with open(os.path.join(corpus, CORPUS_FILE)) as fh:
@@ -94,7 +100,17 @@ def pretrain(
     data = load_split(corpus, "train", registration=registration, progress=progress)
     tr, va = split_indices(len(data), val_frac, cfg.seed)
     train, val = data.subset(tr), data.subset(va)
-    model = create_model("anodfdnet", preset=preset, **(overrides or {}))
+    init_steps = 0
+    init_record: dict[str, Any] | None = None
+    if init:
+        model, init_card = load(store, init, "cpu")
+        preset, overrides = init_card.preset or preset, dict(init_card.config)
+        init_steps = int(init_card.extra.get("steps_total", init_card.extra.get("steps", 0)))
+        init_record = {"ref": init, "version": init_card.version, "created_at": init_card.created_at,
+                       "code_version": init_card.code_version, "steps_total": init_steps,
+                       "train_config": init_card.extra.get("train_config", {})}
+    else:
+        model = create_model("anodfdnet", preset=preset, **(overrides or {}))
     result = train_pairs(model, train, val, cfg, progress=progress, checkpoint=checkpoint)
     cal = calibrate(model, val, cfg.device)
     card = ModelCard(
@@ -111,6 +127,8 @@ def pretrain(
             "best_val": result.best_val,
             "train_seconds": round(result.seconds, 1),
             "steps": sum(int(h.get("steps", 0)) for h in result.history),
+            "init": init_record,
+            "steps_total": init_steps + sum(int(h.get("steps", 0)) for h in result.history),
             "train_config": {k: v for k, v in asdict(cfg).items() if k != "max_seconds" or math.isfinite(v)},
             "history": result.history,
         },
@@ -126,6 +144,16 @@ def pretrain(
     if promote:
         set_alias(store, card.name, card.version)
     return card
+
+
+def _continued(card: ModelCard) -> str:
+    """The model card's line on the model this one continued from (empty for a fresh run)."""
+    init = card.extra.get("init")
+    if not isinstance(init, dict):
+        return ""
+    return (f"\n- Continued from `{init['ref']}` (created {init.get('created_at')}, {init.get('steps_total')} steps, "
+            f"config `{json.dumps(init.get('train_config', {}), sort_keys=True)}`): "
+            f"{card.extra.get('steps_total')} steps in all")
 
 
 def export_packaged(store: Store, name: str, version: str, dest: str) -> str:
@@ -169,7 +197,7 @@ a pyramid decoder with a pixel-difference skip, sigmoid map. Weights: {n_bytes /
   and {pre.get('n_val', '?')} validation pairs synthesised from {len(pre.get('train_photos', []))} offline photographs;
   changes: {pre.get('changes', {})}
 - Training: {card.extra.get('steps', '?')} steps in {card.extra.get('train_seconds', '?')} s, config
-  `{json.dumps(card.extra.get('train_config', {}), sort_keys=True)}`
+  `{json.dumps(card.extra.get('train_config', {}), sort_keys=True)}`{_continued(card)}
 - Operating point (validation): threshold {card.threshold}, minimum finding area {card.min_finding_area} native px
   (decision F1 {cal.get('decision_f1', float('nan')):.3f})
 - Held-out evaluation: {card.eval_split}
