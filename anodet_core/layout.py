@@ -67,7 +67,6 @@ STATUS_OK = "ok"
 STATUS_REGISTRATION_FAILED = "registration_failed"  # scored against an unaligned history: read with care
 STATUS_NO_HISTORY = "no_history"  # neither an earlier normal capture nor a pinned reference
 STATUS_ERROR = "error"  # unreadable image, checksum mismatch, ...: see `error`
-STATUSES = (STATUS_OK, STATUS_REGISTRATION_FAILED, STATUS_NO_HISTORY, STATUS_ERROR)
 DECISION_NORMAL = "normal"
 DECISION_ANOMALOUS = "anomalous"
 
@@ -96,6 +95,9 @@ CAPTURE_REPORT_SCHEMA = pa.schema(
         ("reg_ncc_after", pa.float32()),
         ("score_max", pa.float32()),
         ("score_mean", pa.float32()),
+        # ranking score consistent with the decision: highest level holding a region of the minimum finding
+        # area (anodet_core.scoring.capture_score); null in nights written before it existed
+        ("capture_score", pa.float32()),
         ("anomalous_area_px", pa.int64()),  # native px above threshold
         ("anomalous_area_frac", pa.float32()),
         ("n_findings", pa.int32()),
@@ -186,17 +188,20 @@ class Store:
     # -- plumbing
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
+        """The fsspec filesystem of the root, opened (with ``storage_options``) on first use."""
         if self._fs is None:
             self._fs, self._base = fsspec.core.url_to_fs(self.root, **(self.storage_options or {}))
         return self._fs
 
     @property
     def base(self) -> str:
+        """The root as a path on :attr:`fs` (protocol stripped)."""
         _ = self.fs
         return self._base
 
     @property
     def is_local(self) -> bool:
+        """Whether the root is on the local filesystem."""
         return "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
 
     def __getstate__(self) -> dict[str, Any]:
@@ -210,7 +215,7 @@ class Store:
     def path(self, rel: str) -> str:
         """Filesystem path (protocol stripped) of a path relative to the root; absolute URLs pass through."""
         if "://" in rel:
-            return self.fs._strip_protocol(rel)
+            return fsspec.core.strip_protocol(rel)
         return posixpath.join(self.base, rel)
 
     def url(self, rel: str) -> str:
@@ -220,21 +225,26 @@ class Store:
         return self.fs.unstrip_protocol(self.path(rel)) if not self.is_local else self.path(rel)
 
     def exists(self, rel: str) -> bool:
+        """Whether a relative path (or absolute URL) exists."""
         return self.fs.exists(self.path(rel))
 
     def read_bytes(self, rel: str) -> bytes:
+        """Contents of a file; FileNotFoundError when missing."""
         return self.fs.cat_file(self.path(rel))
 
     def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write a file, creating its folders; an existing file is replaced."""
         p = self.path(rel)
         self.fs.makedirs(posixpath.dirname(p), exist_ok=True)
         with self.fs.open(p, "wb") as fh:
             fh.write(data)
 
     def read_text(self, rel: str) -> str:
+        """Contents of a file decoded as UTF-8."""
         return self.read_bytes(rel).decode()
 
     def write_text(self, rel: str, text: str) -> None:
+        """Write ``text`` UTF-8 encoded (see :meth:`write_bytes`)."""
         self.write_bytes(rel, text.encode())
 
     def ls(self, rel: str) -> list[str]:
@@ -245,6 +255,7 @@ class Store:
         return sorted(posixpath.basename(x.rstrip("/")) for x in self.fs.ls(p, detail=False))
 
     def write_table(self, rel: str, table: pa.Table) -> None:
+        """Write a table as one zstd-compressed Parquet file, creating its folders."""
         p = self.path(rel)
         self.fs.makedirs(posixpath.dirname(p), exist_ok=True)
         buf = io.BytesIO()
@@ -253,6 +264,7 @@ class Store:
             fh.write(buf.getvalue())
 
     def read_table(self, rel: str, schema: pa.Schema | None = None) -> pa.Table:
+        """Read a Parquet file; with ``schema``, select and cast to exactly its columns (a missing one is an error)."""
         with self.fs.open(self.path(rel), "rb") as fh:
             table = pq.read_table(fh)
         return table.select(schema.names).cast(schema) if schema is not None else table
@@ -260,48 +272,59 @@ class Store:
     # -- captures and manifests
     @staticmethod
     def capture_rel(depot: str, night: str, capture_id: str, ext: str = "jpg") -> str:
+        """Relative path of a capture image; ValueError for an invalid name or night."""
         return f"captures/{check_name(depot, 'depot')}/{check_night(night)}/{check_name(capture_id, 'capture_id')}.{ext}"
 
     @staticmethod
     def manifest_rel(depot: str, night: str) -> str:
+        """Relative path of a night's manifest; ValueError for an invalid name or night."""
         return f"manifests/{check_name(depot, 'depot')}/{check_night(night)}.parquet"
 
     def write_manifest(self, depot: str, night: str, rows: Iterable[dict[str, Any]]) -> pa.Table:
+        """Write (replace) a night's manifest from rows of :data:`MANIFEST_SCHEMA`; returns the table written."""
         table = table_from_rows(rows, MANIFEST_SCHEMA)
         self.write_table(self.manifest_rel(depot, night), table)
         return table
 
     def read_manifest(self, depot: str, night: str) -> pd.DataFrame:
+        """A night's manifest as a DataFrame of :data:`MANIFEST_SCHEMA`; FileNotFoundError when there is none."""
         rel = self.manifest_rel(depot, night)
         if not self.exists(rel):
             raise FileNotFoundError(f"no manifest for depot {depot!r} night {night}: {self.url(rel)}")
         return self.read_table(rel, MANIFEST_SCHEMA).to_pandas()
 
     def depots(self) -> list[str]:
+        """Depots that have a manifest folder, sorted."""
         return self.ls("manifests")
 
     def nights(self, depot: str) -> list[str]:
+        """Nights (``YYYY-MM-DD``) of a depot that have a manifest, oldest first."""
         return sorted(n.removesuffix(".parquet") for n in self.ls(f"manifests/{check_name(depot, 'depot')}") if n.endswith(".parquet"))
 
     # -- references and labels
     @staticmethod
     def reference_rel(train_id: str, car: int, region_id: str, ext: str = "jpg") -> str:
+        """Relative path of the pinned reference image of a region; ValueError for an invalid name."""
         return f"references/{check_name(train_id, 'train_id')}/{int(car)}/{check_name(region_id, 'region_id')}.{ext}"
 
     @staticmethod
     def labels_rel(depot: str, night: str) -> str:
+        """Relative path of a night's labels table; ValueError for an invalid name or night."""
         return f"labels/{check_name(depot, 'depot')}/{check_night(night)}/labels.parquet"
 
     @staticmethod
     def mask_rel(depot: str, night: str, capture_id: str) -> str:
+        """Relative path of a capture's label mask PNG; ValueError for an invalid name or night."""
         return f"labels/{check_name(depot, 'depot')}/{check_night(night)}/{check_name(capture_id, 'capture_id')}.png"
 
     def write_labels(self, depot: str, night: str, rows: Iterable[dict[str, Any]]) -> pa.Table:
+        """Write (replace) a night's labels from rows of :data:`LABELS_SCHEMA`; returns the table written."""
         table = table_from_rows(rows, LABELS_SCHEMA)
         self.write_table(self.labels_rel(depot, night), table)
         return table
 
     def read_labels(self, depot: str, night: str) -> pd.DataFrame:
+        """A night's labels as a DataFrame of :data:`LABELS_SCHEMA`; empty (with those columns) when unlabelled."""
         rel = self.labels_rel(depot, night)
         if not self.exists(rel):
             return pd.DataFrame({n: pd.Series(dtype="object") for n in LABELS_SCHEMA.names})
@@ -310,11 +333,13 @@ class Store:
     # -- maps
     @staticmethod
     def maps_rel(depot: str, night: str) -> str:
+        """Relative path of a night's Zarr group of anomaly maps; ValueError for an invalid name or night."""
         return f"maps/{check_name(depot, 'depot')}/{check_night(night)}.zarr"
 
     # -- reports
     @staticmethod
     def report_partition_rel(table: str, depot: str, night: str) -> str:
+        """Relative folder of the (depot, night) partition of a report table; ValueError for an unknown table."""
         if table not in REPORT_SCHEMAS:
             raise ValueError(f"unknown report table {table!r}; expected one of {sorted(REPORT_SCHEMAS)}")
         return f"reports/{table}/depot={check_name(depot, 'depot')}/night={check_night(night)}"
@@ -353,6 +378,10 @@ class Store:
         )
 
     def read_report(self, table: str, filter: Any = None) -> pd.DataFrame:  # noqa: A002 (pyarrow's word)
+        """A report table with ``depot`` and ``night`` columns, rows kept by ``filter`` (a pyarrow expression) if given.
+
+        Empty, with the table's columns, when nothing was written; ValueError for an unknown table.
+        """
         ds = self.report_dataset(table)
         schema = pa.unify_schemas([REPORT_SCHEMAS[table], PARTITION_SCHEMA])
         if ds is None:
@@ -362,8 +391,10 @@ class Store:
     # -- models
     @staticmethod
     def model_version_rel(name: str, version: str) -> str:
+        """Relative folder of a model version; ValueError for an invalid name or version."""
         return f"models/{check_name(name, 'model name')}/versions/{check_name(version, 'model version')}"
 
     @staticmethod
     def model_alias_rel(name: str, alias: str) -> str:
+        """Relative path of a model alias file; ValueError for an invalid name or alias."""
         return f"models/{check_name(name, 'model name')}/aliases/{check_name(alias, 'alias')}"

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .history import PairJob, resolve_histories
@@ -20,6 +21,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class NightPlan:
+    """Everything pinned before a night is scored: model version, operating point, pair jobs and map group."""
+
     depot: str
     night: str
     model_ref: str  # pinned NAME:VERSION, so every batch of the night uses the same weights
@@ -35,6 +38,7 @@ class NightPlan:
 
     @property
     def operating_point(self) -> OperatingPoint:
+        """The night's pinned threshold and minimum finding area (native px)."""
         return OperatingPoint(self.threshold, self.min_finding_area)
 
 
@@ -56,9 +60,9 @@ def plan_night(
     The operating point is pinned for the whole night (:func:`anodet_core.scoring.resolve_operating_point`):
     the threshold is the model card's unless one is given (ANODET_THRESHOLD), the minimum finding area the
     given one (ANODET_MIN_FINDING_AREA), else the card's, else 64 native px; both go into the map group's
-    attributes. With ``single_image`` (an arch,
-    ANODET_SINGLE_IMAGE), the production single-image models of the regions that have captures without history
-    are pinned too (``NightPlan.single_models``); with ``second_opinion`` those of every region of the night.
+    attributes. With ``single_image`` (an arch, ANODET_SINGLE_IMAGE), the production single-image models of the
+    regions that have captures without history are pinned too (``NightPlan.single_models``); with
+    ``second_opinion`` those of every region of the night. ValueError when the manifest repeats capture ids.
     """
     depot, night = check_name(depot, "depot"), check_night(night)
     manifest = store.read_manifest(depot, night)
@@ -120,6 +124,7 @@ def pin_single_image_models(store: Store, jobs: list[PairJob], single_image: str
 
 
 def split_jobs(jobs: list[PairJob], batch_size: int) -> list[list[PairJob]]:
+    """Consecutive chunks of at most ``batch_size`` jobs, in order; ValueError when ``batch_size`` < 1."""
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     return [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
@@ -137,19 +142,22 @@ def write_reports(store: Store, depot: str, night: str, captures: list[dict[str,
 
 @dataclass
 class NightSummary:
+    """Outcome of a night: counts by status, anomalous captures, top captures by score, timing and output URLs."""
+
     depot: str
     night: str
     model: str
     n_captures: int
     by_status: dict[str, int]
     n_anomalous: int
-    top: list[dict[str, Any]] = field(default_factory=list)  # highest score_max first
+    top: list[dict[str, Any]] = field(default_factory=list)  # highest capture score first
     seconds: float = 0.0
     reports: dict[str, str] = field(default_factory=dict)
     maps_url: str = ""
     image_auroc: float | None = None  # only when ground-truth labels exist for the night
 
     def markdown(self, top_n: int = 15) -> str:
+        """A Markdown report: the counts, wall time, image AUROC when labelled, and the ``top_n`` highest-scoring captures."""
         lines = [
             f"# Night {self.night} at depot {self.depot}",
             "",
@@ -160,30 +168,41 @@ class NightSummary:
         ]
         if self.image_auroc is not None:
             lines.append(f"- image AUROC against the night's labels: {self.image_auroc:.3f}")
-        lines += ["", "| rank | capture | region | status | decision | score max | findings | label |", "|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| rank | capture | region | status | decision | capture score | score max | findings | label |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for i, r in enumerate(self.top[:top_n], 1):
-            score = "" if pd.isna(r.get("score_max")) else f"{r['score_max']:.3f}"
+            score, peak = ("" if pd.isna(r.get(k)) else f"{r[k]:.3f}" for k in ("capture_score", "score_max"))
             lines.append(
                 f"| {i} | {r['capture_id']} | {r['train_id']}/{r['car']}/{r['region_id']} | {r['status']} | "
-                f"{r.get('decision') or ''} | {score} | {r.get('n_findings') or 0} | {r.get('label', '')} |"
+                f"{r.get('decision') or ''} | {score} | {peak} | {r.get('n_findings') or 0} | {r.get('label', '')} |"
             )
         lines += ["", f"maps: {self.maps_url}", *(f"{k}: {v}" for k, v in self.reports.items())]
         return "\n".join(lines)
 
 
 def summarize(store: Store, plan: NightPlan, captures: list[dict[str, Any]], seconds: float, reports: dict[str, str]) -> NightSummary:
+    """Summarise a night's capture report rows; ``seconds`` is its wall time.
+
+    Captures are ranked by ``capture_score`` (the decision-consistent score; ``score_max`` for rows without one).
+    When the night has labels, each top row gets a ``label`` and the image AUROC of that ranking is computed
+    (only when both normal and anomalous scored captures are labelled).
+    """
     from .metrics import roc_auc
 
     df = pd.DataFrame(captures)
+    if not df.empty:
+        rank = df["capture_score"] if "capture_score" in df else pd.Series(np.nan, index=df.index)
+        df["_rank"] = rank.astype(float).fillna(df["score_max"].astype(float)) if "score_max" in df else rank
     labels = store.read_labels(plan.depot, plan.night)
     auroc = None
     if not df.empty and not labels.empty:
         lab = dict(zip(labels["capture_id"], labels["anomalous"]))
         df["label"] = df["capture_id"].map(lambda c: ("anomalous" if lab[c] else "normal") if c in lab else "")
-        scored = df[df["score_max"].notna() & (df["label"] != "")]
+        scored = df[df["_rank"].notna() & (df["label"] != "")]
         if scored["label"].nunique() == 2:
-            auroc = float(roc_auc(scored["score_max"].to_numpy(float), (scored["label"] == "anomalous").to_numpy()))
-    top = df.sort_values("score_max", ascending=False, na_position="last").to_dict("records") if not df.empty else []
+            auroc = float(roc_auc(scored["_rank"].to_numpy(float), (scored["label"] == "anomalous").to_numpy()))
+    top = (df.sort_values("_rank", ascending=False, na_position="last").drop(columns="_rank").to_dict("records")
+           if not df.empty else [])
     return NightSummary(
         depot=plan.depot,
         night=plan.night,

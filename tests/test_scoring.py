@@ -17,6 +17,7 @@ from anodet_core.scoring import (
     DEFAULT_MIN_AREA,
     Finding,
     OperatingPoint,
+    capture_score,
     find_regions,
     operating_point,
     postprocess,
@@ -175,3 +176,32 @@ def test_upsample_u8_box_equals_a_whole_image_resize_within_one_level():
     got = upsample_u8(q, (320, 240))
     assert np.abs(got.astype(int) - full.astype(int)).max() <= 1 and got.any()
     assert not upsample_u8(np.zeros((64, 64), np.uint8), (320, 240)).any()
+
+
+def test_capture_score_ignores_specks_smaller_than_a_finding():
+    m = np.zeros((64, 64), np.float32)
+    m[5, 5] = 0.9  # one hot pixel
+    m[20:30, 20:30] = 0.6  # 100 px region
+    m[24:26, 24:26] = 0.7  # a brighter 4 px core inside it
+    assert capture_score(m, 1) == pytest.approx(0.9)
+    assert capture_score(m, 4) == pytest.approx(0.7)
+    assert capture_score(m, 50) == pytest.approx(0.6)
+    assert capture_score(m, 100) == pytest.approx(0.6)
+    assert capture_score(m, 101) == pytest.approx(0.0)  # only the whole map (level 0) is that large
+    diag = np.zeros((8, 8), np.float32)
+    diag[np.arange(8), np.arange(8)] = 0.8  # a diagonal line: one region under 8-connectivity, as find_regions
+    assert capture_score(diag, 8) == pytest.approx(0.8)
+    assert len(find_regions(diag, 0.5, 8)) == 1
+
+
+def test_capture_score_agrees_with_the_decision():
+    rng = np.random.default_rng(0)
+    op = OperatingPoint(0.5, 30)
+    for _ in range(40):
+        m = np.zeros((64, 64), np.float32)
+        for _ in range(rng.integers(0, 4)):
+            y, x, r = rng.integers(0, 60), rng.integers(0, 60), rng.integers(1, 9)
+            m[y : y + r, x : x + r] = rng.uniform(0.2, 1.0)
+        scored = postprocess(torch.from_numpy(m), (64, 64), op)  # native = model size: no resampling
+        assert scored.anomalous == (scored.figures["capture_score"] > op.threshold)
+        assert scored.figures["capture_score"] <= scored.figures["score_max"] + 1e-6
