@@ -19,6 +19,8 @@ from .inference import Predictor
 
 @dataclass
 class ModelSpeed:
+    """Throughput (pairs/s) of the reference and fast paths, and the settings they were measured at."""
+
     fp32_pairs_s: float
     fast_pairs_s: float
     batch_size: int
@@ -28,10 +30,12 @@ class ModelSpeed:
 
     @property
     def speedup(self) -> float:
+        """Fast-path throughput over reference throughput (> 1: the fast path is faster)."""
         return self.fast_pairs_s / self.fp32_pairs_s
 
 
 def random_pairs(n: int, size: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` seeded random (current, history) uint8 image pairs, each NxSxSx3; history is current plus noise in [-8, 8]."""
     rng = np.random.default_rng(seed)
     cur = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
     his = np.clip(cur.astype(np.int16) + rng.integers(-8, 9, cur.shape), 0, 255).astype(np.uint8)

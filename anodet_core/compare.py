@@ -58,6 +58,8 @@ METRIC_COLUMNS = (("Pre", "precision"), ("Re", "recall"), ("OA", "oa"), ("F1", "
 
 @dataclass
 class MethodResult:
+    """One method's row: its identity, test-split pixel metrics, size, training time and test ROC curve."""
+
     name: str
     arch: str
     preset: str
@@ -71,8 +73,11 @@ class MethodResult:
     best_epoch: int = 0  # epoch of the kept (best validation F1) weights
 
 
-def table_one_methods(preset: str) -> list[tuple[str, str, dict]]:
-    """Table I rows: AnoDFDNet and the two paired baselines, each at ``preset`` with no overrides."""
+def table_one_methods() -> list[tuple[str, str, dict]]:
+    """Table I rows ``(display name, architecture, overrides)``: AnoDFDNet and the two paired baselines, no overrides.
+
+    The preset is not part of a row: :func:`run_comparison` applies its ``preset`` to every method.
+    """
     return [(name, arch, {}) for name, arch in TABLE_ONE]
 
 
@@ -314,7 +319,7 @@ def compare(
         methods, stem = table_three_methods(layers), "table3_depth"
         title = f"Table III: AnoDFDNet Transformer depth L (preset {preset})"
     else:
-        methods, stem = table_one_methods(preset), "table1_methods"
+        methods, stem = table_one_methods(), "table1_methods"
         title = f"Table I: methods (preset {preset})"
     methods = methods + [(CLASSICAL[0], CLASSICAL[1], {})]
     methods = resolve_overrides(methods[:-1], overrides) + methods[-1:]  # user overrides are the networks'

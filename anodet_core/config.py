@@ -9,11 +9,6 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(f"ANODET_{name}", default)
-
-
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -28,7 +23,7 @@ class Settings:
     dask_threads: int = 1  # threads per worker (torch gets the cores, see torch_threads)
     torch_threads: int = 0  # 0: all cores of the machine divided among the workers
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    batch_size: int = 8  # pairs per forward pass (8 measured fastest for the paper preset on 2 cores)
+    batch_size: int = 8  # pairs per forward pass
     task_pairs: int = 64  # pairs per Prefect task (one task scores them batch_size at a time)
     threshold: float | None = None  # map threshold for findings and decisions; None: the model card's (0.5 by default)
     min_finding_area: int | None = None  # native px, smaller connected regions are ignored as noise; None: the card's, else 64
@@ -71,6 +66,7 @@ class Settings:
         return cls(**values)
 
     def with_(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied; None values are ignored (keep the current value)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 

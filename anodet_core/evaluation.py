@@ -45,7 +45,7 @@ def dataset_split(root: str, split: str | None = None) -> tuple[str, list[Labell
     return path, pairs
 
 
-PAPER_THRESHOLD = 0.5  # the paper's pixel figures
+PAPER_THRESHOLD = 0.5  # map threshold of the paper's pixel figures
 
 
 def evaluate_pairs(
@@ -56,7 +56,7 @@ def evaluate_pairs(
     registration: str = "auto",
     batch_size: int = 8,
     map_dtype: str = "uint8",
-    read=lambda p: open(p, "rb").read(),
+    read: Callable[[str], bytes] = lambda p: open(p, "rb").read(),
     on_scored: Callable[[LabelledPair, ScoredMap], None] | None = None,
 ) -> dict[str, Any]:
     """Pixel, operating-point and capture-decision metrics of one split, at native resolution.
@@ -67,7 +67,9 @@ def evaluate_pairs(
     point); capture decisions (``image_auroc`` of the map maximum, ``decision_precision``, ``decision_recall``,
     ``false_alarms``: normal samples decided anomalous); ``n_samples``, ``n_anomalous``. ``map_dtype`` is the
     stored map's (a night's ANODET_MAP_DTYPE); ``on_scored(pair, scored)`` sees every post-processed pair.
+    Pairs are prepared at the predictor's input size (``predictor.info.input_size``).
     """
+    size = predictor.info.input_size  # the model's registered input size
     pm = PixelMetrics(threshold=PAPER_THRESHOLD)
     at_op = [0, 0, 0, 0]  # tp, fp, tn, fn at op.threshold
     img_scores: list[float] = []
@@ -75,7 +77,7 @@ def evaluate_pairs(
     img_decisions: list[bool] = []
     for s in range(0, len(pairs), batch_size):
         chunk = pairs[s : s + batch_size]
-        preps = [prepare_pair(read(p.cur_uri), read(p.his_uri), registration=registration) for p in chunk]
+        preps = [prepare_pair(read(p.cur_uri), read(p.his_uri), size=size, registration=registration) for p in chunk]
         maps = predictor.predict(np.stack([q.cur for q in preps]), np.stack([q.his for q in preps])).cpu()
         for p, q, m in zip(chunk, preps, maps):
             scored = postprocess(m, q.native_size, op, map_dtype)

@@ -16,6 +16,7 @@ class ImageError(ValueError):
 
 
 def sha256(data: bytes) -> str:
+    """Hex SHA-256 digest of ``data``."""
     return hashlib.sha256(data).hexdigest()
 
 
@@ -23,8 +24,8 @@ def decode(data: bytes, *, min_size: tuple[int, int] | None = None, mode: str = 
     """Decode an image; returns (pixels HxWxC uint8, native (width, height)).
 
     With ``min_size=(w, h)`` a JPEG is decoded with DCT scaling (``Image.draft``) to the smallest power-of-two
-    reduction still at least that large: 3-4x cheaper than a full decode at 1920x1200, and the model sees
-    256x256 anyway.
+    reduction still at least that large: much cheaper than a full decode of a large capture, and the model
+    sees 256x256 anyway. Raises :class:`ImageError` when the bytes are not a decodable image.
     """
     try:
         img: Image.Image = Image.open(io.BytesIO(data))
@@ -51,6 +52,7 @@ def resize(arr: np.ndarray, size: tuple[int, int], resample: int = Image.Resampl
 
 
 def encode_png(arr: np.ndarray) -> bytes:
+    """PNG bytes of an image array (HxW or HxWxC; dtype and channels as Pillow's ``Image.fromarray`` accepts)."""
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()

@@ -83,10 +83,10 @@ def dequantize(stored: np.ndarray) -> np.ndarray:
 class MapWriter:
     """Writes whole rows of a night's ``maps`` array as single zstd chunks straight to the store.
 
-    Going through zarr costs ~13 ms per 1920x1200 row here (its async machinery), compressing it 0.7 ms. A row is
-    exactly one chunk, so the writer encodes it with the array's own codecs (bytes, then zstd at the array's
-    level) and puts it under the array's chunk key (default encoding, "/" separator) — byte-for-byte what zarr
-    writes, and read back by zarr (tests check it). Arrays with any other layout fall back to zarr.
+    Going through zarr costs far more per row than compressing it (its async machinery). A row is exactly one
+    chunk, so the writer encodes it with the array's own codecs (bytes, then zstd at the array's level) and puts
+    it under the array's chunk key (default encoding, "/" separator) — byte-for-byte what zarr writes, and read
+    back by zarr (tests check it). Arrays with any other layout fall back to zarr.
     """
 
     def __init__(self, store: Store, depot: str, night: str):
@@ -119,6 +119,10 @@ class MapWriter:
         self._fast_flags = self.fast and [c.get("name") for c in fmeta.get("codecs", [])] == ["bytes", "zstd"] and tuple(flags.chunks) == (1,)
 
     def write(self, index: int, stored: np.ndarray) -> None:
+        """Write one capture's map (:func:`quantize`-d, native size, zero padded) into row ``index`` and flag it written.
+
+        IndexError for a row outside the array; ValueError for a map of another dtype or larger than the array.
+        """
         if not self.fast:
             write_map(self.group, index, stored)
             return
@@ -155,7 +159,10 @@ def _pad_row(stored: np.ndarray, shape: tuple[int, ...], dtype: Any) -> np.ndarr
 
 
 def write_map(g: zarr.Group, index: int, stored: np.ndarray) -> None:
-    """Write one capture's map (H x W, already :func:`quantize`-d, native size) into row ``index`` of an open group."""
+    """Write one capture's map (H x W, already :func:`quantize`-d, native size) into row ``index`` of an open group.
+
+    ValueError for a map of another dtype than the array's or larger than it.
+    """
     arr: Any = g["maps"]  # zarr types members Array | Group; the layout fixes them
     arr[index] = _pad_row(stored, arr.shape[1:], arr.dtype)
     written: Any = g["written"]
@@ -163,7 +170,7 @@ def write_map(g: zarr.Group, index: int, stored: np.ndarray) -> None:
 
 
 def read_map(store: Store, depot: str, night: str, capture_id: str) -> np.ndarray:
-    """A capture's map as float32 in [0, 1] at its native size."""
+    """A capture's map as float32 in [0, 1] at its native size; KeyError when the capture has no map or was not scored."""
     g: Any = open_night_maps(store, depot, night)  # members typed Array | Group by zarr; the layout fixes them
     ids = list(g["capture_ids"][:])
     if capture_id not in ids:
@@ -176,6 +183,6 @@ def read_map(store: Store, depot: str, night: str, capture_id: str) -> np.ndarra
 
 
 def open_night_maps(store: Store, depot: str, night: str, *, writable: bool = False) -> zarr.Group:
-    """Open an existing night group (read-only unless ``writable``)."""
+    """Open an existing night group (read-only unless ``writable``); zarr raises when the group does not exist."""
     rel = store.maps_rel(depot, night)
     return zarr.open_group(_zarr_store(store, rel, read_only=not writable), mode="r+" if writable else "r")

@@ -34,6 +34,8 @@ CARD = "card.json"
 
 @dataclass
 class ModelCard:
+    """What a stored version is: how to rebuild its module, its operating point, metrics and provenance."""
+
     name: str  # registry name, e.g. "anodfdnet"
     arch: str  # create_model name
     preset: str | None = None
@@ -50,11 +52,13 @@ class ModelCard:
 
     @classmethod
     def from_json(cls, text: str) -> ModelCard:
+        """Parse a card; unknown keys are ignored (cards written by newer code still load)."""
         raw = json.loads(text)
         known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
         return cls(**known)
 
     def to_json(self) -> str:
+        """The card as indented JSON with sorted keys (non-JSON values written with ``str``)."""
         return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
 
 
@@ -83,11 +87,13 @@ def list_versions(store: Store, name: str) -> list[str]:
 
 
 def get_alias(store: Store, name: str, alias: str = PRODUCTION) -> str | None:
+    """The version an alias of model ``name`` points to, or None when the alias is not set."""
     rel = store.model_alias_rel(name, alias)
     return store.read_text(rel).strip() if store.exists(rel) else None
 
 
 def set_alias(store: Store, name: str, version: str, alias: str = PRODUCTION) -> None:
+    """Point an alias of model ``name`` at ``version``; ValueError when that version does not exist."""
     if version not in list_versions(store, name):
         raise ValueError(f"model {name!r} has no version {version!r}")
     store.write_text(store.model_alias_rel(name, alias), version + "\n")
@@ -178,7 +184,7 @@ def _stored_card(store: Store, name: str, version: str) -> ModelCard:
 
 def resolve_card(store: Store, ref: str) -> ModelCard:
     """The card a model reference points to, without reading its weights (pinning a night's model version
-    must not pull ~140 MB of weights from object storage)."""
+    must not pull the weights from object storage)."""
     if os.path.exists(ref):
         return _local_card(ref)
     shipped = _packaged_ref(store, ref)
@@ -213,6 +219,10 @@ def build(card: ModelCard, weights: bytes | None = None) -> torch.nn.Module:
 
 
 def load(store: Store, ref: str, device: str = "cpu") -> tuple[torch.nn.Module, ModelCard]:
+    """The module a model reference points to, with its weights, on ``device`` in eval mode, and its card.
+
+    LookupError when the store has no such version (or no production version and no shipped base model).
+    """
     weights, card = resolve(store, ref)
     model = build(card, weights).to(device).eval()
     return model, card

@@ -14,11 +14,10 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -37,7 +36,15 @@ from .layout import (
 )
 from .maps import MapWriter
 from .model_store import ModelCard, load
-from .prep_pool import PreparedImage, get_prep_pool, prepare_job, prepare_single_job
+from .prep_pool import (
+    PreparedImage,
+    PrepError,
+    PrepPool,
+    get_prep_pool,
+    prepare_job,
+    prepare_single_job,
+    prepared_chunks,
+)
 from .preprocess import PreparedPair
 from .scoring import OperatingPoint, ScoredMap, operating_point, postprocess
 from .single_image import MAP_THRESHOLD, SingleImageScorer
@@ -57,22 +64,6 @@ def worker_threads(settings: Settings) -> int:
 def prep_processes(settings: Settings) -> int:
     """Helper processes preparing pairs for this worker: explicit setting, else one per core it may use."""
     return worker_threads(settings) if settings.prep_processes < 0 else settings.prep_processes
-
-
-def _prepared_chunks(jobs: list[PairJob], size: int, submit: Callable[..., Any], ahead: bool,
-                     call: Callable[[PairJob], tuple]) -> Iterator[list[tuple[PairJob, Any]]]:
-    """``jobs`` in chunks of ``size``, each job with the result of ``submit(*call(job))``, in order.
-
-    With ``ahead`` the next chunk is submitted before this one is handed out, so it is prepared while the caller
-    runs the model on this one; otherwise each chunk is prepared when it is needed.
-    """
-    chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
-    depth = 1 if ahead else 0
-    queued = deque([(job, submit(*call(job))) for job in c] for c in chunks[:depth])
-    for k in range(len(chunks)):
-        if k + depth < len(chunks):
-            queued.append([(job, submit(*call(job))) for job in chunks[k + depth]])
-        yield [(job, fut.result()) for job, fut in queued.popleft()]
 
 
 def get_predictor(store: Store, model_ref: str, settings: Settings) -> tuple[Predictor, ModelCard]:
@@ -99,6 +90,8 @@ def get_single_image_scorer(store: Store, model_ref: str, settings: Settings) ->
 
 @dataclass
 class BatchResult:
+    """Report rows of one batch: one capture row per job (CAPTURE_REPORT_SCHEMA) and its finding rows."""
+
     captures: list[dict[str, Any]] = field(default_factory=list)
     findings: list[dict[str, Any]] = field(default_factory=list)
 
@@ -214,6 +207,149 @@ def _second_opinion_sizes(store: Store, jobs: list[PairJob], single_models: dict
     return sizes
 
 
+def _split_jobs(jobs: list[PairJob], single_models: dict[str, str]
+                ) -> tuple[list[PairJob], dict[str, list[PairJob]], list[PairJob]]:
+    """(jobs with history, single-image model ref -> its jobs without history, jobs left unscored), in order."""
+    paired = [j for j in jobs if j.history_uri]
+    single: dict[str, list[PairJob]] = {}
+    unscored: list[PairJob] = []
+    for job in (j for j in jobs if not j.history_uri):
+        ref = single_models.get(str(job.capture["region_id"]))
+        if ref:
+            single.setdefault(ref, []).append(job)
+        else:
+            unscored.append(job)
+    return paired, single, unscored
+
+
+class _Written(NamedTuple):
+    """A scored capture whose map an IO thread post-processes and writes (``future``: :func:`_finish`'s result)."""
+
+    job: PairJob
+    card: ModelCard
+    t_infer_ms: float
+    future: Future[tuple[dict[str, Any], list]]
+
+
+@dataclass
+class _BatchRun:
+    """One :func:`process_batch` call while it scores: the report so far, second opinions, map writes in flight.
+
+    Preparing (read, decode, register) runs in helper processes one sub-batch ahead of the model when they can
+    be started (:mod:`anodet_core.prep_pool`); otherwise in the IO threads, in phases that alternate with the
+    model's: threads preparing next to the model's threads were slower on a small machine (they thrash each
+    other, and registration holds the GIL). Upsampling + writing the maps runs in the IO threads between forward
+    passes either way (cheap next to the forward pass). Rows that cannot be scored go to ``result`` as they
+    are met; scored ones in scoring order, by :meth:`finish`.
+    """
+
+    store: Store
+    settings: Settings
+    run_id: str
+    predictor: Predictor
+    card: ModelCard
+    op: OperatingPoint
+    maps: MapWriter
+    io: ThreadPoolExecutor
+    helpers: PrepPool | None
+    single_models: dict[str, str]
+    second_sizes: dict[str, int]  # region_id -> input size of its second-opinion model
+    result: BatchResult
+    second: dict[int, dict[str, Any]] = field(default_factory=dict)  # job.index -> second_* report fields
+    written: list[_Written] = field(default_factory=list)
+
+    def _chunks(self, jobs: list[PairJob], call: Callable[[PairJob], tuple]) -> Iterator[list[tuple[PairJob, Any]]]:
+        submit: Callable[..., Any] = self.helpers.submit if self.helpers is not None else self.io.submit
+        return prepared_chunks(jobs, self.settings.batch_size, submit, self.helpers is not None, call)
+
+    def _error(self, job: PairJob, card: ModelCard, error: PrepError) -> None:
+        self.result.captures.append({**_base_row(job, card, self.run_id), "status": STATUS_ERROR, "error": error.message})
+
+    def _writing(self, card: ModelCard, t_infer_ms: float, jobs: list[PairJob],
+                 futures: list[Future[tuple[dict[str, Any], list]]]) -> None:
+        self.written.extend(_Written(job, card, t_infer_ms, fut) for job, fut in zip(jobs, futures))
+        for fut in futures:  # finish writing before the next phase starts
+            fut.exception()
+
+    def score_pairs(self, jobs: list[PairJob]) -> None:
+        """Prepare, score with the paired model and write the maps of ``jobs`` (all with history), chunk by chunk."""
+        size = self.predictor.info.input_size
+
+        def call(j: PairJob) -> tuple:
+            return prepare_job, self.store, j, self.settings, self.second_sizes.get(str(j.capture["region_id"]), 0), size
+
+        for chunk in self._chunks(jobs, call):
+            pairs: list[tuple[PairJob, PreparedPair]] = []
+            second: list[tuple[PairJob, np.ndarray]] = []
+            for job, prep in chunk:
+                if isinstance(prep, PrepError):
+                    self._error(job, self.card, prep)
+                    continue
+                pairs.append((job, prep[0]))
+                if prep[1] is not None:
+                    second.append((job, prep[1]))
+            if pairs:
+                self._infer_pairs(pairs, second)
+
+    def _infer_pairs(self, pairs: list[tuple[PairJob, PreparedPair]], second: list[tuple[PairJob, np.ndarray]]) -> None:
+        t0 = time.perf_counter()
+        scores = self.predictor.predict(np.stack([p.cur for _, p in pairs]), np.stack([p.his for _, p in pairs])).cpu()
+        t_infer = (time.perf_counter() - t0) * 1e3 / len(pairs)
+        futures = [self.io.submit(_finish, self.maps, job, prep, scores[k], self.op) for k, (job, prep) in enumerate(pairs)]
+        if second:  # while the IO threads write the paired maps
+            self.second_opinions(second)
+        self._writing(self.card, t_infer, [job for job, _ in pairs], futures)
+
+    def second_opinions(self, images: list[tuple[PairJob, np.ndarray]]) -> None:
+        """Image scores of their region's single-image model for captures with history (report ``second_*``)."""
+        by_ref: dict[str, list[tuple[PairJob, np.ndarray]]] = {}
+        for job, img in images:
+            by_ref.setdefault(self.single_models[str(job.capture["region_id"])], []).append((job, img))
+        for ref, group in by_ref.items():
+            scorer = get_single_image_scorer(self.store, ref, self.settings)
+            for (job, _), s in zip(group, scorer.image_scores(np.stack([img for _, img in group]))):
+                self.second[job.index] = {"second_model": ref, "second_score": float(s),
+                                          "second_anomalous": bool(s > scorer.threshold)}
+
+    def score_single(self, ref: str, jobs: list[PairJob]) -> None:
+        """Prepare, score with single-image model ``ref`` and write the maps of ``jobs`` (no history), chunk by chunk."""
+        scorer = get_single_image_scorer(self.store, ref, self.settings)
+
+        def call(j: PairJob) -> tuple:
+            return prepare_single_job, self.store, j, scorer.size
+
+        for chunk in self._chunks(jobs, call):
+            ready: list[tuple[PairJob, PreparedImage]] = []
+            for job, img in chunk:
+                if isinstance(img, PrepError):
+                    self._error(job, scorer.card, img)
+                else:
+                    ready.append((job, img))
+            if ready:
+                self._infer_single(scorer, ready)
+
+    def _infer_single(self, scorer: SingleImageScorer, ready: list[tuple[PairJob, PreparedImage]]) -> None:
+        t0 = time.perf_counter()
+        image_scores, norm_maps = scorer.score(np.stack([p.image for _, p in ready]))
+        t_infer = (time.perf_counter() - t0) * 1e3 / len(ready)
+        futures = [
+            self.io.submit(_finish_single, self.maps, job, prep, torch.from_numpy(norm_maps[k]), float(image_scores[k]),
+                           scorer.threshold, self.op)
+            for k, (job, prep) in enumerate(ready)
+        ]
+        self._writing(scorer.card, t_infer, [job for job, _ in ready], futures)
+
+    def finish(self, map_uri: str) -> None:
+        """Capture and finding rows of every scored capture, in scoring order, once its map is written."""
+        processed_at = dt.datetime.now(dt.UTC)
+        for w in self.written:
+            figures, finds = w.future.result()
+            row = {**_base_row(w.job, w.card, self.run_id), **figures, **self.second.get(w.job.index, {}),
+                   "t_infer_ms": w.t_infer_ms, "map_uri": map_uri, "processed_at": processed_at}
+            self.result.captures.append(row)
+            self.result.findings.extend(_finding_rows(row, finds, w.card, self.run_id))
+
+
 def process_batch(
     store: Store,
     depot: str,
@@ -228,10 +364,11 @@ def process_batch(
 
     Sub-batches of ``settings.batch_size`` pairs are read, decoded and registered by helper processes one
     sub-batch ahead of the model (``settings.prep_processes``; without helpers, by threads of this process
-    before their forward pass), go through the model on all the worker's cores, then are upsampled, measured
-    and written by threads. ``settings.threshold`` must be set (the flow passes the plan's, and the plan's
-    ``min_finding_area``): with the card they give the operating point of every capture
-    (:func:`anodet_core.scoring.operating_point`), post-processed by :func:`anodet_core.scoring.postprocess`.
+    before their forward pass), at the model's registered input size, go through the model on all the worker's
+    cores, then are upsampled, measured and written by threads. ``settings.threshold`` must be set (the flow
+    passes the plan's, and the plan's ``min_finding_area``): with the card they give the operating point of
+    every capture (:func:`anodet_core.scoring.operating_point`), post-processed by
+    :func:`anodet_core.scoring.postprocess`.
 
     Jobs without history are scored by their region's single-image model when ``single_models`` (region_id ->
     NAME:VERSION, ``NightPlan.single_models``) has one, the same way; otherwise they are reported
@@ -241,107 +378,23 @@ def process_batch(
     if settings.threshold is None:
         raise ValueError("process_batch needs an explicit threshold (see NightPlan.threshold)")
     # per call, not per process: OpenMP keeps the thread count per calling thread, and Dask may run the next
-    # task on another thread of its pool (measured: half speed without this)
+    # task on another thread of its pool (without this the forward pass runs far slower)
     torch.set_num_threads(worker_threads(settings))
     helpers = get_prep_pool(prep_processes(settings))  # first: helpers start while the model loads
     predictor, card = get_predictor(store, model_ref, settings)
     op = operating_point(card, settings)
     result = BatchResult()
-    scorable = [j for j in jobs if j.history_uri]
-    single: dict[str, list[PairJob]] = {}  # single-image model ref -> its jobs
-    for job in jobs:
-        if job.history_uri:
-            continue
-        ref = (single_models or {}).get(str(job.capture["region_id"]))
-        if ref:
-            single.setdefault(ref, []).append(job)
-        else:
-            result.captures.append({**_base_row(job, card, run_id), "status": STATUS_NO_HISTORY})
-    if not scorable and not single:
+    paired, single, unscored = _split_jobs(jobs, single_models or {})
+    result.captures.extend({**_base_row(job, card, run_id), "status": STATUS_NO_HISTORY} for job in unscored)
+    if not paired and not single:
         return result
-    maps = MapWriter(store, depot, night)
-    map_uri = store.url(store.maps_rel(depot, night))
-    second_sizes = _second_opinion_sizes(store, scorable, single_models, settings)
-    second: dict[int, dict[str, Any]] = {}  # job.index -> second_* report fields
-    pending: list[tuple[PairJob, PreparedPair]] = []
-    pending_second: list[tuple[PairJob, np.ndarray]] = []
-    written: list[tuple[PairJob, ModelCard, float, Any]] = []
-    # Preparing (read, decode, register) runs in helper processes one sub-batch ahead of the model when they
-    # can be started (anodet_core.prep_pool); otherwise in this process's threads, in phases that alternate
-    # with the model's: threads preparing next to the model's threads were measured slower on 2 cores (they
-    # thrash each other, and registration holds the GIL). Upsampling + writing the maps runs in threads between
-    # forward passes either way (~1.5 ms per pair).
-    n_threads = max(1, worker_threads(settings))
-    with ThreadPoolExecutor(n_threads, thread_name_prefix="anodet-io") as pool:
-        submit: Callable[..., Any] = helpers.submit if helpers is not None else pool.submit
-        ahead = helpers is not None
-
-        def collect(scored_card: ModelCard, t_infer: float, futs: list, batch_jobs: list[PairJob]) -> None:
-            for job, fut in zip(batch_jobs, futs):
-                written.append((job, scored_card, t_infer, fut))
-            for fut in futs:  # finish writing before the next phase starts
-                fut.exception()
-
-        def infer() -> None:
-            t0 = time.perf_counter()
-            scores = predictor.predict(np.stack([p.cur for _, p in pending]), np.stack([p.his for _, p in pending])).cpu()
-            t_infer = (time.perf_counter() - t0) * 1e3 / len(pending)
-            futs = [pool.submit(_finish, maps, job, prep, scores[k], op) for k, (job, prep) in enumerate(pending)]
-            if pending_second:
-                second_opinions()
-            collect(card, t_infer, futs, [job for job, _ in pending])
-            pending.clear()
-
-        def second_opinions() -> None:
-            by_ref: dict[str, list[tuple[PairJob, np.ndarray]]] = {}
-            for job, img in pending_second:
-                by_ref.setdefault((single_models or {})[str(job.capture["region_id"])], []).append((job, img))
-            for ref, group in by_ref.items():
-                scorer = get_single_image_scorer(store, ref, settings)
-                for (job, _), s in zip(group, scorer.image_scores(np.stack([img for _, img in group]))):
-                    second[job.index] = {"second_model": ref, "second_score": float(s),
-                                         "second_anomalous": bool(s > scorer.threshold)}
-            pending_second.clear()
-
-        for chunk in _prepared_chunks(scorable, settings.batch_size, submit, ahead,
-                                      lambda j: (prepare_job, store, j, settings, second_sizes.get(str(j.capture["region_id"]), 0))):
-            for job, prep in chunk:
-                if isinstance(prep, str):
-                    result.captures.append({**_base_row(job, card, run_id), "status": STATUS_ERROR, "error": prep})
-                else:
-                    pending.append((job, prep[0]))
-                    if prep[1] is not None:
-                        pending_second.append((job, prep[1]))
-            if pending:
-                infer()
-
+    maps, map_uri = MapWriter(store, depot, night), store.url(store.maps_rel(depot, night))
+    second_sizes = _second_opinion_sizes(store, paired, single_models, settings)
+    with ThreadPoolExecutor(max(1, worker_threads(settings)), thread_name_prefix="anodet-io") as io:
+        run = _BatchRun(store, settings, run_id, predictor, card, op, maps, io, helpers, single_models or {},
+                        second_sizes, result)
+        run.score_pairs(paired)
         for ref, group in single.items():
-            scorer = get_single_image_scorer(store, ref, settings)
-            for chunk in _prepared_chunks(group, settings.batch_size, submit, ahead,
-                                          lambda j: (prepare_single_job, store, j, scorer.size)):  # noqa: B023  (used in this iteration)
-                ready: list[tuple[PairJob, PreparedImage]] = []
-                for job, img in chunk:
-                    if isinstance(img, str):
-                        result.captures.append({**_base_row(job, scorer.card, run_id), "status": STATUS_ERROR, "error": img})
-                    else:
-                        ready.append((job, img))
-                if not ready:
-                    continue
-                t0 = time.perf_counter()
-                image_scores, norm_maps = scorer.score(np.stack([p.image for _, p in ready]))
-                t_infer = (time.perf_counter() - t0) * 1e3 / len(ready)
-                futs = [
-                    pool.submit(_finish_single, maps, job, prep, torch.from_numpy(norm_maps[k]), float(image_scores[k]),
-                                scorer.threshold, op)
-                    for k, (job, prep) in enumerate(ready)
-                ]
-                collect(scorer.card, t_infer, futs, [job for job, _ in ready])
-
-        processed_at = dt.datetime.now(dt.UTC)
-        for job, scored_card, t_infer, fut in written:
-            figures, finds = fut.result()
-            row = {**_base_row(job, scored_card, run_id), **figures, **second.get(job.index, {}), "t_infer_ms": t_infer,
-                   "map_uri": map_uri, "processed_at": processed_at}
-            result.captures.append(row)
-            result.findings.extend(_finding_rows(row, finds, scored_card, run_id))
+            run.score_single(ref, group)
+        run.finish(map_uri)
     return result

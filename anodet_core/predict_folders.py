@@ -19,10 +19,10 @@ from .imaging import ImageError, encode_png
 from .inference import Predictor
 from .layout import Store
 from .model_store import load
-from .preprocess import prepare_pair
-from .scoring import operating_point, postprocess
+from .preprocess import PreparedPair, prepare_pair
+from .scoring import OperatingPoint, operating_point, postprocess
 
-SCORES_SCHEMA = pa.schema(
+SCORES_SCHEMA = pa.schema(  # out/scores.parquet, one row per pair folder
     [
         ("pair_id", pa.string()),
         ("status", pa.string()),  # ok | registration_failed | error
@@ -46,8 +46,30 @@ def _find(folder: str, stem: str) -> str | None:
     return hits[0] if hits else None
 
 
+def _score(predictor: Predictor, op: OperatingPoint, out_dir: str, ready: list[tuple[dict[str, Any], PreparedPair]]) -> None:
+    """Run the model on the prepared pairs, write their map PNGs and complete their rows in place."""
+    scores = predictor.predict(np.stack([p.cur for _, p in ready]), np.stack([p.his for _, p in ready])).cpu()
+    for k, (row, prep) in enumerate(ready):
+        scored = postprocess(scores[k], prep.native_size, op, "uint8")
+        png = os.path.join(out_dir, f"{row['pair_id']}.png")
+        with open(png, "wb") as fh:
+            fh.write(encode_png(scored.stored))
+        f = scored.figures
+        row.update(
+            decision=scored.decision,
+            score_max=f["score_max"],
+            score_mean=f["score_mean"],
+            anomalous_area_frac=f["anomalous_area_frac"],
+            n_findings=f["n_findings"],
+            map_png=png,
+        )
+
+
 def predict_folders(store: Store, model_ref: str, pairs_dir: str, out_dir: str, settings: Settings) -> dict[str, Any]:
-    """Write ``out/<pair>.png`` (map at cur's native size, 0-255) and ``out/scores.parquet``; returns counts."""
+    """Write ``out/<pair>.png`` (map at cur's native size, 0-255) and ``out/scores.parquet``; returns counts.
+
+    Pairs are prepared at the model's registered input size (``Predictor.info.input_size``).
+    """
     if not os.path.isdir(pairs_dir):
         raise FileNotFoundError(f"pairs folder not found: {pairs_dir}")
     model, card = load(store, model_ref, resolve_device(settings.device))
@@ -55,31 +77,9 @@ def predict_folders(store: Store, model_ref: str, pairs_dir: str, out_dir: str, 
     os.makedirs(out_dir, exist_ok=True)
     folders = sorted(d for d in glob.glob(os.path.join(pairs_dir, "*")) if os.path.isdir(d))
     rows: list[dict[str, Any]] = []
-    ready: list[tuple[dict[str, Any], Any]] = []
+    ready: list[tuple[dict[str, Any], PreparedPair]] = []
     model_name = f"{card.name}:{card.version}" if card.version else card.name
     op = operating_point(card, settings)
-
-    def flush() -> None:
-        if not ready:
-            return
-        scores = predictor.predict(np.stack([p.cur for _, p in ready]), np.stack([p.his for _, p in ready])).cpu()
-        for k, (row, prep) in enumerate(ready):
-            scored = postprocess(scores[k], prep.native_size, op, "uint8")
-            png = os.path.join(out_dir, f"{row['pair_id']}.png")
-            with open(png, "wb") as fh:
-                fh.write(encode_png(scored.stored))
-            f = scored.figures
-            row.update(
-                decision=scored.decision,
-                score_max=f["score_max"],
-                score_mean=f["score_mean"],
-                anomalous_area_frac=f["anomalous_area_frac"],
-                n_findings=f["n_findings"],
-                map_png=png,
-            )
-            rows.append(row)
-        ready.clear()
-
     for folder in folders:
         pid = os.path.basename(folder)
         row: dict[str, Any] = {"pair_id": pid, "model": model_name}
@@ -89,7 +89,7 @@ def predict_folders(store: Store, model_ref: str, pairs_dir: str, out_dir: str, 
             continue
         try:
             with open(cur, "rb") as a, open(his, "rb") as b:
-                prep = prepare_pair(a.read(), b.read(), registration=settings.registration)
+                prep = prepare_pair(a.read(), b.read(), size=predictor.info.input_size, registration=settings.registration)
         except (ImageError, ValueError, OSError) as exc:
             rows.append({**row, "status": "error", "error": str(exc)})
             continue
@@ -98,8 +98,12 @@ def predict_folders(store: Store, model_ref: str, pairs_dir: str, out_dir: str, 
                    reg_ncc_before=reg.ncc_before, reg_ncc_after=reg.ncc_after)
         ready.append((row, prep))
         if len(ready) >= settings.batch_size:
-            flush()
-    flush()
+            _score(predictor, op, out_dir, ready)
+            rows.extend(r for r, _ in ready)
+            ready = []
+    if ready:
+        _score(predictor, op, out_dir, ready)
+        rows.extend(r for r, _ in ready)
     rows.sort(key=lambda r: r["pair_id"])
     table = pa.Table.from_pylist([{n: r.get(n) for n in SCORES_SCHEMA.names} for r in rows], schema=SCORES_SCHEMA)
     path = os.path.join(out_dir, "scores.parquet")

@@ -1,14 +1,13 @@
 """Preparing captures ahead of the model: read, verify, decode, register, resize -- in helper processes.
 
-On a CPU the forward pass keeps every core busy for ~100 ms per pair (paper preset, 2 cores) and preparing a
-pair costs ~25 ms of CPU. In the worker's own threads, between forward passes, that preparation did not use
-two cores: registration gained nothing from a second thread (the GIL, and two registrations side by side
-measured 1.4x, not 2x, even in two processes). So each worker keeps helper processes, one per core, that
-prepare the next sub-batch while the model runs on this one, in the idle scheduling class
-(:func:`_lowest_priority`): they take the cycles the forward pass leaves (its OpenMP threads sleep instead of
-spinning while they wait, ``OMP_WAIT_POLICY=PASSIVE`` in :func:`flows.runners.worker_env`) and both cores
-while the model waits for them. Measured on 128 pairs of the bench night in one process (paper preset, batch
-8, 2 cores, side by side): 8.35 pairs/s preparing in threads, 9.04 with two helpers.
+On a CPU the forward pass keeps every core busy, and preparing a pair costs a sizeable fraction of a forward
+pass in CPU time. In the worker's own threads, between forward passes, that preparation did not use all the
+cores: registration gains little from a second thread (the GIL, and two registrations side by side scale
+poorly even in two processes). So each worker keeps helper processes, one per core, that prepare the next
+sub-batch while the model runs on this one, in the idle scheduling class (:func:`_lowest_priority`): they take
+the cycles the forward pass leaves (its OpenMP threads sleep instead of spinning while they wait,
+``OMP_WAIT_POLICY=PASSIVE`` in :func:`flows.runners.worker_env`) and all the cores while the model waits for
+them. ``anodet bench`` measures the end-to-end throughput this gives.
 
 This module does not import torch: helpers start with ``spawn`` and import only what preparing needs.
 A helper that dies (e.g. killed for memory) costs a retry of its captures in a fresh pool; a capture that
@@ -23,7 +22,8 @@ import multiprocessing.util
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -35,44 +35,58 @@ from .config import Settings
 from .history import PairJob
 from .imaging import ImageError, sha256
 from .layout import Store
-from .preprocess import PreparedPair, prepare_image, prepare_pair
+from .preprocess import MODEL_SIZE, PreparedPair, prepare_image, prepare_pair
 
 log = logging.getLogger(__name__)
 
-def read_capture(store: Store, job: PairJob) -> bytes | str:
-    """The capture's bytes, checked against the manifest's sha256; a string is the error."""
+
+@dataclass(frozen=True)
+class PrepError:
+    """Why a capture could not be prepared; ``message`` is its report row's ``error``.
+
+    Module-level (and frozen) so that it pickles back from the helper processes.
+    """
+
+    message: str
+
+
+PreparedJob = tuple[PreparedPair, np.ndarray | None]  # a pair, and cur for a second opinion (or None)
+
+
+def read_capture(store: Store, job: PairJob) -> bytes | PrepError:
+    """The capture's bytes, checked against the manifest's sha256."""
     try:
         cur_bytes = store.read_bytes(job.capture["uri"])
     except (FileNotFoundError, OSError) as exc:
-        return f"cannot read capture {job.capture['uri']}: {exc}"
+        return PrepError(f"cannot read capture {job.capture['uri']}: {exc}")
     expected = job.capture.get("sha256")
     if expected and sha256(cur_bytes) != expected:
-        return f"sha256 mismatch for {job.capture['uri']}: the file changed after the manifest was written"
+        return PrepError(f"sha256 mismatch for {job.capture['uri']}: the file changed after the manifest was written")
     return cur_bytes
 
 
-def prepare_job(store: Store, job: PairJob, settings: Settings, second_size: int = 0
-                ) -> tuple[PreparedPair, np.ndarray | None] | str:
-    """Read and align one pair; a string is the error that keeps the capture from being scored.
+def prepare_job(store: Store, job: PairJob, settings: Settings, second_size: int = 0,
+                size: int = MODEL_SIZE) -> PreparedJob | PrepError:
+    """Read and align one pair at the paired model's input ``size``; a PrepError keeps the capture from being scored.
 
     With ``second_size`` cur is also prepared for a single-image model's second opinion, as that model's
     calibration images were (:func:`prepare_image`); else the second item is None.
     """
     cur_bytes = read_capture(store, job)
-    if isinstance(cur_bytes, str):
+    if isinstance(cur_bytes, PrepError):
         return cur_bytes
     try:
         his_bytes = store.read_bytes(job.history_uri)  # type: ignore[arg-type]
     except (FileNotFoundError, OSError) as exc:
-        return f"cannot read history {job.history_uri}: {exc}"
+        return PrepError(f"cannot read history {job.history_uri}: {exc}")
     try:
-        pair = prepare_pair(cur_bytes, his_bytes, registration=settings.registration)
+        pair = prepare_pair(cur_bytes, his_bytes, size=size, registration=settings.registration)
         if not second_size:
             return pair, None
         # pair.cur is prepare_image's result at the paired model's size (same reduced decode and resize)
         return pair, pair.cur if second_size == pair.cur.shape[0] else prepare_image(cur_bytes, second_size)[0]
     except (ImageError, ValueError) as exc:
-        return str(exc)
+        return PrepError(str(exc))
 
 
 @dataclass
@@ -84,16 +98,16 @@ class PreparedImage:
     t_decode_ms: float  # CPU time of the preparing thread
 
 
-def prepare_single_job(store: Store, job: PairJob, size: int) -> PreparedImage | str:
-    """Read, verify and decode one capture for a single-image model; a string is the error."""
+def prepare_single_job(store: Store, job: PairJob, size: int) -> PreparedImage | PrepError:
+    """Read, verify and decode one capture for a single-image model of input ``size``."""
     cur_bytes = read_capture(store, job)
-    if isinstance(cur_bytes, str):
+    if isinstance(cur_bytes, PrepError):
         return cur_bytes
     t0 = time.thread_time()
     try:
         image, native = prepare_image(cur_bytes, size)
     except (ImageError, ValueError) as exc:
-        return str(exc)
+        return PrepError(str(exc))
     return PreparedImage(image, native, (time.thread_time() - t0) * 1e3)
 
 
@@ -101,9 +115,9 @@ def _lowest_priority() -> None:
     """Run this helper only on cycles nothing else wants (SCHED_IDLE; nice 19 where that does not exist).
 
     SCHED_IDLE rather than a nice value: a waking OpenMP thread of the model preempts an idle-class task at
-    once, while a nice 10 helper cost the forward pass ~12 % (measured side by side on 128 pairs: 8.35 -> 9.04
-    pairs/s with SCHED_IDLE helpers, 8.34 -> 8.92 at nice 19, 8.21 -> 8.41 at nice 10, against preparing in
-    threads). Set in the helper's main thread before anything else runs; threads it starts inherit it.
+    once, while a niced helper still takes noticeable time from the forward pass (SCHED_IDLE helpers gave the
+    best throughput side by side with nice 19 and nice 10). Set in the helper's main thread before anything
+    else runs; threads it starts inherit it.
     """
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
@@ -112,6 +126,7 @@ def _lowest_priority() -> None:
 
 
 def _init_helper(parent: int) -> None:
+    """Each helper's initializer: idle scheduling class, and an end when its parent is gone."""
     _lowest_priority()
     threading.Thread(target=_exit_with_parent, args=(parent,), name="anodet-orphan-watch", daemon=True).start()
 
@@ -125,6 +140,7 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _ready() -> int:
+    """A no-op task that makes the pool start its processes."""
     return os.getpid()
 
 
@@ -142,9 +158,9 @@ class PrepPool:
         self._executor = self._start()
         # A Dask worker process ends through multiprocessing's exit function, not the interpreter's: it joins
         # the worker's non-daemonic children (these helpers) without telling the pool to stop, so the nanny
-        # killed the worker after 4 s and the helpers lived on. Finalizers with an exit priority run first.
-        # At exit the helpers are stopped, not asked to finish: they hold nothing, and an idle-class helper
-        # tearing its interpreter down beside the exiting worker took ~1.2 s of the nanny's 4.
+        # killed the worker after its grace period and the helpers lived on. Finalizers with an exit priority run
+        # first. At exit the helpers are stopped, not asked to finish: they hold nothing, and an idle-class helper
+        # tearing its interpreter down beside the exiting worker took a good part of the nanny's grace period.
         multiprocessing.util.Finalize(None, self.shutdown, kwargs={"terminate": True}, exitpriority=10)
 
     def _start(self) -> ProcessPoolExecutor:
@@ -162,6 +178,7 @@ class PrepPool:
         return ex
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> PrepFuture:
+        """Run ``fn(*args)`` in a helper; the returned future's ``result()`` retries once if the helper dies."""
         return PrepFuture(self, fn, args)
 
     def _submit(self, fn: Callable[..., Any], args: tuple) -> tuple[Executor, Future]:
@@ -200,7 +217,11 @@ class PrepFuture:
         self._executor, self._future = pool._submit(fn, args)
 
     def result(self) -> Any:
-        """The function's result; a string error when the capture killed a helper twice."""
+        """The function's result; a plain string error when the capture killed a helper twice.
+
+        A string, not a :class:`PrepError`: the pool runs any function (:func:`prepared_chunks` turns it into
+        one).
+        """
         try:
             return self._future.result()
         except BrokenProcessPool:
@@ -231,3 +252,25 @@ def get_prep_pool(processes: int) -> PrepPool | None:
                             "Dask workers need distributed.worker.daemon: False for helpers.", processes, exc)
                 _POOLS[processes] = None
         return _POOLS[processes]
+
+
+def prepared_chunks(jobs: list[PairJob], size: int, submit: Callable[..., Any], ahead: bool,
+                    call: Callable[[PairJob], tuple]) -> Iterator[list[tuple[PairJob, Any]]]:
+    """``jobs`` in chunks of ``size``, each job with the result of ``submit(*call(job))``, in order.
+
+    ``submit`` is a :class:`PrepPool`'s or a thread pool's. With ``ahead`` the next chunk is submitted before
+    this one is handed out, so it is prepared while the caller runs the model on this one; otherwise each chunk
+    is prepared when it is needed. A helper's plain-string failure (:meth:`PrepFuture.result`) comes out as a
+    :class:`PrepError`, like the preparations' own.
+    """
+    chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+    depth = 1 if ahead else 0
+    queued = deque([(job, submit(*call(job))) for job in c] for c in chunks[:depth])
+    for k in range(len(chunks)):
+        if k + depth < len(chunks):
+            queued.append([(job, submit(*call(job))) for job in chunks[k + depth]])
+        yield [(job, _as_prep_error(fut.result())) for job, fut in queued.popleft()]
+
+
+def _as_prep_error(result: Any) -> Any:
+    return PrepError(result) if isinstance(result, str) else result

@@ -15,12 +15,16 @@ from PIL import Image
 from .imaging import decode, resize
 from .registration import Registration, register
 
-MODEL_SIZE = 256  # AnoDFDNet input side
+# The paper's AnoDFDNet input side: the default size only. A model's own is its registered input size
+# (``anodet_core.models.instance_info(model).input_size``, ``Predictor.info.input_size``), which callers pass.
+MODEL_SIZE = 256
 
 
 @dataclass
 class PreparedPair:
-    cur: np.ndarray  # MODEL_SIZE x MODEL_SIZE x 3 uint8, cur frame
+    """One aligned pair at the model's input size, with its registration and preparation figures."""
+
+    cur: np.ndarray  # size x size x 3 uint8, cur frame
     his: np.ndarray  # history warped into the cur frame, same shape
     registration: Registration  # expressed in native cur pixels
     valid_frac: float  # share of cur covered by the warped history
@@ -37,7 +41,7 @@ def warp_pil(his: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int]) -> tu
     """``his`` resampled into cur's grid (bilinear) and the mask of pixels it covers.
 
     Same result as :func:`anodet_core.registration.warp_to_cur` (``matrix`` maps cur pixel centres to his),
-    with Pillow's C transform: ~5x faster on the hot path. Pillow puts pixel centres at +0.5, hence the shifts.
+    with Pillow's C transform, much faster on the hot path. Pillow puts pixel centres at +0.5, hence the shifts.
     """
     p = _t(0.5, 0.5) @ np.asarray(matrix, np.float64) @ _t(-0.5, -0.5)
     p = p / p[2, 2]
@@ -74,7 +78,7 @@ def prepare_pair(
     registration: str = "auto",
     transform: str = "similarity",
 ) -> PreparedPair:
-    """Decode both images at reduced scale, align his to cur and return model-ready uint8 arrays.
+    """Decode both images at reduced scale, align his to cur and return model-ready uint8 arrays of ``size``.
 
     Pixels of cur that the warped history does not cover are filled with cur itself, so the network sees no
     difference there instead of a black border it would flag.
@@ -94,7 +98,7 @@ def prepare_pair(
         warped, valid = warp_pil(his, reg.matrix, cur.shape[:2])
     if not valid.all():
         outside = ~valid
-        warped = np.array(warped)  # Pillow's buffer is read-only; filling only the border is ~3x cheaper than np.where
+        warped = np.array(warped)  # Pillow's buffer is read-only; filling only the border is cheaper than np.where
         warped[outside] = cur[outside]
     t2 = time.thread_time()
     factor = native[0] / cur.shape[1]

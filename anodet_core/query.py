@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 
 from .layout import PARTITION_SCHEMA, REPORT_SCHEMAS, Store
 
+if TYPE_CHECKING:
+    import duckdb
 
-def connect(store: Store):
+
+def connect(store: Store) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with one view per report table (empty views when nothing was written yet).
 
     Reads go through the store's fsspec filesystem (DuckDB's httpfs extension would need the internet to
@@ -29,6 +34,7 @@ def connect(store: Store):
 
 
 def run_query(store: Store, sql: str) -> pd.DataFrame:
+    """Run DuckDB SQL over the ``captures`` and ``findings`` views; ValueError for an empty or failing query."""
     if not sql.strip():
         raise ValueError("empty query")
     import duckdb

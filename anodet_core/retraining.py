@@ -18,6 +18,8 @@ from .training import Candidate, evaluate_arrays
 
 @dataclass
 class Promotion:
+    """The promotion decision for one candidate version, with the metric values it was based on."""
+
     name: str
     candidate_version: str
     production_version: str | None  # before the decision
@@ -42,6 +44,10 @@ class Promotion:
 
 
 def decide(candidate_value: float, production_value: float | None, margin: float) -> tuple[bool, str]:
+    """(promote?, reason): yes without production, else only when the candidate is at least ``margin`` better.
+
+    A NaN candidate value never wins.
+    """
     if production_value is None:
         return True, "no production version yet"
     if candidate_value != candidate_value:  # NaN never wins

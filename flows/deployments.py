@@ -24,6 +24,8 @@ DEFAULT_RETRAIN_CRON = "0 4 * * 0"
 
 @dataclass(frozen=True)
 class DepotSchedule:
+    """When one depot's nightly and retraining runs are scheduled (cron strings in ``timezone``)."""
+
     depot: str
     nightly_cron: str
     retrain_cron: str
@@ -31,6 +33,7 @@ class DepotSchedule:
 
 
 def schedules_from_env(settings: Settings | None = None) -> list[DepotSchedule]:
+    """One schedule per depot from the ``ANODET_*`` variables above; ValueError for an invalid depot name."""
     settings = settings or Settings.from_env()
     nightly = os.environ.get("ANODET_NIGHTLY_CRON", DEFAULT_NIGHTLY_CRON)
     retrain = os.environ.get("ANODET_RETRAIN_CRON", DEFAULT_RETRAIN_CRON)

@@ -45,10 +45,11 @@ def nightly_inspection(
     """Score every capture of one depot-night against its history with the depot's production model.
 
     One Prefect task per batch of ``task_pairs`` pairs (not per capture); batches run in Dask workers, each of
-    which loads the model once and runs the model on sub-batches of ``batch_size`` pairs. Re-running a night replaces its maps and report partitions.
-    Captures without history are scored by their region's production single-image model (``<arch>-<region_id>``,
-    arch from ANODET_SINGLE_IMAGE, "" disables) when it exists, else reported ``no_history``. ``second_opinion``
-    (ANODET_SECOND_OPINION) also scores captures with history by that model (report columns ``second_*``).
+    which loads the model once and runs the model on sub-batches of ``batch_size`` pairs. Re-running a night
+    replaces its maps and report partitions. Captures without history are scored by their region's production
+    single-image model (``<arch>-<region_id>``, arch from ANODET_SINGLE_IMAGE, "" disables) when it exists, else
+    reported ``no_history``. ``second_opinion`` (ANODET_SECOND_OPINION) also scores captures with history by that
+    model (report columns ``second_*``).
     """
     settings = Settings.from_env(store=store, model=model, batch_size=batch_size, threshold=threshold,
                                  task_pairs=task_pairs, second_opinion=second_opinion, device=device)

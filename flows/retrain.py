@@ -22,6 +22,7 @@ from anodet_core.training import Candidate, TrainConfig, train_candidate
 def train_candidate_task(store: Store, depot: str, train_nights: list[str], test_nights: list[str], name: str,
                          preset: str, overrides: dict, cfg: TrainConfig, registration: str,
                          init: str | None = None) -> Candidate:
+    """Prefect task: :func:`anodet_core.training.train_candidate` for an ``anodfdnet`` candidate (not cached)."""
     return train_candidate(store, depot, train_nights, test_nights, name=name, arch="anodfdnet", preset=preset,
                            overrides=overrides, cfg=cfg, registration=registration, init=init)
 
@@ -29,6 +30,7 @@ def train_candidate_task(store: Store, depot: str, train_nights: list[str], test
 @task(name="train-single-image", cache_policy=NONE)
 def train_single_image_task(store: Store, depot: str, region_id: str, train, test, arch: str, overrides: dict,
                             epochs: int, max_seconds: float, seed: int, device: str, margin: float) -> RegionRetrain:
+    """Prefect task: :func:`anodet_core.single_image.retrain_region_model` for one region (not cached)."""
     return retrain_region_model(store, depot, region_id, train, test, arch=arch, overrides=overrides, epochs=epochs,
                                 max_seconds=max_seconds, seed=seed, device=device, margin=margin)
 

@@ -12,12 +12,12 @@ def worker_env(settings: Settings) -> dict[str, str]:
     """Environment of inference workers (Dask's defaults are tuned for pandas-style tasks, not for torch).
 
     Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536, which also freezes glibc's mmap threshold: every large
-    activation buffer is then mmap'd and unmapped per layer, and the model ran 25-30 % slower (measured with
-    ``anodet bench``). Fixed thresholds of 1 GiB (trim) and 32 MiB (mmap) keep those buffers in the heap.
+    activation buffer is then mmap'd and unmapped per layer, and the model ran markedly slower (``anodet bench``
+    shows it). Fixed thresholds of 1 GiB (trim) and 32 MiB (mmap) keep those buffers in the heap.
     OMP/MKL thread counts follow the torch threads each worker uses. OpenMP threads that wait at a barrier
     sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE) so that the worker's preparation helpers
-    (anodet_core.prep_pool, idle scheduling class) get the cycles the forward pass leaves; the model alone moved
-    by a few per cent either way with it, within the machine's noise (README, performance).
+    (anodet_core.prep_pool, idle scheduling class) get the cycles the forward pass leaves; the model alone did
+    not change beyond the machine's noise with it (README, performance).
     """
     from anodet_core.pipeline import worker_threads
 
@@ -32,13 +32,12 @@ def worker_env(settings: Settings) -> dict[str, str]:
     }
 
 
-# Dask's housekeeping is tuned for many short pandas tasks; next to torch on 2 cores it took CPU and the GIL from
-# score-batch tasks of a few seconds each. Measured per 64-pair task: the statistical profiler (walks every
-# thread's stack each 10 ms; its flame graphs need bokeh, not installed) 8.9-9.8 s -> 7.7-8.1 s; then the 20 ms
-# event-loop tick and the 0.5 s system monitor (dashboard figures) a further ~4 % (16.0 -> 15.3 s per 128
-# pairs, two runs each). Memory monitoring (pause/terminate) is left as it is. Workers are not daemonic processes,
-# so that they may start preparation helper processes (anodet_core.prep_pool; the nanny still ends them).
-# Spawned workers inherit this config.
+# Dask's housekeeping is tuned for many short pandas tasks; next to torch on a few cores it took CPU and the GIL
+# from score-batch tasks of a few seconds each. Turned off or slowed down, each measurably faster: the statistical
+# profiler (walks every thread's stack at a short interval; its flame graphs need bokeh, not installed), the
+# event-loop tick and the system monitor (dashboard figures). Memory monitoring (pause/terminate) is left as it
+# is. Workers are not daemonic processes, so that they may start preparation helper processes
+# (anodet_core.prep_pool; the nanny still ends them). Spawned workers inherit this config.
 WORKER_CONFIG = {
     "distributed.worker.daemon": False,
     "distributed.worker.profile.enabled": False,
@@ -62,6 +61,11 @@ def configure_worker_env(settings: Settings) -> None:
 
 
 def local_cluster_kwargs(settings: Settings) -> dict:
+    """``LocalCluster`` keyword arguments for ``settings`` (worker processes, threads, free dashboard port).
+
+    Also configures this process's Dask config so the workers spawn with :func:`worker_env` (see
+    :func:`configure_worker_env`).
+    """
     configure_worker_env(settings)
     return {
         "n_workers": settings.dask_workers,
@@ -74,6 +78,7 @@ def local_cluster_kwargs(settings: Settings) -> dict:
 
 
 def build_task_runner(settings: Settings) -> DaskTaskRunner:
+    """A Dask task runner: on ``settings.dask_address`` when set, else on a new ``LocalCluster`` per flow run."""
     if settings.dask_address:
         return DaskTaskRunner(address=settings.dask_address)
     configure_worker_env(settings)
@@ -90,6 +95,7 @@ class SettingsTaskRunner(DaskTaskRunner):
     """
 
     def duplicate(self) -> DaskTaskRunner:  # type: ignore[override]  # the real runner, deliberately not a SettingsTaskRunner
+        """The runner for one flow run: :func:`build_task_runner` on the settings of the current environment."""
         return build_task_runner(Settings.from_env())
 
 
@@ -107,12 +113,12 @@ def ephemeral_run_settings(settings: Settings) -> dict:
 
     Without one, Prefect starts an ephemeral API server in this process, and
       * each Dask worker process would start one more for its task runs (the settings the runner ships to the
-        workers carry no URL): 15-20 s cold per worker before its first task, and a uvicorn process each. So the
+        workers carry no URL): seconds of cold start per worker before its first task, and a uvicorn process each. So the
         ephemeral server is started here and its URL handed on; only when the workers can reach this host's
         loopback (a LocalCluster, or a scheduler on 127.0.0.1), else they keep their own servers.
       * nothing outlives the run to act on a missing flow-run heartbeat (crash detection needs a lasting
         server), while the heartbeat thread, which sleeps in 1 s steps, is joined when the flow ends: up to 1 s
-        of idle wall per run (0.3-0.9 s measured on a 17 s, 128-pair night). Heartbeats are turned off.
+        of idle wall per run. Heartbeats are turned off.
     """
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings
 

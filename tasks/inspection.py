@@ -20,7 +20,7 @@ class Sealed(Generic[T]):
     """Carries a large parameter (a batch's jobs, a night's report rows) into a task without being walked.
 
     Prefect walks every task parameter looking for futures (``visit_collection``: lists, tuples, dicts,
-    dataclasses), ~0.4 s per 128 pairs of a night in the flow process. Prefect's own ``quote``/``opaque`` are
+    dataclasses), a noticeable cost per night in the flow process. Prefect's own ``quote``/``opaque`` are
     tuple subclasses, and Dask's argument packing turns them into plain tuples before the task sees them. A
     plain object is traversed by neither.
     """
@@ -55,4 +55,5 @@ def score_batch_task(store: Store, depot: str, night: str, jobs: Sealed[list[Pai
 
 @task(name="write-reports", cache_policy=NONE, retries=2, retry_delay_seconds=5)
 def write_reports_task(store: Store, depot: str, night: str, captures: Sealed[list[dict]], findings: Sealed[list[dict]]) -> dict[str, str]:
+    """Replace the night's capture and finding report partitions (:func:`anodet_core.night.write_reports`); returns their URLs."""
     return write_reports(store, depot, night, captures.value, findings.value)

@@ -140,3 +140,11 @@ def test_ephemeral_runs_share_one_api_server_with_local_workers_and_drop_heartbe
     with temporary_settings(updates={PREFECT_API_URL: "http://prefect.depot:4200/api"}):
         assert ephemeral_run_settings(local) == ephemeral_run_settings(remote) == {}
     assert len(started) == 2
+
+
+def test_cli_single_image_choices_are_the_registry_s():
+    # the parser keeps its own tuple so `anodet --help` does not import torch; it must match the registry's list
+    from anodet_core.models import single_image_models
+    from flows.cli._common import SINGLE_IMAGE_ARCHS
+
+    assert sorted(SINGLE_IMAGE_ARCHS) == single_image_models()

@@ -44,7 +44,7 @@ def _data(n, seed):
 @pytest.fixture(scope="module")
 def table_one():
     train, test = _data(8, 0), _data(4, 1)
-    methods = resolve_overrides(table_one_methods("lite"), TINY)
+    methods = resolve_overrides(table_one_methods(), TINY)
     cfg = TrainConfig(epochs=1, batch_size=4, seed=3)
     return run_comparison(train, test, methods, "lite", cfg), test
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._registry import preset_config, register_model
+from ._registry import ModelInfo, ModelKind, preset_config, register_model
 
 __all__ = [
     "INPUT_SIZE",
@@ -352,7 +352,7 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-@register_model("anodfdnet", presets=PRESETS)
+@register_model("anodfdnet", presets=PRESETS, info=ModelInfo(ModelKind.PAIRED, INPUT_SIZE, size_field="img_size"))
 def anodfdnet(preset: str | None = None, **overrides: object) -> AnoDFDNet:
     """Registry factory: ``PRESETS[preset or "paper"]`` with ``AnoDFDNetConfig`` fields overridden."""
     return AnoDFDNet(preset_config("AnoDFDNet", PRESETS, preset, overrides))  # type: ignore[arg-type]

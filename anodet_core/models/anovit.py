@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._registry import preset_config, register_model
+from ._registry import ModelInfo, ModelKind, preset_config, register_model
 from .backbones import create_backbone
 
 __all__ = [
@@ -160,7 +160,7 @@ class AnoViT(nn.Module):
         return self.anomaly_map(x).amax(dim=(1, 2, 3))
 
 
-@register_model("anovit", presets=PRESETS)
+@register_model("anovit", presets=PRESETS, info=ModelInfo(ModelKind.SINGLE_IMAGE, 224, MEAN, STD, "reconstruction", "img_size"))
 def anovit(preset: str | None = None, **overrides: object) -> AnoViT:
     """Registry factory: ``PRESETS[preset or "paper"]`` with ``AnoViTConfig`` fields overridden."""
     return AnoViT(preset_config("AnoViT", PRESETS, preset, overrides))  # type: ignore[arg-type]

@@ -30,7 +30,8 @@ Pipeline, per image x (ImageNet-normalised, H and W multiples of ``feature_reduc
    width 1024, LeakyReLU 0.1.  Log-scales are soft-clamped exactly as the reference:
    log e(s) = 0.636 * alpha * atan(s / alpha) with alpha = 3 (0.636 ~ 2/pi, so |log e| < alpha).
    Each subnetwork's output is multiplied by a per-scale gamma initialised to 0, so every block
-   starts as the identity.
+   starts as the identity.  These building blocks live in :mod:`.cross_scale_flow` (re-exported
+   here).
 
 Training: ``loss(x)`` = mean over images of the per-image NLL 0.5 * ||z||^2 - log|det J|, each
 summed over that image's dims only (so it does not depend on the batch size -- unlike ports that
@@ -54,8 +55,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._registry import preset_config, register_model
+from ._registry import ModelInfo, ModelKind, preset_config, register_model
 from .backbones import IMAGENET_MEAN, IMAGENET_STD, create_backbone
+from .cross_scale_flow import CrossConvolutions, CrossScaleCoupling, CrossScaleFlow
 
 __all__ = [
     "INPUT_SIZE",
@@ -90,9 +92,6 @@ ADAM_WEIGHT_DECAY: float = 1e-5
 ADAM_BETAS: tuple[float, float] = (0.5, 0.9)
 ADAM_EPS: float = 1e-4  # CS-Flow reference train.py
 GRAD_CLIP_NORM: float = 1.0
-
-_SOFTCLAMP = 0.636  # reference constant (~2/pi): bounds the log-scale to (-alpha, alpha)
-
 
 @dataclass(frozen=True)
 class CSAFlowConfig:
@@ -162,6 +161,7 @@ class ChannelAttention(nn.Module):
         nn.init.zeros_(self.fc2.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, C, H, W) scaled per image and channel by gates in (0, 2), log-centred over the channels."""
         a = self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3)))))
         log_g = F.logsigmoid(a) + math.log(2.0)  # log(2 sigmoid(a)): gate in (0, 2), 1 at a=0
         log_g = log_g - log_g.mean(dim=1, keepdim=True)
@@ -174,112 +174,6 @@ def self_attention(x: torch.Tensor) -> torch.Tensor:
     t = x.flatten(2).transpose(1, 2)  # (B, N, C)
     attn = torch.softmax(t @ t.transpose(1, 2) / math.sqrt(c), dim=-1)
     return (t + attn @ t).transpose(1, 2).reshape(b, c, h, w)
-
-
-class CrossConvolutions(nn.Module):
-    """Cross-scale subnetwork: per scale conv -> LeakyReLU -> conv, plus neighbour terms.
-
-    Scale i (0 = finest) receives conv(upsample(h_{i+1})) from the coarser and a stride-2
-    conv(h_{i-1}) from the finer neighbour, h being the hidden activations (reference layout).
-    Outputs are multiplied by per-scale gammas, zero at init.
-    """
-
-    def __init__(self, cin: int, cout: int, hidden: int, kernel_size: int, n_scales: int, slope: float) -> None:
-        super().__init__()
-        p = kernel_size // 2
-        self.n_scales = n_scales
-        self.slope = slope
-        self.conv_in = nn.ModuleList(nn.Conv2d(cin, hidden, kernel_size, padding=p) for _ in range(n_scales))
-        self.conv_out = nn.ModuleList(nn.Conv2d(hidden, cout, kernel_size, padding=p) for _ in range(n_scales))
-        # up[i]: coarser scale i+1 -> i; down[i]: finer scale i -> i+1.
-        self.up = nn.ModuleList(nn.Conv2d(hidden, cout, kernel_size, padding=p) for _ in range(n_scales - 1))
-        self.down = nn.ModuleList(
-            nn.Conv2d(hidden, cout, kernel_size, stride=2, padding=p) for _ in range(n_scales - 1)
-        )
-        self.gamma = nn.Parameter(torch.zeros(n_scales))
-
-    def forward(self, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        hs = [F.leaky_relu(conv(x), self.slope) for conv, x in zip(self.conv_in, xs)]
-        outs = []
-        for i, h in enumerate(hs):
-            out = self.conv_out[i](h)
-            if i + 1 < self.n_scales:
-                up = F.interpolate(hs[i + 1], size=h.shape[-2:], mode="bilinear", align_corners=False)
-                out = out + self.up[i](up)
-            if i > 0:
-                out = out + self.down[i - 1](hs[i - 1])
-            outs.append(out * self.gamma[i])
-        return outs
-
-
-class CrossScaleCoupling(nn.Module):
-    """Two affine couplings over a channel split, conditioned across scales (GLOW-style)."""
-
-    def __init__(self, channels: int, hidden: int, kernel_size: int, n_scales: int, clamp: float, slope: float) -> None:
-        super().__init__()
-        self.len1 = channels // 2
-        self.len2 = channels - self.len1
-        self.clamp = clamp
-        self.s1 = CrossConvolutions(self.len1, 2 * self.len2, hidden, kernel_size, n_scales, slope)
-        self.s2 = CrossConvolutions(self.len2, 2 * self.len1, hidden, kernel_size, n_scales, slope)
-
-    def _log_e(self, s: torch.Tensor) -> torch.Tensor:
-        return self.clamp * _SOFTCLAMP * torch.atan(s / self.clamp)
-
-    def forward(self, xs: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
-        a = [x[:, : self.len1] for x in xs]
-        b = [x[:, self.len1 :] for x in xs]
-        log_det = xs[0].new_zeros(xs[0].shape[0])
-        new_a = []
-        for ai, r in zip(a, self.s2(b)):
-            log_s = self._log_e(r[:, : self.len1])
-            new_a.append(ai * log_s.exp() + r[:, self.len1 :])
-            log_det = log_det + log_s.sum(dim=(1, 2, 3))
-        new_b = []
-        for bi, r in zip(b, self.s1(new_a)):
-            log_s = self._log_e(r[:, : self.len2])
-            new_b.append(bi * log_s.exp() + r[:, self.len2 :])
-            log_det = log_det + log_s.sum(dim=(1, 2, 3))
-        return [torch.cat(p, dim=1) for p in zip(new_a, new_b)], log_det
-
-    def inverse(self, ys: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        a = [y[:, : self.len1] for y in ys]
-        b = [y[:, self.len1 :] for y in ys]
-        old_b = [(bi - r[:, self.len2 :]) * (-self._log_e(r[:, : self.len2])).exp() for bi, r in zip(b, self.s1(a))]
-        old_a = [(ai - r[:, self.len1 :]) * (-self._log_e(r[:, : self.len1])).exp() for ai, r in zip(a, self.s2(old_b))]
-        return [torch.cat(p, dim=1) for p in zip(old_a, old_b)]
-
-
-class CrossScaleFlow(nn.Module):
-    """CS-Flow: [permute -> cross-scale coupling] x n_blocks over a list of per-scale maps."""
-
-    def __init__(self, channels: int, cfg: CSAFlowConfig) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(
-            CrossScaleCoupling(channels, cfg.hidden_channels, k, cfg.n_scales, cfg.clamp, cfg.leaky_slope)
-            for k in cfg.kernel_sizes
-        )
-        for k in range(cfg.n_blocks):
-            g = torch.Generator().manual_seed(cfg.perm_seed + k)
-            perms = torch.stack([torch.randperm(channels, generator=g) for _ in range(cfg.n_scales)])
-            self.register_buffer(f"perm{k}", perms)
-            self.register_buffer(f"perm_inv{k}", torch.argsort(perms, dim=1))
-
-    def forward(self, xs: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
-        log_det = xs[0].new_zeros(xs[0].shape[0])
-        zs = list(xs)
-        for k, block in enumerate(self.blocks):
-            perm = getattr(self, f"perm{k}")
-            zs, ld = block([z[:, perm[i]] for i, z in enumerate(zs)])
-            log_det = log_det + ld
-        return zs, log_det
-
-    def inverse(self, zs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        xs = list(zs)
-        for k in reversed(range(len(self.blocks))):
-            inv = getattr(self, f"perm_inv{k}")
-            xs = [x[:, inv[i]] for i, x in enumerate(self.blocks[k].inverse(xs))]  # type: ignore[operator]  # ModuleList items are typed Module
-        return xs
 
 
 class CSAFlow(nn.Module):
@@ -309,6 +203,7 @@ class CSAFlow(nn.Module):
         self.flow = CrossScaleFlow(self.channels, cfg)
 
     def train(self, mode: bool = True) -> CSAFlow:
+        """Set training mode on the trainable parts; the frozen backbone always stays in eval mode."""
         super().train(mode)
         self.backbone.eval()  # frozen: BN running stats must never update
         return self
@@ -416,7 +311,7 @@ def train_step(model: CSAFlow, x: torch.Tensor, optimizer: torch.optim.Optimizer
     return float(loss.detach())
 
 
-@register_model("csaflow", presets=PRESETS)
+@register_model("csaflow", presets=PRESETS, info=ModelInfo(ModelKind.SINGLE_IMAGE, INPUT_SIZE, MEAN, STD, "nll", "input_size"))
 def csaflow(preset: str | None = None, **overrides: object) -> CSAFlow:
     """Registry factory: ``PRESETS[preset or "paper"]`` with ``CSAFlowConfig`` fields overridden."""
     return CSAFlow(preset_config("CSA-Flow", PRESETS, preset, overrides))  # type: ignore[arg-type]

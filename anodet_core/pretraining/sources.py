@@ -37,6 +37,7 @@ class Photo:
     pixels: np.ndarray
 
     def digest(self) -> str:
+        """First 16 hex digits of the SHA-256 of the pixel bytes: identifies the content, whatever the name."""
         return hashlib.sha256(self.pixels.tobytes()).hexdigest()[:16]
 
     @property

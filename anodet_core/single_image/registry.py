@@ -1,0 +1,49 @@
+"""Model-store use: save a trained single-image model as a new version whose card rebuilds it.
+
+The card rebuilds the model through ``create_model(arch, preset=preset, **overrides)``; the version is promoted
+to ``production`` when the name has none yet (or on request).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .archs import check_arch
+
+__all__ = ["save_single_image_model"]
+
+
+def save_single_image_model(
+    store: Any,
+    name: str,
+    arch: str,
+    preset: str | None,
+    overrides: dict[str, Any] | None,
+    model: torch.nn.Module,
+    threshold: float,
+    metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    *,
+    eval_split: str = "",
+    data_fingerprint: str = "",
+    promote: bool = False,
+) -> Any:
+    """Save a new version (weights + card with ``threshold`` and the normal-score statistics in ``extra``);
+    it becomes ``production`` when ``promote`` or when ``name`` has no production version yet."""
+    from .. import model_store
+
+    check_arch(arch)
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be finite, got {threshold}")
+    card = model_store.ModelCard(
+        name=name, arch=arch, preset=preset, config=dict(overrides or {}), threshold=float(threshold),
+        metrics=dict(metrics or {}), eval_split=eval_split, data_fingerprint=data_fingerprint,
+        extra=dict(extra or {}),
+    )
+    card = model_store.save_version(store, model, card)
+    if promote or model_store.get_alias(store, name) is None:
+        model_store.set_alias(store, name, card.version)
+    return card

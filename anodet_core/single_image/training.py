@@ -1,0 +1,148 @@
+"""Unsupervised training of a single-image model on normal images (maximum likelihood / reconstruction).
+
+Random flips as augmentation, seeded, with a wall-time limit; only trainable parameters are optimised
+(CSA-Flow's backbone is frozen).  CSA-Flow uses its paper optimiser (``csaflow.make_optimizer``: Adam lr 2e-4,
+weight decay 1e-5, betas (0.5, 0.9), eps 1e-4) and gradient-norm clipping at 1; AnoViT uses Adam lr 1e-4 (the
+AnoViT file specifies no optimiser; 1e-4 is the usual ViT auto-encoder setting).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..training import flip_augment
+from .archs import check_arch, config_input_size, to_input
+
+if TYPE_CHECKING:
+    from ..models.csaflow import CSAFlow
+
+__all__ = ["ANOVIT_LR", "train_single_image"]
+
+ANOVIT_LR: float = 1e-4
+_CACHE_BYTES: int = 1 << 30  # CSA-Flow training caches frozen-backbone features up to this size
+
+
+class _FeatureCache:
+    """CSA-Flow's backbone is frozen and in eval mode, so its features of (image, flip) never change: compute
+    them once and reuse them in later epochs (exact, not an approximation), up to a memory budget."""
+
+    def __init__(self, model: CSAFlow, budget: int = _CACHE_BYTES) -> None:
+        self.model = model
+        self.budget = budget
+        self.used = 0
+        self.store: dict[tuple[int, int], list[torch.Tensor]] = {}
+
+    def features(self, x: torch.Tensor, keys: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+        """Backbone features of the batch ``x``, whose samples are ``keys`` = (image index, flip)."""
+        missing = [i for i, k in enumerate(keys) if k not in self.store]
+        fresh: dict[int, list[torch.Tensor]] = {}
+        if missing:
+            feats = self.model.backbone_features(x[missing])
+            for j, i in enumerate(missing):
+                one = [f[j : j + 1] for f in feats]
+                fresh[i] = one
+                size = sum(f.numel() * f.element_size() for f in one)
+                if self.used + size <= self.budget:
+                    self.store[keys[i]] = [f.clone() for f in one]
+                    self.used += size
+        per_image = [fresh[i] if i in fresh else self.store[k] for i, k in enumerate(keys)]
+        return [torch.cat(level, dim=0) for level in zip(*per_image)]
+
+
+def train_single_image(
+    arch: str,
+    normal: np.ndarray,
+    *,
+    preset: str | None = "lite",
+    overrides: dict[str, Any] | None = None,
+    epochs: int = 40,
+    max_seconds: float = float("inf"),
+    batch_size: int = 8,
+    lr: float | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
+    """Train ``arch`` unsupervised on the normal images ``normal`` (uint8 (N, S, S, 3), S = the input size).
+
+    Each sample gets a random flip (none / vertical / horizontal / both).  Seeded: model init, batch order
+    and flips depend only on ``seed`` (on the CPU the weights are reproducible bit for bit).  Training stops
+    after ``epochs`` or as soon as ``max_seconds`` of wall time have passed (checked after every step); the
+    final weights are returned (eval mode) with the per-epoch history ``{epoch, loss, steps, seconds}``.
+    """
+    from tqdm import tqdm
+
+    from ..models import create_model
+
+    check_arch(arch)
+    overrides = dict(overrides or {})
+    size = config_input_size(arch, preset, overrides)
+    normal = np.asarray(normal)
+    if normal.ndim != 4 or normal.shape[1:] != (size, size, 3) or normal.dtype != np.uint8:
+        raise ValueError(f"normal images must be uint8 (N, {size}, {size}, 3), got {normal.dtype} {normal.shape}")
+    n = len(normal)
+    if n == 0:
+        raise ValueError("no normal images to train on")
+    if epochs < 1 or batch_size < 1:
+        raise ValueError("epochs and batch_size must be >= 1")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model: Any = create_model(arch, preset=preset, **overrides).to(device)  # CSAFlow or AnoViT, by arch
+    params = [p for p in model.parameters() if p.requires_grad]
+    clip: float | None
+    if arch == "csaflow":
+        from ..models import csaflow as csa
+
+        opt = csa.make_optimizer(model)
+        if lr is not None:
+            for g in opt.param_groups:
+                g["lr"] = lr
+        clip = csa.GRAD_CLIP_NORM
+        cache: _FeatureCache | None = _FeatureCache(model)
+    else:
+        opt = torch.optim.Adam(params, lr=ANOVIT_LR if lr is None else lr)
+        clip, cache = None, None
+    history: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    out_of_time = False
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(n, generator=gen).tolist()
+        flips = torch.randint(0, 4, (n,), generator=gen).tolist()
+        losses: list[float] = []
+        bar = tqdm(range(0, n, batch_size), desc=f"{arch} epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        for s in bar:
+            idx = order[s : s + batch_size]
+            x = to_input(normal[idx], model, device)
+            x = torch.stack([flip_augment(xi, flips[i]) for xi, i in zip(x, idx)])
+            opt.zero_grad(set_to_none=True)
+            if cache is not None:
+                feats = cache.features(x, [(i, flips[i]) for i in idx])
+                loss = model.loss_from(*model.flow(model.attend(feats)))
+            else:
+                loss = model.loss(x)
+            if not torch.isfinite(loss):
+                raise ValueError(f"{arch} training diverged: non-finite loss at epoch {epoch + 1} (lower --lr?)")
+            loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            opt.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if time.perf_counter() - t0 > max_seconds:
+                out_of_time = True
+                break
+        rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "steps": len(losses),
+               "seconds": time.perf_counter() - t0}
+        history.append(rec)
+        if on_epoch:
+            on_epoch(rec)
+        if out_of_time:
+            break
+    return model.eval(), history

@@ -1,0 +1,107 @@
+"""A training candidate from a store: a depot's labelled nights to a trained, calibrated, unsaved model and its card."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..layout import Store
+from .config import TrainConfig, TrainResult
+from .data import PairArrays, prepare_arrays, split_indices, store_pairs
+from .evaluate import evaluate_arrays
+from .loop import train_pairs
+
+
+@dataclass
+class Candidate:
+    """An unsaved trained model: the module, its card (test metrics, calibration), the training result and the
+    prepared test pairs (None without test nights)."""
+
+    model: torch.nn.Module
+    card: Any  # model_store.ModelCard (not yet saved: version empty)
+    result: TrainResult
+    test: PairArrays | None
+
+
+def train_candidate(
+    store: Store,
+    depot: str,
+    train_nights: Sequence[str],
+    test_nights: Sequence[str],
+    *,
+    name: str = "anodfdnet",
+    arch: str = "anodfdnet",
+    preset: str | None = "lite",
+    overrides: dict[str, Any] | None = None,
+    cfg: TrainConfig | None = None,
+    registration: str = "auto",
+    progress: bool = False,
+    init: str | None = None,
+) -> Candidate:
+    """Train a model on the labelled pairs of ``train_nights`` (8:2 train/validation split, best val F1) and
+    measure it on ``test_nights``; returns an unsaved candidate whose card carries the test metrics.
+
+    ``init`` (a model reference, e.g. ``anodfdnet:base``, the shipped pretrained model) fine-tunes that model
+    instead of training ``arch``/``preset`` from scratch: its architecture, preset and config are kept. The
+    operating point (threshold, minimum finding area) is calibrated on the validation split either way.
+    """
+    from ..calibration import calibrate
+    from ..model_store import ModelCard, load
+    from ..models import create_model
+
+    cfg = cfg or TrainConfig()
+    pairs = store_pairs(store, depot, train_nights)
+    if len(pairs) < 2:
+        raise ValueError(f"need at least 2 labelled pairs in {depot} nights {list(train_nights)}, found {len(pairs)}")
+    data = prepare_arrays(store.read_bytes, pairs, registration=registration, progress=progress)
+    tr, va = split_indices(len(data), 0.2, cfg.seed)
+    init_card = None
+    if init:
+        model, init_card = load(store, init, "cpu")
+        arch, preset, overrides = init_card.arch, init_card.preset, dict(init_card.config)
+    else:
+        model = create_model(arch, preset=preset, **(overrides or {}))
+    val = data.subset(va)
+    result = train_pairs(model, data.subset(tr), val, cfg, progress=progress)
+    cal = calibrate(model, val, cfg.device) if len(val) else None
+    threshold = cal.threshold if cal else result.threshold
+    test = None
+    metrics: dict[str, Any] = {}
+    split = ""
+    test_pairs = store_pairs(store, depot, test_nights) if test_nights else []
+    if test_pairs:
+        test = prepare_arrays(store.read_bytes, test_pairs, registration=registration, progress=progress)
+        metrics = evaluate_arrays(model, test, cfg.device)
+        at_op = evaluate_arrays(model, test, cfg.device, threshold=threshold)
+        metrics.update({f"{k}_at_threshold": at_op[k] for k in ("precision", "recall", "f1", "iou")})
+        split = f"{depot}:{','.join(sorted(test_nights))}"
+    card = ModelCard(
+        name=name,
+        arch=arch,
+        preset=preset,
+        config=dict(overrides or {}),
+        metrics=metrics,
+        threshold=threshold,
+        min_finding_area=cal.min_finding_area if cal else None,
+        eval_split=split,
+        data_fingerprint=data.fingerprint(),
+        extra={
+            "train_nights": sorted(train_nights),
+            "n_train": len(tr),
+            "n_val": len(va),
+            "n_test": len(test_pairs),
+            "best_epoch": result.best_epoch,
+            "best_val": result.best_val,
+            "train_seconds": round(result.seconds, 1),
+            "steps": sum(int(h.get("steps", 0)) for h in result.history),
+            "train_config": {k: v for k, v in cfg.__dict__.items() if k != "max_seconds" or math.isfinite(v)},
+            "init": None if init_card is None else {"ref": init, "version": init_card.version,
+                                                     "data_fingerprint": init_card.data_fingerprint},
+            "calibration": None if cal is None else cal.__dict__,
+        },
+    )
+    return Candidate(model, card, result, test)

@@ -1,0 +1,187 @@
+"""``anodet predict``, ``anodet evaluate`` and ``anodet compare``: scoring folders, metrics of a model, methods side by side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING
+
+from ._common import SINGLE_IMAGE_ARCHS, _bf16, _device, _json_object, _settings, _store
+
+if TYPE_CHECKING:
+    from ._common import Subcommands
+
+
+EVAL_KEYS = ("precision", "recall", "oa", "f1", "iou", "auc", "eer", "image_auroc",  # pixels at > 0.5 (paper)
+             "precision_at_op", "recall_at_op", "f1_at_op", "iou_at_op", "threshold", "min_area",  # operating point
+             "decision_precision", "decision_recall", "false_alarms")  # capture decisions at the operating point
+
+
+SINGLE_IMAGE_EVAL_KEYS = ("image_auroc", "recall", "pixel_auroc")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``anodet predict``: score unlabelled pair folders into map PNGs and a scores table."""
+    from anodet_core.predict_folders import predict_folders
+
+    settings = _settings(args)
+    out = predict_folders(_store(settings), args.model, args.pairs, args.out, settings)
+    print(f"wrote {out['n']} maps and {out['table']}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``anodet evaluate``: metrics of a paired model on a labelled folder dataset (or of a single-image model)."""
+    import math
+
+    from anodet_core.evaluation import dataset_split, evaluate_pairs
+    from anodet_core.inference import Predictor
+    from anodet_core.model_store import load
+    from anodet_core.scoring import operating_point
+
+    if getattr(args, "normal_dir", None) or getattr(args, "anomalous_dir", None):
+        return _evaluate_single_image(args)
+    if not args.data:
+        print("error: evaluate needs --data DIR (paired folder dataset) or --normal-dir DIR --anomalous-dir DIR "
+              "(single-image model)", file=sys.stderr)
+        return 2
+    settings = _settings(args)
+    path, pairs = dataset_split(args.data, args.split)
+    device = _device(settings)
+    model, card = load(_store(settings), args.model, device)
+    if card.arch in SINGLE_IMAGE_ARCHS:
+        print(f"error: {args.model} is a single-image model ({card.arch}): evaluate it with --normal-dir and "
+              f"--anomalous-dir, not --data", file=sys.stderr)
+        return 2
+    op = operating_point(card, settings)  # the night's: ANODET_THRESHOLD / ANODET_MIN_FINDING_AREA over the card's
+    res = evaluate_pairs(Predictor(model, device, fast=settings.fast), pairs, op, registration=settings.registration,
+                         batch_size=settings.batch_size, map_dtype=settings.map_dtype)
+
+    def num(v: float | int) -> float | int | None:
+        return v if isinstance(v, int) else (None if math.isnan(v) else float(v))
+
+    if args.json:
+        print(json.dumps({k: num(res[k]) for k in EVAL_KEYS}))
+        return 0
+    name = f"{card.name}:{card.version}" if card.version else card.name
+    print(f"model {name} on {path}: {res['n_samples']} pairs ({res['n_anomalous']} anomalous), native resolution, "
+          f"the nightly post-processing; operating point: threshold {op.threshold:.3f}, min finding area "
+          f"{op.min_area} px")
+    for title, keys in (("pixels at > 0.5 (paper), summed over all pixels", EVAL_KEYS[:7]),
+                        ("pixels at the operating point's threshold", EVAL_KEYS[8:12]),
+                        ("captures: AUROC of the map maximum; decisions at the operating point (anomalous iff a "
+                         "finding)", EVAL_KEYS[7:8] + EVAL_KEYS[14:])):
+        print(f"\n{title}\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+        print("| " + " | ".join(str(res[k]) if isinstance(res[k], int) else f"{res[k]:.4f}" for k in keys) + " |")
+    return 0
+
+
+def _evaluate_single_image(args: argparse.Namespace) -> int:
+    """``anodet evaluate --model M --normal-dir DIR --anomalous-dir DIR [--mask-dir DIR]``."""
+    import math
+
+    from anodet_core.model_store import load
+    from anodet_core.single_image import evaluate_single_image, load_images, load_masks, model_input_size
+
+    if not (args.normal_dir and args.anomalous_dir):
+        print("error: single-image evaluation needs both --normal-dir and --anomalous-dir", file=sys.stderr)
+        return 2
+    if args.data:
+        print("error: give either --data (paired) or --normal-dir/--anomalous-dir (single-image), not both", file=sys.stderr)
+        return 2
+    settings = _settings(args)
+    device = _device(settings)
+    model, card = load(_store(settings), args.model, device)
+    if card.arch not in SINGLE_IMAGE_ARCHS:
+        print(f"error: {args.model} is a paired model ({card.arch}): evaluate it with --data", file=sys.stderr)
+        return 2
+    size = model_input_size(model)
+    normal, _ = load_images(args.normal_dir, size)
+    anomalous, names = load_images(args.anomalous_dir, size)
+    masks = load_masks(args.mask_dir, names, size) if args.mask_dir else None
+    res = evaluate_single_image(model, card, normal, anomalous, masks, device=device, batch_size=settings.batch_size)
+
+    def num(v: float) -> float | None:
+        return None if v is None or math.isnan(v) else float(v)
+
+    if args.json:
+        print(json.dumps({k: num(res[k]) for k in SINGLE_IMAGE_EVAL_KEYS}))
+        return 0
+    name = f"{card.name}:{card.version}" if card.version else card.name
+    print(f"model {name} ({card.arch}): {res['n_normal']} normal images ({args.normal_dir}) vs {res['n_anomalous']} "
+          f"anomalous ({args.anomalous_dir}) at {size}x{size}; recall and false alarms at the card's image-score "
+          f"threshold {res['threshold']:.6g}; pixel AUROC: exact rank AUC over all pixels"
+          + (" (normal images: all pixels normal)" if masks is not None else " (no --mask-dir: n/a)"))
+    print("| " + " | ".join(SINGLE_IMAGE_EVAL_KEYS) + " | false alarms |")
+    print("|" + "---|" * (len(SINGLE_IMAGE_EVAL_KEYS) + 1))
+    print("| " + " | ".join("n/a" if num(res[k]) is None else f"{res[k]:.4f}" for k in SINGLE_IMAGE_EVAL_KEYS)
+          + f" | {res['false_alarms']}/{res['n_normal']} |")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``anodet compare``: train every method with one protocol and tabulate their test metrics."""
+    from anodet_core.compare import compare, depot_split, folder_split, to_markdown
+    from anodet_core.training import TrainConfig
+
+    settings = _settings(args)
+    if args.data:
+        train, test, note, read = folder_split(args.data, seed=args.seed)
+    else:
+        train, test, note, read = depot_split(_store(settings), args.depot)
+    device = _device(settings)
+    cfg = TrainConfig(epochs=args.epochs, max_seconds=args.max_minutes_per_method * 60, lr=args.lr, seed=args.seed,
+                      device=device, bf16=_bf16("auto", device))
+    overrides = _json_object(args.overrides, "--overrides")
+    print(note)
+    run = compare(train, test, read, note=note, preset=args.preset, layers=args.layers, overrides=overrides, cfg=cfg,
+                  out_dir=args.out, registration=settings.registration, progress=True)
+    print(f"same trainer for every method: {args.epochs} epochs (at most {args.max_minutes_per_method} min), lr {args.lr}, "
+          f"seed {args.seed}, 8:2 train/validation split, best validation F1 kept; test: pixels at > 0.5 summed over "
+          f"all {len(test)} test pairs at 256x256")
+    print()
+    print(to_markdown(run.results, run.title))
+    for kind, path in run.paths.items():
+        print(f"wrote {kind}: {path}")
+    return 0
+
+
+def add_parsers(sub: Subcommands) -> None:
+    """Register ``predict``, ``evaluate`` and ``compare``."""
+    pr = sub.add_parser("predict", help="score unlabelled pair folders (DIR/<pair>/cur.*, his.*): map PNGs + scores.parquet")
+    pr.add_argument("--model", required=True, help="NAME, NAME:VERSION or a local model folder")
+    pr.add_argument("--pairs", required=True)
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--batch-size", type=int)
+    pr.add_argument("--device", help="auto | cpu | cuda")
+    pr.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("evaluate", help="metrics of a paired model on a labelled folder dataset (DIR/<pair>/cur, his, mask), "
+                                        "or of a single-image model on --normal-dir vs --anomalous-dir")
+    e.add_argument("--model", required=True, help="NAME (production version), NAME:VERSION or a local model folder")
+    e.add_argument("--data", help="paired folder dataset; its test/ split when present")
+    e.add_argument("--normal-dir", help="single-image model: folder of normal images")
+    e.add_argument("--anomalous-dir", help="single-image model: folder of anomalous images")
+    e.add_argument("--mask-dir", help="masks of the anomalous images, matched by file stem (<stem>.*), for pixel AUROC")
+    e.add_argument("--split", help="evaluate this sub-folder (train, val, test) instead")
+    e.add_argument("--json", action="store_true", help="one JSON object: " + ", ".join(EVAL_KEYS)
+                   + " (single-image: " + ", ".join(SINGLE_IMAGE_EVAL_KEYS) + "; NaN as null)")
+    e.add_argument("--batch-size", type=int)
+    e.add_argument("--device", help="auto | cpu | cuda")
+    e.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("compare", help="train every method with the same protocol and tabulate test metrics (paper Table I / III)")
+    src = c.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="paired folder dataset: DIR/train + DIR/test, else a seeded 80/20 split of DIR")
+    src.add_argument("--depot", help="labelled nights of this depot; the last night is the test split")
+    c.add_argument("--preset", default="lite", help="architecture preset of every method: paper | lite")
+    c.add_argument("--layers", nargs="+", type=int, help="Table III: AnoDFDNet Transformer depths, e.g. 0 1 2 4 8")
+    c.add_argument("--overrides", help='JSON config overrides for every method, flat or per arch: \'{"unet_cat": {...}}\'')
+    c.add_argument("--epochs", type=int, default=40)
+    c.add_argument("--max-minutes-per-method", type=float, default=30.0)
+    c.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (paper: 2e-4)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out", default="anodet-compare", help="folder for the .md, .csv and ROC .png")
+    c.add_argument("--device", help="auto | cpu | cuda")
+    c.set_defaults(func=cmd_compare)
