@@ -145,6 +145,7 @@ class Encoder(nn.Module):
         self.e5 = nn.Conv2d(w4, cfg.latent_dim, 3, 1, 1, bias=False)  # no BN/act: raw features
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps of one image at every encoder level, shallow to deep (the levels differenced)."""
         e1 = self.e1(x)
         e_el = self.e_el(e1)
         e2 = self.e2(e_el)
@@ -173,6 +174,7 @@ class Attention(nn.Module):
         self.out_proj = out_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Multi-head self-attention over tokens (B, N, D) -> (B, N, D)."""
         b, n, d = x.shape
         shape = (b, n, self.num_heads, d // self.num_heads)
         q, k, v = (lin(x).view(shape).transpose(1, 2) for lin in (self.query, self.key, self.value))
@@ -198,6 +200,7 @@ class Mlp(nn.Module):
             nn.init.normal_(fc.bias, std=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Position-wise feed-forward (B, N, D) -> (B, N, D)."""
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
@@ -213,6 +216,7 @@ class Block(nn.Module):
         self.ffn = Mlp(d, cfg.mlp_dim, cfg.mlp_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-LN block: x + attn(LN(x)), then + ffn(LN(.))."""
         x = x + self.attn(self.attention_norm(x))
         return x + self.ffn(self.ffn_norm(x))
 
@@ -244,6 +248,7 @@ class DifferenceTransformer(nn.Module):
         return pos.flatten(2).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Deepest difference map (B, C, h, w) -> tokens through the blocks -> map (B, D, h, w)."""
         x = self.patch_embed(x)
         b, c, h, w = x.shape
         x = self.pos_drop(x.flatten(2).transpose(1, 2) + self._pos_embed(h, w))
@@ -269,6 +274,7 @@ class Decoder(nn.Module):
         self.d1 = nn.ConvTranspose2d(2 * w1, cfg.out_chans, 4, 2, 1, bias=cfg.final_bias)
 
     def forward(self, diffs: list[torch.Tensor], deep: torch.Tensor) -> torch.Tensor:
+        """Fuse the Transformer output with the skip differences, deep to shallow, into the logit map."""
         e1, e_el, e2, e3, e4 = diffs
         x = self.d5(deep)
         x = self.d4(torch.cat((x, e4), 1))

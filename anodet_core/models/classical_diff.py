@@ -66,9 +66,11 @@ class ClassicalDiff(nn.Module):
         return F.conv2d(F.pad(d, (0, 0, pad, pad), mode="replicate"), k.transpose(-1, -2))
 
     def forward_logits(self, cur: torch.Tensor, his: torch.Tensor) -> torch.Tensor:
+        """(distance - fitted offset) / softness: the pre-sigmoid change map."""
         return (self.distance(cur, his) - self.offset) / self.cfg.softness
 
     def forward(self, cur: torch.Tensor, his: torch.Tensor) -> torch.Tensor:
+        """Change probability map in [0, 1], (B, 1, H, W)."""
         return torch.sigmoid(self.forward_logits(cur, his))
 
 

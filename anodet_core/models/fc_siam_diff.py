@@ -104,6 +104,7 @@ class Encoder(nn.Module):
         self.stages = nn.ModuleList(stages)
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(skip features per stage, bottleneck features) of one image."""
         skips = []
         for stage in self.stages:
             x = stage(x)
@@ -137,6 +138,7 @@ class Decoder(nn.Module):
         self.stages = nn.ModuleList(stages)
 
     def forward(self, diffs: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Upsample the bottleneck difference, concatenating the skip differences, into the logit map."""
         for up, stage, skip in zip(self.ups, self.stages, reversed(diffs)):
             x = stage(torch.cat((up(x), skip), 1))
         return x

@@ -55,6 +55,7 @@ class TimmEncoder(nn.Module):
                     p.requires_grad_(False)
 
     def train(self, mode: bool = True) -> TimmEncoder:
+        """Set train/eval mode, keeping every BatchNorm in eval (ImageNet statistics stay fixed)."""
         super().train(mode)
         for m in self.body.modules():  # BN keeps ImageNet statistics (see class docstring)
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -62,6 +63,7 @@ class TimmEncoder(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Input in the paper's [-1, 1] -> ImageNet normalisation -> features at the configured strides."""
         return list(self.body(x * self.scale + self.shift))
 
 
@@ -89,6 +91,7 @@ class PyramidDecoder(nn.Module):
 
     def forward(self, deep: torch.Tensor, skips: Sequence[torch.Tensor], pixel: torch.Tensor | None,
                 size: tuple[int, int]) -> torch.Tensor:
+        """Deep difference + skip differences (+ pixel difference) -> logit map of ``size``."""
         x = deep
         for stage, skip in zip(self.stages, skips):
             if x.shape[-2:] != skip.shape[-2:]:

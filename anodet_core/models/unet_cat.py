@@ -79,6 +79,7 @@ class DoubleConv(nn.Sequential):
 
 
 class Down(nn.Sequential):
+    """Max-pool by 2, then a double convolution."""
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(nn.MaxPool2d(2), DoubleConv(cin, cout))
 
@@ -92,6 +93,7 @@ class Up(nn.Module):
         self.conv = DoubleConv(cin // 2 + cout, cout)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """Upsample ``x``, concatenate ``skip``, double convolution."""
         return self.conv(torch.cat((skip, self.up(x)), 1))
 
 
