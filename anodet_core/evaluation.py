@@ -64,7 +64,7 @@ def evaluate_pairs(
     Keys: the paper's pixel figures at > 0.5 (``tp, fp, tn, fn, precision, recall, oa, f1, iou, auc, eer``);
     pixel figures at the operating point's threshold (``precision_at_op, recall_at_op, f1_at_op, iou_at_op``:
     every pixel above it, as ``anomalous_area_px`` counts them); ``threshold``, ``min_area`` (the operating
-    point); capture decisions (``image_auroc`` of the map maximum, ``decision_precision``, ``decision_recall``,
+    point); capture decisions (``image_auroc`` of the capture score, ``decision_precision``, ``decision_recall``,
     ``false_alarms``: normal samples decided anomalous); ``n_samples``, ``n_anomalous``. ``map_dtype`` is the
     stored map's (a night's ANODET_MAP_DTYPE); ``on_scored(pair, scored)`` sees every post-processed pair.
     Pairs are prepared at the predictor's input size (``predictor.info.input_size``).
@@ -88,7 +88,7 @@ def evaluate_pairs(
             pm.update(native, mask)
             for i, c in enumerate(confusion_counts(native, mask, op.threshold)):
                 at_op[i] += c
-            img_scores.append(scored.figures["score_max"])
+            img_scores.append(scored.figures["capture_score"])  # the decision-consistent ranking
             img_labels.append(bool(mask.any()))
             img_decisions.append(scored.anomalous)
     out: dict[str, Any] = pm.compute()

@@ -30,6 +30,7 @@ SCORES_SCHEMA = pa.schema(  # out/scores.parquet, one row per pair folder
         ("decision", pa.string()),
         ("score_max", pa.float32()),
         ("score_mean", pa.float32()),
+        ("capture_score", pa.float32()),  # the decision-consistent ranking score (anodet_core.scoring)
         ("anomalous_area_frac", pa.float32()),
         ("n_findings", pa.int32()),
         ("reg_method", pa.string()),
@@ -59,6 +60,7 @@ def _score(predictor: Predictor, op: OperatingPoint, out_dir: str, ready: list[t
             decision=scored.decision,
             score_max=f["score_max"],
             score_mean=f["score_mean"],
+            capture_score=f["capture_score"],
             anomalous_area_frac=f["anomalous_area_frac"],
             n_findings=f["n_findings"],
             map_png=png,
