@@ -91,6 +91,8 @@ def retrain(
                       lr_schedule="cosine" if init else "constant", channels_last=bool(init))
     cand = train_candidate_task(st, depot, train_nights, test_nights, model, preset, overrides or {}, cfg,
                                 settings.registration, init)
+    if cand.test is None or len(cand.test) == 0:  # the comparison with production needs held-out pairs
+        raise ValueError("the candidate has no held-out test split to compare on")
     promo, cand_m, prod_m = register_and_maybe_promote(st, cand, metric=metric, margin=margin, device=device)
     logger.info("%s:%s %s: %s", promo.name, promo.candidate_version, "promoted" if promo.promoted else "not promoted", promo.reason)
     key = re.sub(r"[^a-z0-9-]+", "-", f"retrain-{promo.name}-{depot}".lower())
@@ -110,7 +112,7 @@ def retrain(
                                           single_image_overrides or {}, single_image_epochs, max_s, seed, device, margin)
             logger.info("%s:%s %s: %s", res.name, res.candidate_version, "promoted" if res.promoted else "not promoted", res.reason)
             results.append(res)
-        out["single_image"] = [r.__dict__ for r in results]
+        out["single_image"] = [r.as_dict() for r in results]
         if results:
             create_table_artifact([r.row() for r in results], key=re.sub(r"[^a-z0-9-]+", "-", f"retrain-{single_image}-{depot}".lower()),
                                   description=f"single-image models ({single_image}) per region of {depot}, image AUROC "

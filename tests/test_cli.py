@@ -63,6 +63,41 @@ def test_train_saves_an_immutable_version_and_promotes_only_the_first(tiny_store
     assert "saved anodfdnet:2 (not promoted)" in capsys.readouterr().out
 
 
+def test_train_never_promotes_a_candidate_worse_than_production_without_promote(tmp_path, monkeypatch, capsys):
+    """``train`` with a production version compares both on the candidate's test split (the retrain rule)."""
+    from anodet_core import retraining
+
+    root = str(tmp_path)
+    assert main(["--store", root, "demo-data", "--nights", "2", "--trains", "1", "--cars", "1", "--regions", "4",
+                 "--width", "320", "--height", "200", "--seed", "6"]) == 0
+    args = ["--store", root, "train", "--init", "none", "--epochs", "1", "--steps", "1", "--overrides", '{"depth": 0}']
+    store = Store(root)
+    assert main(args) == 0 and model_store.get_alias(store, "anodfdnet") == "1"
+    assert "saved anodfdnet:1 (production)" in capsys.readouterr().out
+    real, shift, seen = retraining.evaluate_arrays, [1.0], []
+
+    def production_shifted(model, test, device="cpu", **kw):  # production's real F1 on the split, moved by shift
+        seen.append(len(test))
+        m = real(model, test, device, **kw)
+        return {**m, "f1": m["f1"] + shift[0]}
+
+    monkeypatch.setattr(retraining, "evaluate_arrays", production_shifted)
+    assert main(args) == 0  # worse than production: kept, not promoted
+    assert model_store.get_alias(store, "anodfdnet") == "1" and seen and seen[0] > 0
+    out = capsys.readouterr().out
+    assert "saved anodfdnet:2 (not promoted)" in out and "is not better than production" in out
+    promo = model_store.resolve_card(store, "anodfdnet:2").extra["promotion"]
+    assert (promo["promoted"], promo["production_version"], promo["eval_split"]) == (False, "1", "demo:2026-11-17")
+    assert promo["production_value"] > promo["candidate_value"]
+    assert main([*args, "--promote"]) == 0  # the user's explicit request overrides the rule, and says so
+    assert model_store.get_alias(store, "anodfdnet") == "3"
+    assert "saved anodfdnet:3 (production)" in (out := capsys.readouterr().out) and "on request (--promote)" in out
+    shift[0] = -1.0
+    assert main(args) == 0  # better than production by more than the margin: promoted without --promote
+    assert model_store.get_alias(store, "anodfdnet") == "4"
+    assert "saved anodfdnet:4 (production)" in (out := capsys.readouterr().out) and "beats production" in out
+
+
 def test_predict_writes_maps_and_scores_and_reports_bad_folders(tiny_store, tmp_path):
     pairs = tmp_path / "pairs"
     ids = write_pair_folders(str(pairs), 3, seed=2, width=200, height=120)

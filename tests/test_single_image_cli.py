@@ -93,6 +93,21 @@ def test_train_prints_version_time_and_threshold(data, tmp_path, capsys):
     assert model_store.get_alias(Store(str(tmp_path)), "flow") == "1"
 
 
+def test_a_second_version_replaces_production_only_on_request(data, tmp_path, capsys):
+    """Normal images only: no image AUROC to beat production with, so the rule keeps production unless --promote."""
+    args = ["--store", str(tmp_path), "train", "--model", "csaflow", "--normal-dir", data["train"], "--epochs", "1",
+            "--overrides", json.dumps(TINY["csaflow"]), "--device", "cpu"]
+    st = Store(str(tmp_path))
+    assert main(args) == 0 and model_store.get_alias(st, "csaflow") == "1"
+    assert main(args) == 0 and model_store.get_alias(st, "csaflow") == "1"
+    out = capsys.readouterr().out
+    assert "saved csaflow:2 (not promoted)" in out and "candidate metric is undefined" in out
+    promo = model_store.resolve_card(st, "csaflow:2").extra["promotion"]
+    assert (promo["promoted"], promo["production_version"], promo["metric"]) == (False, "1", "image_auroc")
+    assert main([*args, "--promote"]) == 0 and model_store.get_alias(st, "csaflow") == "3"
+    assert "saved csaflow:3 (production)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("arch", ["csaflow", "anovit"])
 def test_evaluate_json_and_table(store, data, arch, capsys):
     base = ["--store", store, "evaluate", "--model", arch, "--normal-dir", data["normal"], "--anomalous-dir",

@@ -14,7 +14,8 @@ flow need, one concern per module:
 * :mod:`.evaluation`: :func:`evaluate_single_image`, image AUROC, recall, false alarms, pixel AUROC.
 * :mod:`.registry`: :func:`save_single_image_model`, a model-store version.
 * :mod:`.night`: :class:`SingleImageScorer` and the map normalisation of the night.
-* :mod:`.retraining`: :func:`retrain_region_model`, the per-region models of the retraining flow.
+* :mod:`.retraining`: :func:`retrain_region_model`, the per-region models of the retraining flow, and
+  :func:`evaluate_against_production`, the same-images comparison that ``train`` uses too.
 """
 
 from ..preprocess import prepare_image
@@ -25,7 +26,14 @@ from .fitting import _split as _split  # used by the tests
 from .folders import IMAGE_SUFFIXES, list_images, load_images, load_masks
 from .night import MAP_THRESHOLD, SingleImageScorer, map_scale, normalise_map, single_image_model_name
 from .registry import save_single_image_model
-from .retraining import MIN_NORMAL, RegionRetrain, labelled_captures, retrain_region_model, single_image_regions
+from .retraining import (
+    MIN_NORMAL,
+    RegionRetrain,
+    evaluate_against_production,
+    labelled_captures,
+    retrain_region_model,
+    single_image_regions,
+)
 from .scoring import MAX_PIXELS, score_images
 from .training import ANOVIT_LR, train_single_image
 
@@ -58,6 +66,7 @@ __all__ = [
     "SingleImageScorer",
     "labelled_captures",
     "single_image_regions",
+    "evaluate_against_production",
     "RegionRetrain",
     "retrain_region_model",
 ]

@@ -1,7 +1,7 @@
 """Model-store use: save a trained single-image model as a new version whose card rebuilds it.
 
-The card rebuilds the model through ``create_model(arch, preset=preset, **overrides)``; the version is promoted
-to ``production`` when the name has none yet (or on request).
+The card rebuilds the model through ``create_model(arch, preset=preset, **overrides)``.  Saving never moves the
+``production`` alias: callers decide with :func:`anodet_core.promotion.promote_if_better`.
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ def save_single_image_model(
     *,
     eval_split: str = "",
     data_fingerprint: str = "",
-    promote: bool = False,
 ) -> Any:
-    """Save a new version (weights + card with ``threshold`` and the normal-score statistics in ``extra``);
-    it becomes ``production`` when ``promote`` or when ``name`` has no production version yet."""
+    """Save a new version (weights + card with ``threshold`` and the normal-score statistics in ``extra``) and
+    return its card; the version is not promoted here."""
     from .. import model_store
 
     check_arch(arch)
@@ -43,7 +42,4 @@ def save_single_image_model(
         metrics=dict(metrics or {}), eval_split=eval_split, data_fingerprint=data_fingerprint,
         extra=dict(extra or {}),
     )
-    card = model_store.save_version(store, model, card)
-    if promote or model_store.get_alias(store, name) is None:
-        model_store.set_alias(store, name, card.version)
-    return card
+    return model_store.save_version(store, model, card)

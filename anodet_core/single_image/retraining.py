@@ -6,23 +6,25 @@ training nights and compares it with production on the held-out nights' labelled
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..imaging import ImageError
 from ..preprocess import prepare_image
+from ..promotion import MARGIN, Promotion, promote_if_better
 from .archs import config_input_size, model_input_size
 from .evaluation import evaluate_single_image
 from .fitting import fit_single_image
 from .night import single_image_model_name
 from .registry import save_single_image_model
 
-__all__ = ["MIN_NORMAL", "labelled_captures", "single_image_regions", "RegionRetrain", "retrain_region_model"]
+__all__ = ["MIN_NORMAL", "labelled_captures", "single_image_regions", "evaluate_against_production", "RegionRetrain",
+           "retrain_region_model"]
 
 MIN_NORMAL: int = 4
 """A region type gets a single-image model only with at least this many normal-labelled training captures."""
@@ -71,20 +73,51 @@ def _read_images(store: Any, uris: Sequence[str], size: int) -> tuple[np.ndarray
     return (np.stack(out) if out else np.empty((0, size, size, 3), np.uint8)), bad
 
 
+def evaluate_against_production(
+    store: Any,
+    name: str,
+    model: torch.nn.Module,
+    threshold: float,
+    normal: np.ndarray,
+    anomalous: np.ndarray,
+    *,
+    at_size: Callable[[int], tuple[np.ndarray, np.ndarray]],
+    device: str = "cpu",
+) -> tuple[dict[str, Any] | None, str | None, float | None]:
+    """The candidate and ``name``'s production version on the same held-out images, for the promotion rule.
+
+    ``normal`` / ``anomalous``: held-out images (uint8 NHWC) at the candidate's input size; ``at_size(size)``
+    gives the same images at another size (a production model with another input size).  Image AUROC needs both
+    classes: with one, neither model is evaluated and the values are undefined (NaN, never a win).  Returns
+    (candidate :func:`evaluate_single_image` metrics or None, production version or None, production image AUROC:
+    None without production, NaN when undefined).
+    """
+    from types import SimpleNamespace
+
+    from .. import model_store
+
+    both = len(normal) > 0 and len(anomalous) > 0
+    cand = evaluate_single_image(model, SimpleNamespace(threshold=threshold), normal, anomalous,
+                                 device=device) if both else None
+    prod_version = model_store.get_alias(store, name)
+    prod_value: float | None = None
+    if prod_version is not None:
+        prod_value = float("nan")
+        if both:
+            prod_model, prod_card = model_store.load(store, f"{name}:{prod_version}", device)
+            psize = model_input_size(prod_model)
+            pn, pa = (normal, anomalous) if psize == normal.shape[1] else at_size(psize)
+            prod_value = float(evaluate_single_image(prod_model, prod_card, pn, pa, device=device)["image_auroc"])
+    return cand, prod_version, prod_value
+
+
 @dataclass
 class RegionRetrain:
-    """Outcome of :func:`retrain_region_model` for one region type (JSON-friendly; ``row()`` for a table)."""
+    """Outcome of :func:`retrain_region_model` for one region type: the :class:`Promotion` decision and the
+    region's counts (``as_dict()`` for JSON, ``row()`` for a table)."""
 
     region_id: str
-    name: str
-    candidate_version: str
-    production_version: str | None  # before the decision
-    promoted: bool
-    reason: str
-    metric: str
-    candidate_value: float  # image AUROC on the held-out nights' labelled captures of the region (NaN: one class)
-    production_value: float | None
-    margin: float
+    promotion: Promotion  # metric "image_auroc" on the held-out nights' labelled captures of the region
     threshold: float
     n_train_normal: int
     n_test_normal: int
@@ -92,7 +125,63 @@ class RegionRetrain:
     n_unreadable: int
     epochs_run: int
     train_seconds: float
-    eval_split: str
+
+    @property
+    def name(self) -> str:
+        """Registry name, ``<arch>-<region_id>``."""
+        return self.promotion.name
+
+    @property
+    def candidate_version(self) -> str:
+        """The version saved for the candidate."""
+        return self.promotion.candidate_version
+
+    @property
+    def production_version(self) -> str | None:
+        """Production before the decision (None: there was none)."""
+        return self.promotion.production_version
+
+    @property
+    def promoted(self) -> bool:
+        """Whether the candidate became production."""
+        return self.promotion.promoted
+
+    @property
+    def reason(self) -> str:
+        """Why it was promoted or not."""
+        return self.promotion.reason
+
+    @property
+    def metric(self) -> str:
+        """The compared metric (``image_auroc``)."""
+        return self.promotion.metric
+
+    @property
+    def candidate_value(self) -> float:
+        """Candidate image AUROC (NaN: one class held out)."""
+        return self.promotion.candidate_value
+
+    @property
+    def production_value(self) -> float | None:
+        """Production image AUROC on the same captures (None: no production)."""
+        return self.promotion.production_value
+
+    @property
+    def margin(self) -> float:
+        """Margin the candidate had to beat production by."""
+        return self.promotion.margin
+
+    @property
+    def eval_split(self) -> str:
+        """The held-out captures both models were compared on."""
+        return self.promotion.eval_split
+
+    def as_dict(self) -> dict[str, Any]:
+        """The outcome as one flat JSON-friendly dict (the retraining flow's ``single_image`` entries)."""
+        keys = ("region_id", "name", "candidate_version", "production_version", "promoted", "reason", "metric",
+                "candidate_value", "production_value", "margin", "threshold", "n_train_normal", "n_test_normal",
+                "n_test_anomalous", "n_unreadable", "epochs_run", "train_seconds", "eval_split")
+        return {k: getattr(self, k) for k in keys}
 
     def row(self) -> dict[str, Any]:
         """The outcome as one table row (AUROCs rounded to 4 digits, None when undefined)."""
@@ -122,24 +211,19 @@ def retrain_region_model(
     max_seconds: float = float("inf"),
     seed: int = 0,
     device: str = "cpu",
-    margin: float = 0.01,
+    margin: float = MARGIN,
     min_normal: int = MIN_NORMAL,
 ) -> RegionRetrain:
     """Train, register and maybe promote the single-image model of one region type.
 
     ``train`` / ``test``: :func:`labelled_captures` of the training / held-out nights (all regions).  The
     candidate is :func:`fit_single_image` on the region's normal training captures (threshold and normal map
-    statistics from its own held-out 20 %).  Promotion follows :func:`anodet_core.retraining.decide`: when
-    ``<arch>-<region_id>`` has no production version, or when the candidate's image AUROC on the held-out
+    statistics from its own held-out 20 %).  Promotion follows :func:`anodet_core.promotion.promote_if_better`:
+    when ``<arch>-<region_id>`` has no production version, or when the candidate's image AUROC on the held-out
     nights' labelled captures of the region (both classes needed, else undefined and never a win) beats
-    production's on the same captures by ``margin``.  The version is saved either way; the comparison goes to
-    its card (``extra["promotion"]``).
+    production's on the same captures by ``margin`` (:func:`evaluate_against_production`).  The version is saved
+    either way; the comparison goes to its card (``extra["promotion"]``).
     """
-    from types import SimpleNamespace
-
-    from .. import model_store
-    from ..retraining import decide
-
     overrides = dict(overrides or {})
     name = single_image_model_name(arch, region_id)
     size = config_input_size(arch, preset, overrides)
@@ -158,22 +242,8 @@ def retrain_region_model(
         return n, a, b1 + b2
 
     te_norm, te_anom, bad_te = held_out(size)
-    both = len(te_norm) > 0 and len(te_anom) > 0
-    cand: dict[str, Any] | None = None
-    if both:
-        cand = evaluate_single_image(fit.model, SimpleNamespace(threshold=fit.threshold), te_norm, te_anom,
-                                     device=device)
-    cand_value = float(cand["image_auroc"]) if cand else float("nan")
-    prod_version = model_store.get_alias(store, name)
-    prod_value: float | None = None
-    if prod_version is not None:
-        prod_value = float("nan")
-        if both:
-            prod_model, prod_card = model_store.load(store, f"{name}:{prod_version}", device)
-            psize = model_input_size(prod_model)
-            pn, pa, _ = (te_norm, te_anom, 0) if psize == size else held_out(psize)
-            prod_value = float(evaluate_single_image(prod_model, prod_card, pn, pa, device=device)["image_auroc"])
-    promoted, reason = decide(cand_value, prod_value, margin)
+    cand, prod_version, prod_value = evaluate_against_production(
+        store, name, fit.model, fit.threshold, te_norm, te_anom, at_size=lambda sz: held_out(sz)[:2], device=device)
     test_nights = sorted(set(te["night"])) if len(te) else []
     train_nights = sorted(set(tr["night"]))
     test_split = f"{depot}:{','.join(test_nights)} region {region_id} ({len(te_norm)} normal, {len(te_anom)} anomalous)"
@@ -186,21 +256,13 @@ def retrain_region_model(
     extra = {**fit.extra, "depot": depot, "region_id": region_id, "train_nights": train_nights,
              "test_nights": test_nights}
     card = save_single_image_model(store, name, arch, preset, overrides, fit.model, fit.threshold, metrics, extra,
-                                   eval_split=eval_split, data_fingerprint=fit.data_fingerprint, promote=promoted)
-    result = RegionRetrain(
-        region_id=str(region_id), name=name, candidate_version=card.version, production_version=prod_version,
-        promoted=promoted, reason=reason, metric="image_auroc", candidate_value=cand_value,
-        production_value=prod_value, margin=margin, threshold=fit.threshold, n_train_normal=len(normal),
-        n_test_normal=len(te_norm), n_test_anomalous=len(te_anom), n_unreadable=bad + bad_te,
-        epochs_run=len(fit.history), train_seconds=round(fit.seconds, 3), eval_split=test_split,
-    )
-    card.extra["promotion"] = {**dataclasses.asdict(result), "decided_at": _now()}
-    model_store.update_card(store, card)
-    return result
-
-
-def _now() -> str:
-    """UTC now, ISO 8601 to the second."""
-    import datetime as dt
-
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+                                   eval_split=eval_split, data_fingerprint=fit.data_fingerprint)
+    counts: dict[str, Any] = {
+        "region_id": str(region_id), "threshold": fit.threshold, "n_train_normal": len(normal),
+        "n_test_normal": len(te_norm), "n_test_anomalous": len(te_anom), "n_unreadable": bad + bad_te,
+        "epochs_run": len(fit.history), "train_seconds": round(fit.seconds, 3),
+    }
+    cand_value = float(cand["image_auroc"]) if cand else float("nan")
+    promo = promote_if_better(store, card, cand_value, prod_version, prod_value, metric="image_auroc", margin=margin,
+                              eval_split=test_split, details=counts)
+    return RegionRetrain(promotion=promo, **counts)

@@ -35,6 +35,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from anodet_core import model_store
     from anodet_core.demo_data import DemoSpec, generate_depot
+    from anodet_core.retraining import register_and_maybe_promote
     from anodet_core.training import TrainConfig, train_candidate
     from flows.nightly import run_night
     from flows.runners import local_cluster_kwargs
@@ -66,12 +67,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"(held out: {nights[-1]})")
         cand = train_candidate(store, spec.depot, nights[:-1], nights[-1:], name=settings.model, preset="lite", cfg=cfg,
                                registration=settings.registration, progress=True, init=base)
-        card = model_store.save_version(store, cand.model, cand.card)
-        model_store.set_alias(store, card.name, card.version)
-        m = card.metrics
-        print(f"[{time.perf_counter() - t0:5.0f}s] {card.name}:{card.version} is production; held-out night "
+        # the rule of train: with no production version (the shipped base does not count) the candidate is promoted
+        promo, _, _ = register_and_maybe_promote(store, cand, device=device, packaged_is_production=False)
+        m = cand.card.metrics
+        state = "is production" if promo.promoted else f"is not promoted ({promo.reason})"
+        print(f"[{time.perf_counter() - t0:5.0f}s] {promo.name}:{promo.candidate_version} {state}; held-out night "
               f"{nights[-1]}: F1 {m['f1']:.3f} IoU {m['iou']:.3f} precision {m['precision']:.3f} recall {m['recall']:.3f} "
-              f"pixel AUC {m['auc']:.3f} (at 0.5); operating threshold {card.threshold:.2f} (best validation F1): "
+              f"pixel AUC {m['auc']:.3f} (at 0.5); operating threshold {cand.card.threshold:.2f} (best validation F1): "
               f"F1 {m['f1_at_threshold']:.3f} IoU {m['iou_at_threshold']:.3f}")
     # one cluster for all nights: workers keep the model loaded between flow runs
     with LocalCluster(**local_cluster_kwargs(settings)) as cluster:

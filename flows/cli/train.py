@@ -23,7 +23,7 @@ PAIRED_LR = 2e-4  # paper learning rate of the paired models (train --lr default
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``anodet train``: train a paired model on labelled nights of a depot (or a single-image one) and register it."""
-    from anodet_core import model_store
+    from anodet_core.retraining import MARGIN, register_and_maybe_promote
     from anodet_core.training import TrainConfig, train_candidate
 
     if getattr(args, "normal_dir", None) or getattr(args, "model", None):
@@ -47,14 +47,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"{what} on {args.depot} nights {train}, testing on {test}")
     cand = train_candidate(store, args.depot, train, test, name=args.name or "anodfdnet", arch=args.arch, preset=args.preset,
                            overrides=overrides, cfg=cfg, registration=settings.registration, progress=True, init=init)
-    card = model_store.save_version(store, cand.model, cand.card)
-    promote = args.promote or model_store.get_alias(store, card.name) is None
-    if promote:
-        model_store.set_alias(store, card.name, card.version)
-    m = card.metrics
-    print(f"saved {card.name}:{card.version} ({'production' if promote else 'not promoted'}); best epoch "
-          f"{cand.result.best_epoch}, {cand.result.seconds:.0f} s; test F1 {m.get('f1', float('nan')):.3f} "
-          f"IoU {m.get('iou', float('nan')):.3f} AUC {m.get('auc', float('nan')):.3f}")
+    # the shipped base does not count as production here: a first trained version is promoted
+    promo, _, _ = register_and_maybe_promote(store, cand, metric="f1", margin=MARGIN, device=device, force=args.promote,
+                                             packaged_is_production=False)
+    m = cand.card.metrics
+    print(f"saved {promo.name}:{promo.candidate_version} ({'production' if promo.promoted else 'not promoted'}); best "
+          f"epoch {cand.result.best_epoch}, {cand.result.seconds:.0f} s; test F1 {m.get('f1', float('nan')):.3f} "
+          f"IoU {m.get('iou', float('nan')):.3f} AUC {m.get('auc', float('nan')):.3f}; {promo.reason}")
     return 0
 
 
@@ -70,8 +69,19 @@ def _init_ref(choice: str | None, arch: str) -> str | None:
 
 def _train_single_image(args: argparse.Namespace) -> int:
     """``anodet train --model csaflow|anovit --normal-dir DIR``: unsupervised training on normal images."""
-    from anodet_core import model_store
-    from anodet_core.single_image import ARCHS, config_input_size, fit_single_image, load_images, save_single_image_model
+    import numpy as np
+
+    from anodet_core.promotion import MARGIN, promote_if_better
+    from anodet_core.single_image import (
+        ARCHS,
+        VAL_FRAC,
+        _split,
+        config_input_size,
+        evaluate_against_production,
+        fit_single_image,
+        load_images,
+        save_single_image_model,
+    )
 
     arch = args.model or (args.arch if args.arch in ARCHS else None)
     if arch not in ARCHS:
@@ -92,16 +102,28 @@ def _train_single_image(args: argparse.Namespace) -> int:
           f"({args.epochs} epochs, at most {args.max_minutes:g} min, {device})")
     fit = fit_single_image(arch, normal, preset=args.preset, overrides=overrides, epochs=args.epochs,
                            max_seconds=args.max_minutes * 60, lr=args.lr, seed=args.seed, device=device, progress=True)
-    had_production = model_store.get_alias(store, name) is not None
+    # the retraining rule on the images fit_single_image held out: normal only here, so image AUROC is undefined
+    # and a version is promoted only when there is no production (or with --promote)
+    val = _split(len(normal), VAL_FRAC, args.seed)[1]
+
+    def held_out(sz: int) -> tuple[np.ndarray, np.ndarray]:
+        imgs = normal if sz == size else load_images(args.normal_dir, sz)[0]
+        return imgs[val], np.empty((0, sz, sz, 3), np.uint8)
+
+    cand, prod_version, prod_value = evaluate_against_production(store, name, fit.model, fit.threshold,
+                                                                  *held_out(size), at_size=held_out, device=device)
+    split = f"{fit.n_val} held-out normal images of {args.normal_dir}"
     card = save_single_image_model(store, name, arch, args.preset, overrides, fit.model, fit.threshold, fit.metrics,
-                                   fit.extra, eval_split=f"{fit.n_val} held-out normal images of {args.normal_dir}",
-                                   data_fingerprint=fit.data_fingerprint, promote=args.promote)
-    promoted = args.promote or not had_production
+                                   fit.extra, eval_split=split, data_fingerprint=fit.data_fingerprint)
+    cand_value = float(cand["image_auroc"]) if cand else float("nan")
+    promo = promote_if_better(store, card, cand_value, prod_version, prod_value, metric="image_auroc", margin=MARGIN,
+                              eval_split=split, force=args.promote)
     x = card.extra
-    print(f"saved {card.name}:{card.version} ({'production' if promoted else 'not promoted'}); "
+    print(f"saved {card.name}:{card.version} ({'production' if promo.promoted else 'not promoted'}); "
           f"{len(fit.history)} epochs on {fit.n_train} images in {fit.seconds:.1f} s, final loss "
           f"{fit.history[-1]['loss']:.4f}; threshold {card.threshold:.6g} (quantile {x['threshold_quantile']} of "
-          f"{fit.n_val} held-out normal image scores: mean {x['normal_score_mean']:.6g}, std {x['normal_score_std']:.3g})")
+          f"{fit.n_val} held-out normal image scores: mean {x['normal_score_mean']:.6g}, std {x['normal_score_std']:.3g})"
+          f"; {promo.reason}")
     return 0
 
 
