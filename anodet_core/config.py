@@ -6,68 +6,189 @@ CLI flags override these; everything else reads a :class:`Settings` instead of `
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+import re
+from typing import Annotated, Any, Literal, get_args
 
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = ["SINGLE_IMAGE_ARCHS", "InvalidSetting", "Settings", "available_cores", "local_timezone", "resolve_device"]
+
+ENV_PREFIX = "ANODET_"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+# The registered single-image architectures, spelled out so that reading the settings imports no model code
+# (tests check them against the model registry, anodet_core.models.single_image_models()).
+SingleImageArch = Literal["csaflow", "anovit"]
+SINGLE_IMAGE_ARCHS: tuple[str, ...] = get_args(SingleImageArch)
 
 
-@dataclass(frozen=True)
-class Settings:
-    """All knobs of a run. ``ANODET_<FIELD>`` (upper case) sets a field from the environment."""
+class InvalidSetting(ValueError):
+    """A setting's value does not parse or is not one of its choices; the message names ``ANODET_<FIELD>``."""
 
-    store: str = "./anodet-data"  # any fsspec URL: ./folder, file:///..., s3://bucket/prefix
-    dask_address: str = ""  # empty: start a LocalCluster for the flow
-    dask_workers: int = 1  # LocalCluster worker processes
-    dask_threads: int = 1  # threads per worker (torch gets the cores, see torch_threads)
-    torch_threads: int = 0  # 0: all cores of the machine divided among the workers
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    batch_size: int = 8  # pairs per forward pass
-    task_pairs: int = 64  # pairs per Prefect task (one task scores them batch_size at a time)
-    threshold: float | None = None  # map threshold for findings and decisions; None: the model card's (0.5 by default)
-    min_finding_area: int | None = None  # native px, smaller connected regions are ignored as noise; None: the card's, else 64
-    model: str = "anodfdnet"  # model name in the store's registry (its production version is used)
-    fast: bool = True  # bf16 autocast (when the hardware supports it) + channels_last
-    registration: str = "auto"  # auto | phase | features
-    prep_processes: int = -1  # helper processes preparing pairs ahead of the model: -1 the worker's cores, 0 none
-    map_dtype: str = "uint8"  # uint8 (score*255) | float16
-    single_image: str = "csaflow"  # single-image arch scoring no-history captures (model "<arch>-<region_id>"); "" disables
-    second_opinion: bool = False  # also score captures WITH history by their region's single-image model (second_*)
-    storage_options: dict[str, Any] = field(default_factory=dict)
+
+# ------------------------------------------------------------------ parsing: environment text as it always was
+
+
+def _parse_bool(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    word = value.strip().lower()
+    if word not in _TRUE | _FALSE:
+        raise ValueError(f"not a boolean: use one of {sorted(_TRUE | _FALSE)}")
+    return word in _TRUE
+
+
+def _parse_int(value: Any) -> Any:
+    # Python's int(): "8.5", "-1.0" and "" are errors (pydantic's lax mode would take "-1.0")
+    if not isinstance(value, str):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError("not an integer") from None
+
+
+def _parse_float(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError("not a number") from None
+
+
+def _parse_optional_int(value: Any) -> Any:
+    # an empty (or blank) variable means "not set": the model card's value applies
+    return None if isinstance(value, str) and not value.strip() else _parse_int(value)
+
+
+def _parse_optional_float(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else _parse_float(value)
+
+
+def _check_device(value: str) -> str:
+    if not _DEVICE_RE.fullmatch(value):
+        raise ValueError("use auto, cpu, cuda or cuda:N")
+    return value
+
+
+# field types that read environment text as they always have (Python's int()/float(), the boolean words above)
+_Bool = Annotated[bool, BeforeValidator(_parse_bool)]
+_Int = Annotated[int, BeforeValidator(_parse_int)]
+_OptionalInt = Annotated[int | None, BeforeValidator(_parse_optional_int)]
+_OptionalFloat = Annotated[float | None, BeforeValidator(_parse_optional_float)]
+_Device = Annotated[str, AfterValidator(_check_device)]
+
+# fields that the environment never sets
+_NOT_FROM_ENV = frozenset({"storage_options"})
+
+
+class _Environment(EnvSettingsSource):
+    """The ``ANODET_*`` variables, less the fields in :data:`_NOT_FROM_ENV`."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        """The variable's raw text for ``field_name``, None for a field the environment does not set."""
+        if field_name in _NOT_FROM_ENV:
+            return None, field_name, False
+        return super().get_field_value(field, field_name)
+
+
+class Settings(BaseSettings):
+    """All knobs of a run: a keyword argument, else ``ANODET_<FIELD>`` (upper case), else the field's default.
+
+    Frozen (copies come from :meth:`with_`) and picklable (Dask ships it to the workers; unpickling reads no
+    environment). A bad value raises :class:`InvalidSetting` naming its variable (or keyword argument); an
+    unknown keyword argument raises ``TypeError``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid", env_file=None)
+
+    store: str = Field("./anodet-data", description="any fsspec URL: ./folder, file:///..., s3://bucket/prefix")
+    dask_address: str = Field("", description="empty: start a LocalCluster for the flow")
+    dask_workers: _Int = Field(1, description="LocalCluster worker processes")
+    dask_threads: _Int = Field(1, description="threads per worker (torch gets the cores, see torch_threads)")
+    torch_threads: _Int = Field(0, description="0: all cores of the machine divided among the workers")
+    device: _Device = Field("auto", description="auto | cpu | cuda | cuda:N")
+    batch_size: _Int = Field(8, description="pairs per forward pass")
+    task_pairs: _Int = Field(64, description="pairs per Prefect task (one task scores them batch_size at a time)")
+    threshold: _OptionalFloat = Field(
+        None, description="map threshold for findings and decisions; None (empty variable): the model card's (0.5 by default)")
+    min_finding_area: _OptionalInt = Field(
+        None, description="native px, smaller connected regions are ignored as noise; None (empty variable): the card's, else 64")
+    model: str = Field("anodfdnet", description="model name in the store's registry (its production version is used)")
+    fast: _Bool = Field(True, description="bf16 autocast (when the hardware supports it) + channels_last")
+    # anodet_core.registration.METHODS (tests check the two agree)
+    registration: Literal["auto", "phase", "features"] = Field("auto", description="auto | phase | features")
+    prep_processes: _Int = Field(
+        -1, description="helper processes preparing pairs ahead of the model: -1 the worker's cores, 0 none")
+    map_dtype: Literal["uint8", "float16"] = Field("uint8", description="uint8 (score*255) | float16")
+    single_image: Literal[SingleImageArch, ""] = Field(
+        "csaflow", description='single-image arch scoring no-history captures (model "<arch>-<region_id>"); "" disables')
+    second_opinion: _Bool = Field(
+        False, description="also score captures WITH history by their region's single-image model (second_*)")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options of the store (not from the environment)")
+
+    def __init__(self, **values: Any) -> None:
+        """Validate ``values`` over the environment over the defaults (see the class docstring for the errors)."""
+        unknown = sorted(set(values) - set(type(self).model_fields))
+        if unknown:
+            raise TypeError(f"unknown settings {unknown}: use {sorted(type(self).model_fields)}")
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise InvalidSetting(_explain(exc, given=set(values))) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments over ``ANODET_*`` variables over the defaults; no ``.env`` file, no secrets folder."""
+        return init_settings, _Environment(settings_cls)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
         """Defaults, then ``ANODET_*`` variables, then explicit ``overrides`` (None values are ignored)."""
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name == "storage_options":
-                continue
-            raw = os.environ.get(f"ANODET_{f.name.upper()}")
-            if raw is None:
-                continue
-            default = getattr(cls(), f.name)
-            if f.name == "threshold":
-                values[f.name] = float(raw) if raw.strip() else None
-            elif f.name == "min_finding_area":
-                values[f.name] = int(raw) if raw.strip() else None
-            elif isinstance(default, bool):
-                word = raw.strip().lower()
-                if word not in _TRUE | _FALSE:
-                    raise ValueError(f"ANODET_{f.name.upper()}={raw!r} is not a boolean: use one of {sorted(_TRUE | _FALSE)}")
-                values[f.name] = word in _TRUE
-            elif isinstance(default, int):
-                values[f.name] = int(raw)
-            elif isinstance(default, float):
-                values[f.name] = float(raw)
-            else:
-                values[f.name] = raw
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return cls(**{k: v for k, v in overrides.items() if v is not None})
+
+    @classmethod
+    def env_names(cls) -> dict[str, str]:
+        """Field -> the ``ANODET_*`` variable that sets it, for every field the environment sets."""
+        return {name: env_name(name) for name in cls.model_fields if name not in _NOT_FROM_ENV}
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """The default of field ``name`` (what applies when neither a variable nor an argument sets it)."""
+        return cls.model_fields[name].get_default(call_default_factory=True)
 
     def with_(self, **changes: Any) -> Settings:
-        """A copy with ``changes`` applied; None values are ignored (keep the current value)."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """A validated copy with ``changes`` applied; None values are ignored (keep the current value)."""
+        # every field is passed, so the environment of the moment changes nothing
+        return type(self)(**{**dict(self), **{k: v for k, v in changes.items() if v is not None}})
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a settings field: ``ANODET_<FIELD>``."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def _explain(exc: ValidationError, given: set[str]) -> str:
+    """One line per bad value, naming the keyword argument that gave it, else its ``ANODET_*`` variable."""
+    parts = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        name = field if field in given else env_name(field)
+        msg = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
+        parts.append(f"{name}={err['input']!r}: {msg}")
+    return "; ".join(parts)
 
 
 def resolve_device(name: str = "auto") -> str:

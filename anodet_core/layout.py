@@ -27,6 +27,7 @@ import posixpath
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import fsspec
@@ -62,13 +63,32 @@ LABELS_SCHEMA = pa.schema(
     ]
 )
 
-#: capture status values: what happened to the capture (the decision says what was found)
-STATUS_OK = "ok"
-STATUS_REGISTRATION_FAILED = "registration_failed"  # scored against an unaligned history: read with care
-STATUS_NO_HISTORY = "no_history"  # neither an earlier normal capture nor a pinned reference
-STATUS_ERROR = "error"  # unreadable image, checksum mismatch, ...: see `error`
-DECISION_NORMAL = "normal"
-DECISION_ANOMALOUS = "anomalous"
+
+# capture report values: the members are str, so Parquet receives (and comparisons with what is read back
+# see) plain strings
+class Status(StrEnum):
+    """A capture report's ``status``: what happened to the capture (its ``decision`` says what was found)."""
+
+    OK = "ok"
+    REGISTRATION_FAILED = "registration_failed"  # scored against an unaligned history: read with care
+    NO_HISTORY = "no_history"  # neither an earlier normal capture nor a pinned reference
+    ERROR = "error"  # unreadable image, checksum mismatch, ...: see `error`
+
+
+class Decision(StrEnum):
+    """A capture report's ``decision`` (null when the capture was not scored)."""
+
+    NORMAL = "normal"
+    ANOMALOUS = "anomalous"
+
+
+# the members under their module-level names
+STATUS_OK = Status.OK
+STATUS_REGISTRATION_FAILED = Status.REGISTRATION_FAILED
+STATUS_NO_HISTORY = Status.NO_HISTORY
+STATUS_ERROR = Status.ERROR
+DECISION_NORMAL = Decision.NORMAL
+DECISION_ANOMALOUS = Decision.ANOMALOUS
 
 CAPTURE_REPORT_SCHEMA = pa.schema(
     [
@@ -78,8 +98,8 @@ CAPTURE_REPORT_SCHEMA = pa.schema(
         ("region_id", pa.string()),
         ("captured_at", pa.timestamp("us", tz="UTC")),
         ("uri", pa.string()),
-        ("status", pa.string()),
-        ("decision", pa.string()),  # normal | anomalous | null when not scored
+        ("status", pa.string()),  # Status
+        ("decision", pa.string()),  # Decision: normal | anomalous | null when not scored
         ("error", pa.string()),
         ("history_source", pa.string()),  # capture | reference | null
         ("history_capture_id", pa.string()),

@@ -8,7 +8,6 @@ moved.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import os
 import re
@@ -39,8 +38,7 @@ def _load_bootstrap():
 def _settings_env_names() -> set[str]:
     from anodet_core.config import Settings
 
-    # storage_options is not read from the environment (Settings.from_env skips it)
-    return {f"ANODET_{f.name.upper()}" for f in dataclasses.fields(Settings) if f.name != "storage_options"}
+    return set(Settings.env_names().values())  # storage_options is not read from the environment
 
 
 # ------------------------------------------------------------------------------------------ S3 bootstrap

@@ -14,7 +14,7 @@ from typing import Any
 import tasks._env  # noqa: F401  (Prefect defaults before anything imports prefect)
 
 from . import bench, data, deploy, evaluate, night, query, train
-from ._common import SINGLE_IMAGE_ARCHS
+from ._common import SINGLE_IMAGE_ARCHS, setting_default
 from .bench import cmd_bench
 from .data import cmd_demo, cmd_demo_data
 from .deploy import cmd_retrain, cmd_serve
@@ -36,7 +36,8 @@ _GROUPS = (data, train, night, evaluate, bench, deploy, query)
 def build_parser() -> argparse.ArgumentParser:
     """The ``anodet`` argument parser: ``--store`` on every level, one subcommand per ``cmd_*`` function."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--store", default=argparse.SUPPRESS, help="store root, any fsspec URL (env ANODET_STORE, default ./anodet-data)")
+    common.add_argument("--store", default=argparse.SUPPRESS,
+                        help=f"store root, any fsspec URL (env ANODET_STORE, default {setting_default('store')})")
     p = argparse.ArgumentParser(prog="anodet", description=__doc__.split("\n")[0], parents=[common])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add = sub.add_parser

@@ -6,27 +6,34 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
+from anodet_core.config import SINGLE_IMAGE_ARCHS as SINGLE_IMAGE_ARCHS  # spelled out there: the parser imports no model code
+from anodet_core.config import Settings
+
 if TYPE_CHECKING:
-    from anodet_core.config import Settings
     from anodet_core.layout import Store
 
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]  # what each module's add_parsers() fills
 
-# the single-image architectures, spelled out so that building the parser imports no model code
-SINGLE_IMAGE_ARCHS = ("csaflow", "anovit")
+# The one place where flags meet settings: flag dest -> the Settings field it sets, for any command that declares
+# it. Such flags default to None (--store: absent), so that a flag not given leaves ANODET_<FIELD>, else the field's
+# default, to apply; a help text that states the default takes it from setting_default().
+SETTING_FLAGS: dict[str, str] = {
+    "store": "store",
+    "model": "model",
+    "batch_size": "batch_size",
+    "device": "device",
+    "second_opinion": "second_opinion",
+}
+
+
+def setting_default(field: str) -> Any:
+    """The default of a settings field, for the help text of the flag that sets it."""
+    return Settings.default(field)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    """The settings of a command: its flags where given, else the ``ANODET_*`` environment."""
-    from anodet_core.config import Settings
-
-    return Settings.from_env(
-        store=getattr(args, "store", None),
-        model=getattr(args, "model", None),
-        batch_size=getattr(args, "batch_size", None),
-        device=getattr(args, "device", None),
-        second_opinion=getattr(args, "second_opinion", None),
-    )
+    """The settings of a command: its flags where given (:data:`SETTING_FLAGS`), else the ``ANODET_*`` environment."""
+    return Settings.from_env(**{field: getattr(args, dest, None) for dest, field in SETTING_FLAGS.items()})
 
 
 def _store(settings: Settings) -> Store:
