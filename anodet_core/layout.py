@@ -1,6 +1,7 @@
 """The store: where everything lives under one fsspec root, and the schemas of every table.
 
-This module is the single owner of paths and Parquet schemas; nothing else builds store paths by hand.
+This module is the single owner of paths and Parquet schemas; nothing else builds store paths by hand. It runs a
+little over 400 lines for that reason: the layout, both report schemas and the Store's IO stay in one place.
 
 Layout under the root (``ANODET_STORE``: a local folder, ``file://``, ``s3://bucket/prefix``, ...)::
 

@@ -23,19 +23,26 @@ class CrossScaleFlowConfig(Protocol):
     """The hyper-parameters :class:`CrossScaleFlow` reads (``CSAFlowConfig`` provides them)."""
 
     @property
-    def n_scales(self) -> int: ...
+    def n_scales(self) -> int:
+        """Feature scales the flow couples."""
     @property
-    def n_blocks(self) -> int: ...
+    def n_blocks(self) -> int:
+        """Coupling blocks."""
     @property
-    def kernel_sizes(self) -> tuple[int, ...]: ...
+    def kernel_sizes(self) -> tuple[int, ...]:
+        """Convolution kernel size per block."""
     @property
-    def hidden_channels(self) -> int: ...
+    def hidden_channels(self) -> int:
+        """Hidden channels of the cross-scale convolutions."""
     @property
-    def clamp(self) -> float: ...
+    def clamp(self) -> float:
+        """Soft clamp of the log scale."""
     @property
-    def leaky_slope(self) -> float: ...
+    def leaky_slope(self) -> float:
+        """Negative slope of the LeakyReLUs."""
     @property
-    def perm_seed(self) -> int: ...
+    def perm_seed(self) -> int:
+        """Seed of the fixed channel permutations."""
 
 
 class CrossConvolutions(nn.Module):
