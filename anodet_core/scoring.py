@@ -97,15 +97,15 @@ def upsample_u8(q: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def native_map(score: torch.Tensor, size: tuple[int, int], dtype: str) -> np.ndarray:
+def native_map(score: torch.Tensor, size: tuple[int, int], dtype: str, quantized: np.ndarray | None = None) -> np.ndarray:
     """Model-resolution [0, 1] map -> stored (quantized) map at the capture's native (width, height).
 
     uint8 maps are quantized at model resolution and upsampled by Pillow's bilinear resize in uint8
     (:func:`upsample_u8`): several times cheaper than a float upsample of a full-size capture, and within one
     quantization step of it. float16 maps are upsampled in float, then cast.
     """
-    if dtype == "uint8":
-        return upsample_u8(quantize(score.float().numpy(), "uint8"), size)
+    if dtype == "uint8":  # ``quantized``: the caller's uint8 model-resolution map, when it has one already
+        return upsample_u8(quantize(score.float().numpy(), "uint8") if quantized is None else quantized, size)
     return quantize(to_native(score, size), dtype)
 
 
@@ -205,8 +205,8 @@ def postprocess(score: torch.Tensor, native_size: tuple[int, int], op: Operating
     Figures and findings come from the stored (quantized) map, so a report and the Zarr agree exactly. Maps
     whose peak is not above the threshold (nearly all of a night) skip the float map and the labelling.
     """
-    stored = native_map(score, native_size, map_dtype)
     model_map = quantize(score.float().cpu().numpy(), "uint8")  # levels of 1/255: at most 9 labellings below
+    stored = native_map(score, native_size, map_dtype, model_map)  # uint8 maps reuse it: one quantization
     # the minimum finding area in model pixels: the ranking score is computed at model resolution (cheap)
     model_area = op.min_area * model_map.size / (native_size[0] * native_size[1])
     peak = float(dequantize(np.asarray(stored.max()).reshape(1))[0])
