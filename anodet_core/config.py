@@ -121,7 +121,7 @@ class Settings(BaseSettings):
         None, description="native px, smaller connected regions are ignored as noise; None (empty variable): the card's, else 64")
     model: str = Field("anodfdnet", description="model name in the store's registry (its production version is used)")
     fast: _Bool = Field(True, description="bf16 autocast (when the hardware supports it) + channels_last")
-    # anodet_core.registration.METHODS (tests check the two agree)
+    # anodet_core.imaging.registration.METHODS (tests check the two agree)
     registration: Literal["auto", "phase", "features"] = Field("auto", description="auto | phase | features")
     prep_processes: _Int = Field(
         -1, description="helper processes preparing pairs ahead of the model: -1 the worker's cores, 0 none")

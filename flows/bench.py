@@ -22,15 +22,15 @@ from typing import Any
 import dask
 import torch
 
-from anodet_core import model_store
-from anodet_core.bench import ModelSpeed, compare_model_paths
 from anodet_core.config import Settings, resolve_device
 from anodet_core.demo_data import DemoSpec, generate_depot
-from anodet_core.inference import Predictor
-from anodet_core.layout import Store
-from anodet_core.metrics import PixelMetrics
-from anodet_core.model_store import ModelCard
+from anodet_core.evaluation.bench import ModelSpeed, compare_model_paths
+from anodet_core.evaluation.metrics import PixelMetrics
 from anodet_core.models import create_model
+from anodet_core.registry import model_store
+from anodet_core.registry.model_store import ModelCard
+from anodet_core.scoring.predictor import Predictor
+from anodet_core.store.layout import Store
 from anodet_core.training import prepare_arrays, store_pairs
 
 BENCH_MODEL = "anodfdnet-bench"
@@ -69,7 +69,7 @@ def _omp_wait_policy() -> str:
 
 
 def _worker_peak_mb() -> float:
-    """Peak resident set of a Dask worker plus those of its helper processes (anodet_core.prep_pool): the sum of
+    """Peak resident set of a Dask worker plus those of its helper processes (anodet_core.night.prep_pool): the sum of
     per-process peaks, an upper bound of what they held at once."""
     import psutil
 
@@ -78,7 +78,7 @@ def _worker_peak_mb() -> float:
 
 def _model_speed(settings: Settings, batch_size: int, repeats: int) -> ModelSpeed:
     """Runs in a Dask worker: the paper preset, fp32 eager against the fast path, same inputs, alternating."""
-    from anodet_core.pipeline import worker_threads
+    from anodet_core.night.batch import worker_threads
 
     torch.set_num_threads(worker_threads(settings))
     paper = bench_model()
@@ -122,7 +122,7 @@ def run_bench(
     """
     from distributed import Client, LocalCluster
 
-    from anodet_core.pipeline import worker_threads
+    from anodet_core.night.batch import worker_threads
     from flows.nightly import run_night
     from flows.runners import local_cluster_kwargs, worker_env
 

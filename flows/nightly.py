@@ -12,8 +12,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from anodet_core.config import Settings, local_timezone
-from anodet_core.layout import Store
-from anodet_core.night import NightSummary, split_jobs, summarize
+from anodet_core.night.plan import NightSummary, split_jobs, summarize
+from anodet_core.store.layout import Store
 from tasks.inspection import Sealed, plan_night_task, score_batch_task, write_reports_task
 
 from .runners import SettingsTaskRunner, build_task_runner, ephemeral_run_settings

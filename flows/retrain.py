@@ -11,10 +11,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
 from anodet_core.config import Settings, resolve_device
-from anodet_core.inference import bf16_supported
-from anodet_core.layout import Store
-from anodet_core.retraining import register_and_maybe_promote
+from anodet_core.registry.retraining import register_and_maybe_promote
+from anodet_core.scoring.predictor import bf16_supported
 from anodet_core.single_image import RegionRetrain, labelled_captures, retrain_region_model, single_image_regions
+from anodet_core.store.layout import Store
 from anodet_core.training import Candidate, TrainConfig, train_candidate
 
 
@@ -80,7 +80,7 @@ def retrain(
         raise ValueError(f"depot {depot!r} has {len(labelled)} labelled nights; need more than {holdout_nights}")
     train_nights, test_nights = labelled[:-holdout_nights], labelled[-holdout_nights:]
     device = resolve_device(settings.device)
-    from anodet_core import model_store
+    from anodet_core.registry import model_store
 
     if init == "base":
         init = f"{model}:{model_store.PACKAGED_VERSION}" if model_store.packaged_folder(model) else None

@@ -16,10 +16,10 @@ def worker_env(settings: Settings) -> dict[str, str]:
     shows it). Fixed thresholds of 1 GiB (trim) and 32 MiB (mmap) keep those buffers in the heap.
     OMP/MKL thread counts follow the torch threads each worker uses. OpenMP threads that wait at a barrier
     sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE) so that the worker's preparation helpers
-    (anodet_core.prep_pool, idle scheduling class) get the cycles the forward pass leaves; the model alone did
+    (anodet_core.night.prep_pool, idle scheduling class) get the cycles the forward pass leaves; the model alone did
     not change beyond the machine's noise with it (README, performance).
     """
-    from anodet_core.pipeline import worker_threads
+    from anodet_core.night.batch import worker_threads
 
     threads = str(worker_threads(settings))
     return {
@@ -37,7 +37,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
 # profiler (walks every thread's stack at a short interval; its flame graphs need bokeh, not installed), the
 # event-loop tick and the system monitor (dashboard figures). Memory monitoring (pause/terminate) is left as it
 # is. Workers are not daemonic processes, so that they may start preparation helper processes
-# (anodet_core.prep_pool; the nanny still ends them). Spawned workers inherit this config.
+# (anodet_core.night.prep_pool; the nanny still ends them). Spawned workers inherit this config.
 WORKER_CONFIG = {
     "distributed.worker.daemon": False,
     "distributed.worker.profile.enabled": False,

@@ -8,10 +8,10 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from anodet_core.config import Settings
-from anodet_core.history import PairJob
-from anodet_core.layout import Store
-from anodet_core.night import NightPlan, plan_night, write_reports
-from anodet_core.pipeline import BatchResult, process_batch
+from anodet_core.night.batch import BatchResult, process_batch
+from anodet_core.night.history import PairJob
+from anodet_core.night.plan import NightPlan, plan_night, write_reports
+from anodet_core.store.layout import Store
 
 T = TypeVar("T")
 
@@ -55,5 +55,5 @@ def score_batch_task(store: Store, depot: str, night: str, jobs: Sealed[list[Pai
 
 @task(name="write-reports", cache_policy=NONE, retries=2, retry_delay_seconds=5)
 def write_reports_task(store: Store, depot: str, night: str, captures: Sealed[list[dict]], findings: Sealed[list[dict]]) -> dict[str, str]:
-    """Replace the night's capture and finding report partitions (:func:`anodet_core.night.write_reports`); returns their URLs."""
+    """Replace the night's capture and finding report partitions (:func:`anodet_core.night.plan.write_reports`); returns their URLs."""
     return write_reports(store, depot, night, captures.value, findings.value)

@@ -7,8 +7,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from anodet_core.imaging import encode_png, sha256
-from anodet_core.layout import Store
+from anodet_core.imaging.io import encode_png, sha256
+from anodet_core.store.layout import Store
 
 
 def jpeg(arr: np.ndarray) -> bytes:

@@ -1,4 +1,4 @@
-"""Encoding of the demo's captures (JPEG); masks are PNG through :func:`anodet_core.imaging.encode_png`."""
+"""Encoding of the demo's captures (JPEG); masks are PNG through :func:`anodet_core.imaging.io.encode_png`."""
 
 from __future__ import annotations
 

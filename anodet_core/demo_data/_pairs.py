@@ -6,7 +6,7 @@ import posixpath
 
 import numpy as np
 
-from ..imaging import encode_png
+from ..imaging.io import encode_png
 from ._encode import encode_jpeg
 from ._scene import RegionScene
 from ._seeding import _plan_anomalies, _rng

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from ..imaging import encode_png, sha256
-from ..layout import Store, check_name, check_night
+from ..imaging.io import encode_png, sha256
+from ..store.layout import Store, check_name, check_night
 from ._constants import ANOMALY_TYPES
 from ._encode import encode_jpeg
 from ._ids import capture_id, region_ids, train_ids

@@ -77,8 +77,8 @@ class ClassicalDiff(nn.Module):
 @torch.inference_mode()
 def fit_offset(model: ClassicalDiff, cur: np.ndarray, his: np.ndarray, mask: np.ndarray, batch_size: int = 32) -> float:
     """Set ``model.offset`` to the distance level with the best pixel F1 on (uint8 NHWC pairs, {0,1} masks)."""
-    from ..inference import to_input
-    from ..metrics import PixelMetrics
+    from ..evaluation.metrics import PixelMetrics
+    from ..scoring.predictor import to_input
 
     dists = []
     for s in range(0, len(cur), batch_size):

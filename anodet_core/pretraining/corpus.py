@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..imaging import encode_png
+from ..imaging.io import encode_png
 from .sources import Photo, load_photos, split_photos
 from .synth import synth_pair
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from ..calibration import calibrate
 from ..config import available_cores
-from ..layout import Store
-from ..model_store import CARD, WEIGHTS, ModelCard, code_version, save_version, set_alias
+from ..registry.model_store import CARD, WEIGHTS, ModelCard, code_version, save_version, set_alias
+from ..scoring.calibration import calibrate
+from ..store.layout import Store
 from ..training import PairArrays, TrainConfig, folder_pairs, prepare_arrays, split_indices, train_pairs
 from .corpus import CORPUS_FILE
 
@@ -92,8 +92,8 @@ def pretrain(
     ``init`` (a model reference such as ``anodfdnet:base``) continues training that model instead of a fresh
     ``preset``: its preset and config are kept and the card adds its steps to this run's (``steps_total``).
     """
-    from ..model_store import load
     from ..models import create_model
+    from ..registry.model_store import load
 
     with open(os.path.join(corpus, CORPUS_FILE)) as fh:
         record = json.load(fh)
@@ -134,7 +134,7 @@ def pretrain(
         },
     )
     if evaluate_test:
-        from ..evaluation import evaluate_model_on_pairs
+        from ..evaluation.evaluate import evaluate_model_on_pairs
 
         test = folder_pairs(os.path.join(corpus, "test"))
         card.metrics = evaluate_model_on_pairs(model, card, test, device=cfg.device, registration=registration)
@@ -158,7 +158,7 @@ def _continued(card: ModelCard) -> str:
 
 def export_packaged(store: Store, name: str, version: str, dest: str) -> str:
     """Copy version ``name:version`` (weights + card) into ``dest`` (a folder of :mod:`anodet_core.weights`)."""
-    from ..model_store import PACKAGED_VERSION, read_card
+    from ..registry.model_store import PACKAGED_VERSION, read_card
 
     card = read_card(store, name, version)
     weights = store.read_bytes(f"{store.model_version_rel(name, version)}/{WEIGHTS}")

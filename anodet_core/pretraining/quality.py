@@ -2,8 +2,8 @@
 
 Each network is trained with the same recipe and the same budget (steps of 8 random 160 px crops, cosine
 learning rate, the corpus's train split less a seeded tenth for validation), calibrated on that validation
-tenth (threshold and minimum finding area, :mod:`anodet_core.calibration`), then evaluated at native
-resolution on the test split with :func:`anodet_core.evaluation.evaluate_model_on_pairs`. The classical
+tenth (threshold and minimum finding area, :mod:`anodet_core.scoring.calibration`), then evaluated at native
+resolution on the test split with :func:`anodet_core.evaluation.evaluate.evaluate_model_on_pairs`. The classical
 baseline has its level fitted on the same validation pairs. Optional extra rows score already-built models
 (the shipped base, a fine-tuned one) the same way.
 """
@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from ..calibration import calibrate
-from ..evaluation import evaluate_model_on_pairs
-from ..model_store import ModelCard
+from ..evaluation.evaluate import evaluate_model_on_pairs
+from ..registry.model_store import ModelCard
+from ..scoring.calibration import calibrate
 from ..training import TrainConfig, folder_pairs, split_indices, train_pairs
 from .pretrain import load_split
 
@@ -41,7 +41,7 @@ COLUMNS = (("precision", "precision"), ("recall", "recall"), ("F1", "f1"), ("IoU
 
 @dataclass
 class QualityRow:
-    """One method's held-out figures (keys of :func:`anodet_core.evaluation.evaluate_pairs`) and its cost."""
+    """One method's held-out figures (keys of :func:`anodet_core.evaluation.evaluate.evaluate_pairs`) and its cost."""
 
     name: str
     metrics: dict[str, Any]

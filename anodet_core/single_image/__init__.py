@@ -18,7 +18,7 @@ flow need, one concern per module:
   :func:`evaluate_against_production`, the same-images comparison that ``train`` uses too.
 """
 
-from ..preprocess import prepare_image
+from ..imaging.prepare import prepare_image
 from .archs import ARCHS, config_input_size, model_input_size, to_input
 from .evaluation import evaluate_single_image
 from .fitting import THRESHOLD_QUANTILE, VAL_FRAC, SingleImageFit, calibrate, fit_single_image

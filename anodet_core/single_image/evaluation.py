@@ -1,6 +1,6 @@
 """Evaluation of a single-image model on normal vs anomalous images: image AUROC, recall, false alarms, pixel AUROC.
 
-Pixel AUROC is the exact rank AUC (:func:`anodet_core.metrics.roc_auc`, ties 1/2) over every pixel of the
+Pixel AUROC is the exact rank AUC (:func:`anodet_core.evaluation.metrics.roc_auc`, ties 1/2) over every pixel of the
 anomalous images (labels from their masks) and of the normal images (all labelled normal); maps are in score
 units, so the [0, 1]-histogram ``PixelMetrics`` is not used.  Above ``max_pixels`` a seeded uniform random
 subsample of that many pixels is ranked instead (standard error of the AUC well below 1e-3 at that size).
@@ -20,7 +20,7 @@ __all__ = ["evaluate_single_image"]
 
 def _pixel_auroc(maps: np.ndarray, labels: np.ndarray, max_pixels: int, seed: int) -> float:
     """Exact rank AUC of ``maps`` against bool ``labels``, on a seeded subsample of ``max_pixels`` above that."""
-    from ..metrics import roc_auc
+    from ..evaluation.metrics import roc_auc
 
     s = maps.reshape(-1)
     y = labels.reshape(-1)
@@ -52,7 +52,7 @@ def evaluate_single_image(
       seeded subsample of ``max_pixels`` pixels when there are more; NaN without masks or when the masks
       hold no anomalous pixel.
     """
-    from ..metrics import image_metrics
+    from ..evaluation.metrics import image_metrics
 
     normal = np.asarray(normal)
     anomalous = np.asarray(anomalous)

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..imaging import ImageError, read_mask
-from ..preprocess import prepare_image
+from ..imaging.io import ImageError, read_mask
+from ..imaging.prepare import prepare_image
 
 __all__ = ["IMAGE_SUFFIXES", "list_images", "load_images", "load_masks"]
 

@@ -1,7 +1,7 @@
 """Nightly use: captures without history are scored by the single-image model of their region type.
 
 The model of a region type is registered as ``<arch>-<region_id>`` (:func:`single_image_model_name`).  The night
-scores a capture with :class:`SingleImageScorer`: :func:`~anodet_core.preprocess.prepare_image` (reduced decode +
+scores a capture with :class:`SingleImageScorer`: :func:`~anodet_core.imaging.prepare.prepare_image` (reduced decode +
 resize), one forward pass for the image score and the map, and :func:`normalise_map`:
 ``clip(map / (2 * normal_map_p999), 0, 1)`` so the held-out normal pixel p99.9 lands at 0.5 (:data:`MAP_THRESHOLD`,
 where findings are cut).
@@ -26,7 +26,7 @@ MAP_THRESHOLD: float = 0.5
 
 def single_image_model_name(arch: str, region_id: str) -> str:
     """Registry name of the single-image model of a region type: ``<arch>-<region_id>`` (e.g. ``csaflow-R01``)."""
-    from ..layout import check_name
+    from ..store.layout import check_name
 
     check_arch(arch)
     return check_name(f"{arch}-{check_name(str(region_id), 'region_id')}", "model name")

@@ -1,7 +1,7 @@
 """Model-store use: save a trained single-image model as a new version whose card rebuilds it.
 
 The card rebuilds the model through ``create_model(arch, preset=preset, **overrides)``.  Saving never moves the
-``production`` alias: callers decide with :func:`anodet_core.promotion.promote_if_better`.
+``production`` alias: callers decide with :func:`anodet_core.registry.promotion.promote_if_better`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def save_single_image_model(
 ) -> Any:
     """Save a new version (weights + card with ``threshold`` and the normal-score statistics in ``extra``) and
     return its card; the version is not promoted here."""
-    from .. import model_store
+    from ..registry import model_store
 
     check_arch(arch)
     if not math.isfinite(threshold):

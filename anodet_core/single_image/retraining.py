@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..imaging import ImageError
-from ..preprocess import prepare_image
-from ..promotion import MARGIN, Promotion, promote_if_better
+from ..imaging.io import ImageError
+from ..imaging.prepare import prepare_image
+from ..registry.promotion import MARGIN, Promotion, promote_if_better
 from .archs import config_input_size, model_input_size
 from .evaluation import evaluate_single_image
 from .fitting import fit_single_image
@@ -94,7 +94,7 @@ def evaluate_against_production(
     """
     from types import SimpleNamespace
 
-    from .. import model_store
+    from ..registry import model_store
 
     both = len(normal) > 0 and len(anomalous) > 0
     cand = evaluate_single_image(model, SimpleNamespace(threshold=threshold), normal, anomalous,
@@ -218,7 +218,7 @@ def retrain_region_model(
 
     ``train`` / ``test``: :func:`labelled_captures` of the training / held-out nights (all regions).  The
     candidate is :func:`fit_single_image` on the region's normal training captures (threshold and normal map
-    statistics from its own held-out 20 %).  Promotion follows :func:`anodet_core.promotion.promote_if_better`:
+    statistics from its own held-out 20 %).  Promotion follows :func:`anodet_core.registry.promotion.promote_if_better`:
     when ``<arch>-<region_id>`` has no production version, or when the candidate's image AUROC on the held-out
     nights' labelled captures of the region (both classes needed, else undefined and never a win) beats
     production's on the same captures by ``margin`` (:func:`evaluate_against_production`).  The version is saved

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..layout import Store
+from ..store.layout import Store
 from .config import TrainConfig, TrainResult
 from .data import PairArrays, prepare_arrays, split_indices, store_pairs
 from .evaluate import evaluate_arrays
@@ -49,9 +49,9 @@ def train_candidate(
     instead of training ``arch``/``preset`` from scratch: its architecture, preset and config are kept. The
     operating point (threshold, minimum finding area) is calibrated on the validation split either way.
     """
-    from ..calibration import calibrate
-    from ..model_store import ModelCard, load
     from ..models import create_model
+    from ..registry.model_store import ModelCard, load
+    from ..scoring.calibration import calibrate
 
     cfg = cfg or TrainConfig()
     pairs = store_pairs(store, depot, train_nights)

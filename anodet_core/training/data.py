@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..imaging import read_mask, resize
-from ..layout import Store
-from ..preprocess import MODEL_SIZE, prepare_pair
+from ..imaging.io import read_mask, resize
+from ..imaging.prepare import MODEL_SIZE, prepare_pair
+from ..store.layout import Store
 
 
 @dataclass

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from ..inference import to_input
-from ..metrics import PixelMetrics
+from ..evaluation.metrics import PixelMetrics
+from ..scoring.predictor import to_input
 from .data import PairArrays
 
 
 @torch.inference_mode()
 def pixel_metrics(model: torch.nn.Module, data: PairArrays, device: str = "cpu", batch_size: int = 16, threshold: float = 0.5) -> PixelMetrics:
-    """Accumulated pixel metrics (see anodet_core.metrics) of a model on prepared pairs at model resolution."""
+    """Accumulated pixel metrics (see anodet_core.evaluation.metrics) of a model on prepared pairs at model resolution."""
     model.eval()
     pm = PixelMetrics(threshold=threshold)
     for s in range(0, len(data), batch_size):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..inference import to_input
+from ..scoring.predictor import to_input
 from .augment import flip_augment, photometric, synthesize
 from .config import TrainConfig, TrainResult
 from .data import PairArrays
@@ -153,5 +153,5 @@ def train_pairs(
         cand, _ = pm.best_f1_threshold()
         cand = float(min(max(cand, 0.25), 0.75))
         if pixel_metrics(model, val, cfg.device, threshold=cand).compute()["f1"] > pm.compute()["f1"] + 0.02:
-            threshold = cand  # judged where the threshold lands after clamping (as anodet_core.calibration)
+            threshold = cand  # judged where the threshold lands after clamping (as anodet_core.scoring.calibration)
     return TrainResult(best[2], best[1], best[3], history, time.perf_counter() - t_start, threshold)

@@ -10,7 +10,7 @@ from anodet_core.config import SINGLE_IMAGE_ARCHS as SINGLE_IMAGE_ARCHS  # spell
 from anodet_core.config import Settings
 
 if TYPE_CHECKING:
-    from anodet_core.layout import Store
+    from anodet_core.store.layout import Store
 
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]  # what each module's add_parsers() fills
 
@@ -38,7 +38,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _store(settings: Settings) -> Store:
     """The store the settings point at."""
-    from anodet_core.layout import Store
+    from anodet_core.store.layout import Store
 
     return Store(settings.store, settings.storage_options or None)
 
@@ -52,7 +52,7 @@ def _device(settings: Settings) -> str:
 
 def _bf16(choice: str, device: str) -> bool:
     """A ``--bf16 auto|on|off`` choice on ``device``: auto is on where the device has native bf16."""
-    from anodet_core.inference import bf16_supported
+    from anodet_core.scoring.predictor import bf16_supported
 
     return bf16_supported(device) if choice == "auto" else choice == "on"
 

@@ -33,9 +33,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``anodet demo``: demo depot, a production model if there is none, every night run, the summary."""
     from distributed import LocalCluster
 
-    from anodet_core import model_store
     from anodet_core.demo_data import DemoSpec, generate_depot
-    from anodet_core.retraining import register_and_maybe_promote
+    from anodet_core.registry import model_store
+    from anodet_core.registry.retraining import register_and_maybe_promote
     from anodet_core.training import TrainConfig, train_candidate
     from flows.nightly import run_night
     from flows.runners import local_cluster_kwargs

@@ -23,7 +23,7 @@ SINGLE_IMAGE_EVAL_KEYS = ("image_auroc", "recall", "pixel_auroc")
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """``anodet predict``: score unlabelled pair folders into map PNGs and a scores table."""
-    from anodet_core.predict_folders import predict_folders
+    from anodet_core.scoring.folders import predict_folders
 
     settings = _settings(args)
     out = predict_folders(_store(settings), args.model, args.pairs, args.out, settings)
@@ -35,10 +35,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """``anodet evaluate``: metrics of a paired model on a labelled folder dataset (or of a single-image model)."""
     import math
 
-    from anodet_core.evaluation import dataset_split, evaluate_pairs
-    from anodet_core.inference import Predictor
-    from anodet_core.model_store import load
-    from anodet_core.scoring import operating_point
+    from anodet_core.evaluation.evaluate import dataset_split, evaluate_pairs
+    from anodet_core.registry.model_store import load
+    from anodet_core.scoring.postprocess import operating_point
+    from anodet_core.scoring.predictor import Predictor
 
     if getattr(args, "normal_dir", None) or getattr(args, "anomalous_dir", None):
         return _evaluate_single_image(args)
@@ -81,7 +81,7 @@ def _evaluate_single_image(args: argparse.Namespace) -> int:
     """``anodet evaluate --model M --normal-dir DIR --anomalous-dir DIR [--mask-dir DIR]``."""
     import math
 
-    from anodet_core.model_store import load
+    from anodet_core.registry.model_store import load
     from anodet_core.single_image import evaluate_single_image, load_images, load_masks, model_input_size
 
     if not (args.normal_dir and args.anomalous_dir):
@@ -122,7 +122,7 @@ def _evaluate_single_image(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``anodet compare``: train every method with one protocol and tabulate their test metrics."""
-    from anodet_core.compare import compare, depot_split, folder_split, to_markdown
+    from anodet_core.evaluation.compare import compare, depot_split, folder_split, to_markdown
     from anodet_core.training import TrainConfig
 
     settings = _settings(args)

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 def cmd_run_night(args: argparse.Namespace) -> int:
     """``anodet run-night``: run the nightly inspection flow for one depot-night and print its summary."""
-    from anodet_core.layout import check_night
+    from anodet_core.store.layout import check_night
     from flows.nightly import run_night
 
     settings = _settings(args)

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 def cmd_query(args: argparse.Namespace) -> int:
     """``anodet query``: run SQL over the reports and print the rows."""
-    from anodet_core.query import run_query
+    from anodet_core.store.query import run_query
 
     settings = _settings(args)
     df = run_query(_store(settings), args.sql)

@@ -13,7 +13,7 @@ from ._common import SINGLE_IMAGE_ARCHS, _bf16, _device, _json_object, _settings
 
 if TYPE_CHECKING:
     from anodet_core.config import Settings
-    from anodet_core.layout import Store
+    from anodet_core.store.layout import Store
 
     from ._common import Subcommands
 
@@ -23,7 +23,7 @@ PAIRED_LR = 2e-4  # paper learning rate of the paired models (train --lr default
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``anodet train``: train a paired model on labelled nights of a depot (or a single-image one) and register it."""
-    from anodet_core.retraining import MARGIN, register_and_maybe_promote
+    from anodet_core.registry.retraining import MARGIN, register_and_maybe_promote
     from anodet_core.training import TrainConfig, train_candidate
 
     if getattr(args, "normal_dir", None) or getattr(args, "model", None):
@@ -60,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _init_ref(choice: str | None, arch: str) -> str | None:
     """What ``train --init`` starts from: ``base`` (default) the shipped pretrained model when there is one for
     ``arch``, ``none`` nothing (``--arch``/``--preset`` from scratch), else the model reference given."""
-    from anodet_core import model_store
+    from anodet_core.registry import model_store
 
     if choice in (None, "base"):
         return f"{arch}:{model_store.PACKAGED_VERSION}" if model_store.packaged_folder(arch) else None
@@ -71,17 +71,17 @@ def _train_single_image(args: argparse.Namespace) -> int:
     """``anodet train --model csaflow|anovit --normal-dir DIR``: unsupervised training on normal images."""
     import numpy as np
 
-    from anodet_core.promotion import MARGIN, promote_if_better
+    from anodet_core.registry.promotion import MARGIN, promote_if_better
     from anodet_core.single_image import (
-        ARCHS,
-        VAL_FRAC,
-        _split,
-        config_input_size,
-        evaluate_against_production,
-        fit_single_image,
-        load_images,
-        save_single_image_model,
-    )
+            ARCHS,
+            VAL_FRAC,
+            _split,
+            config_input_size,
+            evaluate_against_production,
+            fit_single_image,
+            load_images,
+            save_single_image_model,
+        )
 
     arch = args.model or (args.arch if args.arch in ARCHS else None)
     if arch not in ARCHS:
@@ -172,8 +172,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def _quality_table(args: argparse.Namespace, settings: Settings, store: Store) -> int:
     """``anodet pretrain --quality-steps N [--quality-models REF ...]``: the held-out quality table."""
-    from anodet_core.model_store import load
     from anodet_core.pretraining.quality import quality_table, to_markdown
+    from anodet_core.registry.model_store import load
 
     device = _device(settings)
     extra = [(f"{ref} (as built)", *load(store, ref, device)) for ref in args.quality_models or []]

@@ -1,0 +1,1 @@
+"""Evaluation: the paper's metrics, evaluating and comparing models, model-only throughput."""

@@ -1,0 +1,118 @@
+"""Evaluating a paired model on a labelled folder dataset, at the captures' native resolution.
+
+Dataset: ``DIR/<sample>/cur.*, his.*, mask.*`` (white = anomaly; a missing mask means a normal sample),
+optionally split into ``DIR/train``, ``DIR/val``, ``DIR/test`` (the test split is evaluated when present).
+
+Every pair goes through the nightly post-processing (:func:`anodet_core.scoring.postprocess.postprocess`): the same stored
+(quantized) native map, findings and decision a night would give it at the same operating point. Metric
+definitions are those of :mod:`anodet_core.evaluation.metrics`, measured on that stored map: pixel confusion counts summed
+over every pixel of the split, at the paper's ``score > 0.5`` and at the operating point's threshold; a sample
+is decided anomalous iff it has a finding at the operating point (threshold and minimum finding area); image
+AUROC uses the map maximum as the image score.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..imaging.io import read_mask
+from ..imaging.prepare import prepare_pair
+from ..registry.model_store import ModelCard
+from ..scoring.postprocess import OperatingPoint, ScoredMap, postprocess, resolve_operating_point
+from ..scoring.predictor import Predictor
+from ..training import LabelledPair, folder_pairs
+from .metrics import PixelMetrics, confusion_counts, image_metrics, scores_from_counts
+
+
+def dataset_split(root: str, split: str | None = None) -> tuple[str, list[LabelledPair]]:
+    """The folder to evaluate: ``split`` if given, else ``test/`` when present, else ``root`` itself."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"dataset folder not found: {root}")
+    if split:
+        path = os.path.join(root, split)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"dataset has no {split!r} split: {path}")
+    else:
+        path = os.path.join(root, "test") if os.path.isdir(os.path.join(root, "test")) else root
+    pairs = folder_pairs(path)
+    if not pairs:
+        raise ValueError(f"no pair folders (with cur.* and his.*) under {path}")
+    return path, pairs
+
+
+PAPER_THRESHOLD = 0.5  # map threshold of the paper's pixel figures
+
+
+def evaluate_pairs(
+    predictor: Predictor,
+    pairs: list[LabelledPair],
+    op: OperatingPoint,
+    *,
+    registration: str = "auto",
+    batch_size: int = 8,
+    map_dtype: str = "uint8",
+    read: Callable[[str], bytes] = lambda p: open(p, "rb").read(),
+    on_scored: Callable[[LabelledPair, ScoredMap], None] | None = None,
+) -> dict[str, Any]:
+    """Pixel, operating-point and capture-decision metrics of one split, at native resolution.
+
+    Keys: the paper's pixel figures at > 0.5 (``tp, fp, tn, fn, precision, recall, oa, f1, iou, auc, eer``);
+    pixel figures at the operating point's threshold (``precision_at_op, recall_at_op, f1_at_op, iou_at_op``:
+    every pixel above it, as ``anomalous_area_px`` counts them); ``threshold``, ``min_area`` (the operating
+    point); capture decisions (``image_auroc`` of the capture score, ``decision_precision``, ``decision_recall``,
+    ``false_alarms``: normal samples decided anomalous); ``n_samples``, ``n_anomalous``. ``map_dtype`` is the
+    stored map's (a night's ANODET_MAP_DTYPE); ``on_scored(pair, scored)`` sees every post-processed pair.
+    Pairs are prepared at the predictor's input size (``predictor.info.input_size``).
+    """
+    size = predictor.info.input_size  # the model's registered input size
+    pm = PixelMetrics(threshold=PAPER_THRESHOLD)
+    at_op = [0, 0, 0, 0]  # tp, fp, tn, fn at op.threshold
+    img_scores: list[float] = []
+    img_labels: list[bool] = []
+    img_decisions: list[bool] = []
+    for s in range(0, len(pairs), batch_size):
+        chunk = pairs[s : s + batch_size]
+        preps = [prepare_pair(read(p.cur_uri), read(p.his_uri), size=size, registration=registration) for p in chunk]
+        maps = predictor.predict(np.stack([q.cur for q in preps]), np.stack([q.his for q in preps])).cpu()
+        for p, q, m in zip(chunk, preps, maps):
+            scored = postprocess(m, q.native_size, op, map_dtype)
+            if on_scored is not None:
+                on_scored(p, scored)
+            native = scored.native()
+            mask = read_mask(read(p.mask_uri), q.native_size) if p.mask_uri else np.zeros(native.shape, bool)
+            pm.update(native, mask)
+            for i, c in enumerate(confusion_counts(native, mask, op.threshold)):
+                at_op[i] += c
+            img_scores.append(scored.figures["capture_score"])  # the decision-consistent ranking
+            img_labels.append(bool(mask.any()))
+            img_decisions.append(scored.anomalous)
+    out: dict[str, Any] = pm.compute()
+    op_scores = scores_from_counts(*at_op)
+    out.update({f"{k}_at_op": op_scores[k] for k in ("precision", "recall", "f1", "iou")})
+    im = image_metrics(img_scores, img_labels, img_decisions)
+    decided = sum(img_decisions)
+    hits = decided - im.false_alarms
+    out.update(threshold=op.threshold, min_area=op.min_area, image_auroc=im.image_auroc,
+               decision_precision=hits / decided if decided else float("nan"), decision_recall=im.recall,
+               false_alarms=im.false_alarms, n_samples=len(pairs), n_anomalous=im.n_anomalous)
+    return out
+
+
+def evaluate_model_on_pairs(
+    model: torch.nn.Module,
+    card: ModelCard,
+    pairs: list[LabelledPair],
+    *,
+    device: str = "cpu",
+    fast: bool = True,
+    registration: str = "auto",
+    batch_size: int = 8,
+) -> dict[str, Any]:
+    """:func:`evaluate_pairs` of an in-memory model at its card's operating point (what a night would use)."""
+    return evaluate_pairs(Predictor(model, device, fast=fast), pairs, resolve_operating_point(card),
+                          registration=registration, batch_size=batch_size)

@@ -1,0 +1,1 @@
+"""Images: decoding and resizing, registration of his onto cur, preparation of a model input."""

@@ -1,0 +1,113 @@
+"""From two encoded captures to one aligned model input: decode reduced, register, warp his into cur, resize.
+
+Training, evaluation and the nightly run all go through :func:`prepare_pair`, so the model is trained on
+exactly what it sees in production.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from .io import decode, resize
+from .registration import Registration, register
+
+# The paper's AnoDFDNet input side: the default size only. A model's own is its registered input size
+# (``anodet_core.models.instance_info(model).input_size``, ``Predictor.info.input_size``), which callers pass.
+MODEL_SIZE = 256
+
+
+@dataclass
+class PreparedPair:
+    """One aligned pair at the model's input size, with its registration and preparation figures."""
+
+    cur: np.ndarray  # size x size x 3 uint8, cur frame
+    his: np.ndarray  # history warped into the cur frame, same shape
+    registration: Registration  # expressed in native cur pixels
+    valid_frac: float  # share of cur covered by the warped history
+    native_size: tuple[int, int]  # cur (width, height)
+    t_decode_ms: float  # CPU time of the preparing thread (wall time would count the model's use of the cores)
+    t_register_ms: float  # CPU time, idem
+
+
+def _t(dx: float, dy: float) -> np.ndarray:
+    return np.array([[1.0, 0.0, dx], [0.0, 1.0, dy], [0.0, 0.0, 1.0]])
+
+
+def warp_pil(his: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``his`` resampled into cur's grid (bilinear) and the mask of pixels it covers.
+
+    Same result as :func:`anodet_core.imaging.registration.warp_to_cur` (``matrix`` maps cur pixel centres to his),
+    with Pillow's C transform, much faster on the hot path. Pillow puts pixel centres at +0.5, hence the shifts.
+    """
+    p = _t(0.5, 0.5) @ np.asarray(matrix, np.float64) @ _t(-0.5, -0.5)
+    p = p / p[2, 2]
+    size = (int(out_hw[1]), int(out_hw[0]))
+    if np.allclose(p[2, :2], 0.0):
+        kind, coeffs = Image.Transform.AFFINE, tuple(p[:2].ravel())
+    else:
+        kind, coeffs = Image.Transform.PERSPECTIVE, tuple(p.ravel()[:8])
+    warped = np.asarray(Image.fromarray(his).transform(size, kind, coeffs, resample=Image.Resampling.BILINEAR))
+    corners = p @ np.array([[0, size[0], 0, size[0]], [0, 0, size[1], size[1]], [1, 1, 1, 1]], np.float64)
+    cx, cy = corners[0] / corners[2], corners[1] / corners[2]
+    if corners[2].min() > 0 and cx.min() >= 0 and cy.min() >= 0 and cx.max() <= his.shape[1] and cy.max() <= his.shape[0]:
+        return warped, np.ones(out_hw, bool)  # the whole frame maps inside his (the usual case): no mask to draw
+    ones = Image.new("L", (his.shape[1], his.shape[0]), 255)
+    valid = np.asarray(ones.transform(size, kind, coeffs, resample=Image.Resampling.NEAREST)) > 0
+    return warped, valid
+
+
+def prepare_image(data: bytes, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Encoded image -> (RGB uint8 (size, size, 3), native (width, height)), for single-image models.
+
+    Reduced JPEG decode (:func:`anodet_core.imaging.io.decode` with ``min_size``) then bilinear resize: training
+    folders, the retraining flow and the night all prepare images this way.  Raises ``ImageError``.
+    """
+    arr, native = decode(data, min_size=(size, size), mode="RGB")
+    return resize(arr, (size, size)), native
+
+
+def prepare_pair(
+    cur_bytes: bytes,
+    his_bytes: bytes,
+    *,
+    size: int = MODEL_SIZE,
+    registration: str = "auto",
+    transform: str = "similarity",
+) -> PreparedPair:
+    """Decode both images at reduced scale, align his to cur and return model-ready uint8 arrays of ``size``.
+
+    Pixels of cur that the warped history does not cover are filled with cur itself, so the network sees no
+    difference there instead of a black border it would flag.
+    """
+    t0 = time.thread_time()
+    cur, native = decode(cur_bytes, min_size=(size, size))
+    his, _ = decode(his_bytes, min_size=(size, size))
+    if his.shape[:2] != cur.shape[:2]:  # e.g. a reference taken at another resolution of the same view
+        his = resize(his, (cur.shape[1], cur.shape[0]))
+    t1 = time.thread_time()
+    if registration == "none":
+        # already aligned input (e.g. a paired dataset): skip registration, say so in the figures
+        reg = Registration(np.eye(3), "identity", True, 0, float("nan"), float("nan"), float("nan"))
+        warped, valid = his, np.ones(cur.shape[:2], bool)
+    else:
+        reg = register(cur, his, model=transform, method=registration)
+        warped, valid = warp_pil(his, reg.matrix, cur.shape[:2])
+    if not valid.all():
+        outside = ~valid
+        warped = np.array(warped)  # Pillow's buffer is read-only; filling only the border is cheaper than np.where
+        warped[outside] = cur[outside]
+    t2 = time.thread_time()
+    factor = native[0] / cur.shape[1]
+    return PreparedPair(
+        cur=resize(cur, (size, size)),
+        his=resize(warped, (size, size)),
+        registration=reg.scaled(factor),
+        valid_frac=float(valid.mean()),
+        native_size=native,
+        t_decode_ms=(t1 - t0) * 1e3,
+        t_register_ms=(t2 - t1) * 1e3,
+    )

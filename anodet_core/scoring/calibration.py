@@ -1,0 +1,101 @@
+"""The operating point of a paired model, chosen on its validation split and kept in its card.
+
+Two numbers: the map threshold and the minimum finding area. The threshold stays the paper's 0.5 unless
+validation pixel F1 is clearly better elsewhere in [0.25, 0.75] (small validation splits are noisy). The
+minimum area is the one whose capture decisions ("anomalous" iff a region above the threshold is at least
+that large) have the best F1 on validation, ties to the smaller area (a missed foreign body costs more
+than a look at a false alarm). Areas are searched on the model grid and stored in native pixels, the unit
+of ``ANODET_MIN_FINDING_AREA`` and of the night's findings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from ..evaluation.metrics import PixelMetrics
+from .predictor import to_input
+
+if TYPE_CHECKING:  # training imports this module (calibrate), on call
+    from ..training import PairArrays
+
+__all__ = ["Calibration", "calibrate", "AREA_CANDIDATES"]
+
+AREA_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)  # model-grid px (256 x 256)
+_THRESHOLD_RANGE = (0.25, 0.75)
+_THRESHOLD_GAIN = 0.02
+
+
+@dataclass
+class Calibration:
+    """Chosen operating point and the validation figures that chose it."""
+
+    threshold: float
+    min_area_model_px: int
+    min_finding_area: int  # native px
+    pixel_f1_at_05: float
+    pixel_f1: float  # at the chosen threshold
+    decision_f1: float
+    decision_precision: float
+    decision_recall: float
+    n_val: int
+
+
+@torch.inference_mode()
+def _maps(model: torch.nn.Module, data: PairArrays, device: str, batch_size: int = 16) -> np.ndarray:
+    model.eval()
+    out = []
+    for s in range(0, len(data), batch_size):
+        sl = slice(s, s + batch_size)
+        out.append(model(to_input(data.cur[sl], device, False), to_input(data.his[sl], device, False))[:, 0].float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0,) + data.mask.shape[1:], np.float32)
+
+
+def _largest_region(score: np.ndarray, threshold: float) -> int:
+    above = score > threshold
+    if not above.any():
+        return 0
+    labels, n = ndimage.label(above, structure=np.ones((3, 3), bool))
+    return int(np.bincount(labels.ravel())[1:].max()) if n else 0
+
+
+def _decision_figures(largest: np.ndarray, truth: np.ndarray, area: int) -> tuple[float, float, float]:
+    pred = largest >= area
+    tp = int((pred & truth).sum())
+    fp = int((pred & ~truth).sum())
+    fn = int((~pred & truth).sum())
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    return (2 * p * r / (p + r) if p + r else 0.0), p, r
+
+
+def calibrate(model: torch.nn.Module, val: PairArrays, device: str = "cpu") -> Calibration:
+    """Threshold and minimum finding area from validation pairs (see the module docstring)."""
+    if len(val) == 0:
+        raise ValueError("calibration needs validation pairs")
+    maps = _maps(model, val, device)
+    pm = PixelMetrics(threshold=0.5)
+    pm.update(maps, val.mask)
+    f1_05 = pm.compute()["f1"]
+    threshold, f1 = 0.5, f1_05
+    if val.mask.any():
+        cand, _ = pm.best_f1_threshold()
+        cand = float(min(max(cand, _THRESHOLD_RANGE[0]), _THRESHOLD_RANGE[1]))
+        at = PixelMetrics(threshold=cand)  # the gain is judged where the threshold lands, after clamping
+        at.update(maps, val.mask)
+        f1_cand = at.compute()["f1"]
+        if f1_cand > f1_05 + _THRESHOLD_GAIN:
+            threshold, f1 = cand, f1_cand
+    largest = np.array([_largest_region(m, threshold) for m in maps])
+    truth = np.asarray(val.mask.reshape(len(val), -1).any(axis=1))
+    best = max(AREA_CANDIDATES, key=lambda a: (_decision_figures(largest, truth, a)[0], -a))
+    dec_f1, dec_p, dec_r = _decision_figures(largest, truth, best)
+    native_px = float(np.median([w * h for w, h in val.sizes])) if val.sizes else float(maps.shape[1] * maps.shape[2])
+    per_model_px = native_px / float(maps.shape[1] * maps.shape[2])
+    return Calibration(threshold=round(threshold, 4), min_area_model_px=best,
+                       min_finding_area=max(1, int(round(best * per_model_px))), pixel_f1_at_05=f1_05, pixel_f1=f1,
+                       decision_f1=dec_f1, decision_precision=dec_p, decision_recall=dec_r, n_val=len(val))

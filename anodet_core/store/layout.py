@@ -1,0 +1,421 @@
+"""The store: where everything lives under one fsspec root, and the schemas of every table.
+
+This module is the single owner of paths and Parquet schemas; nothing else builds store paths by hand. It runs a
+little over 400 lines for that reason: the layout, both report schemas and the Store's IO stay in one place.
+
+Layout under the root (``ANODET_STORE``: a local folder, ``file://``, ``s3://bucket/prefix``, ...)::
+
+    captures/<depot>/<night>/<capture_id>.jpg          images left by the robot
+    manifests/<depot>/<night>.parquet                   one row per capture (MANIFEST_SCHEMA)
+    references/<train_id>/<car>/<region_id>.jpg         pinned good image of a region (history of last resort)
+    labels/<depot>/<night>/labels.parquet               ground truth per capture (LABELS_SCHEMA)
+    labels/<depot>/<night>/<capture_id>.png             pixel mask, white = anomaly, capture's native size
+    maps/<depot>/<night>.zarr                           Zarr v3 group: anomaly maps of the night (see anodet_core.store.maps)
+    reports/captures/depot=<depot>/night=<night>/part-0.parquet   one row per capture (CAPTURE_REPORT_SCHEMA)
+    reports/findings/depot=<depot>/night=<night>/part-0.parquet   one row per finding (FINDING_REPORT_SCHEMA)
+    models/<name>/versions/<version>/weights.safetensors + card.json   immutable model versions
+    models/<name>/aliases/<alias>                       text file holding a version (e.g. "production")
+
+Nights are ``YYYY-MM-DD`` strings. Report partitions are hive-style so pyarrow, pandas, DuckDB and Spark read
+them as tables with ``depot`` and ``night`` columns; those two columns live in the path, not in the files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import posixpath
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+# --------------------------------------------------------------------------------------------- schemas
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("capture_id", pa.string()),
+        ("depot", pa.string()),
+        ("night", pa.string()),
+        ("train_id", pa.string()),
+        ("car", pa.int32()),
+        ("region_id", pa.string()),
+        ("captured_at", pa.timestamp("us", tz="UTC")),
+        ("uri", pa.string()),  # relative to the store root, or an absolute URL
+        ("sha256", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+    ]
+)
+
+LABELS_SCHEMA = pa.schema(
+    [
+        ("capture_id", pa.string()),
+        ("anomalous", pa.bool_()),
+        ("anomaly_type", pa.string()),  # foreign_body | missing_component | scratch | oil_leak | null
+        ("mask_uri", pa.string()),  # relative to the store root; null when the capture is normal
+    ]
+)
+
+
+# capture report values: the members are str, so Parquet receives (and comparisons with what is read back
+# see) plain strings
+class Status(StrEnum):
+    """A capture report's ``status``: what happened to the capture (its ``decision`` says what was found)."""
+
+    OK = "ok"
+    REGISTRATION_FAILED = "registration_failed"  # scored against an unaligned history: read with care
+    NO_HISTORY = "no_history"  # neither an earlier normal capture nor a pinned reference
+    ERROR = "error"  # unreadable image, checksum mismatch, ...: see `error`
+
+
+class Decision(StrEnum):
+    """A capture report's ``decision`` (null when the capture was not scored)."""
+
+    NORMAL = "normal"
+    ANOMALOUS = "anomalous"
+
+
+# the members under their module-level names
+STATUS_OK = Status.OK
+STATUS_REGISTRATION_FAILED = Status.REGISTRATION_FAILED
+STATUS_NO_HISTORY = Status.NO_HISTORY
+STATUS_ERROR = Status.ERROR
+DECISION_NORMAL = Decision.NORMAL
+DECISION_ANOMALOUS = Decision.ANOMALOUS
+
+CAPTURE_REPORT_SCHEMA = pa.schema(
+    [
+        ("capture_id", pa.string()),
+        ("train_id", pa.string()),
+        ("car", pa.int32()),
+        ("region_id", pa.string()),
+        ("captured_at", pa.timestamp("us", tz="UTC")),
+        ("uri", pa.string()),
+        ("status", pa.string()),  # Status
+        ("decision", pa.string()),  # Decision: normal | anomalous | null when not scored
+        ("error", pa.string()),
+        ("history_source", pa.string()),  # capture | reference | null
+        ("history_capture_id", pa.string()),
+        ("history_uri", pa.string()),
+        ("model_name", pa.string()),
+        ("model_version", pa.string()),
+        ("threshold", pa.float32()),
+        ("reg_method", pa.string()),
+        ("reg_ok", pa.bool_()),
+        ("reg_inliers", pa.int32()),
+        ("reg_residual_px", pa.float32()),  # native px
+        ("reg_ncc_before", pa.float32()),
+        ("reg_ncc_after", pa.float32()),
+        ("score_max", pa.float32()),
+        ("score_mean", pa.float32()),
+        # ranking score consistent with the decision: highest level holding a region of the minimum finding
+        # area (anodet_core.scoring.postprocess.capture_score); null in nights written before it existed
+        ("capture_score", pa.float32()),
+        ("anomalous_area_px", pa.int64()),  # native px above threshold
+        ("anomalous_area_frac", pa.float32()),
+        ("n_findings", pa.int32()),
+        # second opinion (ANODET_SECOND_OPINION): the region's single-image model on a capture WITH history;
+        # informational, the decision stays the paired model's; null when off or the region has no such model
+        ("second_model", pa.string()),  # NAME:VERSION
+        ("second_score", pa.float32()),  # image score in that model's units
+        ("second_anomalous", pa.bool_()),  # second_score above the model card's image threshold
+        ("map_uri", pa.string()),  # Zarr group URL
+        ("map_index", pa.int32()),  # row of the capture in the group's `maps` array
+        ("t_decode_ms", pa.float32()),  # CPU ms of the preparing thread (helpers run beside the model)
+        ("t_register_ms", pa.float32()),  # CPU ms, idem
+        ("t_infer_ms", pa.float32()),  # per pair share of the batch forward pass
+        ("t_write_ms", pa.float32()),
+        ("run_id", pa.string()),
+        ("processed_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+FINDING_REPORT_SCHEMA = pa.schema(
+    [
+        ("capture_id", pa.string()),
+        ("finding_id", pa.int32()),  # 0.. per capture, by decreasing peak score
+        ("train_id", pa.string()),
+        ("car", pa.int32()),
+        ("region_id", pa.string()),
+        ("x0", pa.int32()),  # bbox in native cur px, half-open [x0, x1) x [y0, y1)
+        ("y0", pa.int32()),
+        ("x1", pa.int32()),
+        ("y1", pa.int32()),
+        ("area_px", pa.int64()),
+        ("peak_score", pa.float32()),
+        ("mean_score", pa.float32()),
+        ("model_name", pa.string()),
+        ("model_version", pa.string()),
+        ("run_id", pa.string()),
+    ]
+)
+
+REPORT_SCHEMAS = {"captures": CAPTURE_REPORT_SCHEMA, "findings": FINDING_REPORT_SCHEMA}
+PARTITION_SCHEMA = pa.schema([("depot", pa.string()), ("night", pa.string())])
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def check_name(value: str, what: str) -> str:
+    """Names become path segments: refuse anything that could escape or confuse the layout."""
+    if not isinstance(value, str) or not _NAME_RE.match(value) or value in {".", ".."}:
+        raise ValueError(f"invalid {what} {value!r}: use letters, digits, '_', '-', '.'")
+    return value
+
+
+def check_night(night: str | dt.date) -> str:
+    """Normalise a night to ``YYYY-MM-DD`` (accepts a date)."""
+    if isinstance(night, dt.date):
+        return night.isoformat()
+    try:
+        return dt.date.fromisoformat(str(night)).isoformat()
+    except ValueError as exc:
+        raise ValueError(f"invalid night {night!r}: expected YYYY-MM-DD") from exc
+
+
+def table_from_rows(rows: Iterable[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts) to a table of exactly ``schema``: missing keys become null, unknown keys are an error."""
+    rows = list(rows)
+    names = set(schema.names)
+    for row in rows:
+        extra = set(row) - names
+        if extra:
+            raise ValueError(f"unknown columns {sorted(extra)} for schema {schema.names}")
+    return pa.Table.from_pylist([{n: r.get(n) for n in schema.names} for r in rows], schema=schema)
+
+
+# --------------------------------------------------------------------------------------------- store
+
+
+@dataclass
+class Store:
+    """An fsspec root plus the layout above. Cheap to create and picklable (sent to Dask workers)."""
+
+    root: str = "./anodet-data"
+    storage_options: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self._fs: fsspec.AbstractFileSystem | None = None
+        self._base: str = ""
+
+    # -- plumbing
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        """The fsspec filesystem of the root, opened (with ``storage_options``) on first use."""
+        if self._fs is None:
+            self._fs, self._base = fsspec.core.url_to_fs(self.root, **(self.storage_options or {}))
+        return self._fs
+
+    @property
+    def base(self) -> str:
+        """The root as a path on :attr:`fs` (protocol stripped)."""
+        _ = self.fs
+        return self._base
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the root is on the local filesystem."""
+        return "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"root": self.root, "storage_options": self.storage_options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.root = state["root"]
+        self.storage_options = state["storage_options"]
+        self.__post_init__()
+
+    def path(self, rel: str) -> str:
+        """Filesystem path (protocol stripped) of a path relative to the root; absolute URLs pass through."""
+        if "://" in rel:
+            return fsspec.core.strip_protocol(rel)
+        return posixpath.join(self.base, rel)
+
+    def url(self, rel: str) -> str:
+        """Full URL of a relative path (what users and other tools can open)."""
+        if "://" in rel:
+            return rel
+        return self.fs.unstrip_protocol(self.path(rel)) if not self.is_local else self.path(rel)
+
+    def exists(self, rel: str) -> bool:
+        """Whether a relative path (or absolute URL) exists."""
+        return self.fs.exists(self.path(rel))
+
+    def read_bytes(self, rel: str) -> bytes:
+        """Contents of a file; FileNotFoundError when missing."""
+        return self.fs.cat_file(self.path(rel))
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write a file, creating its folders; an existing file is replaced."""
+        p = self.path(rel)
+        self.fs.makedirs(posixpath.dirname(p), exist_ok=True)
+        with self.fs.open(p, "wb") as fh:
+            fh.write(data)
+
+    def read_text(self, rel: str) -> str:
+        """Contents of a file decoded as UTF-8."""
+        return self.read_bytes(rel).decode()
+
+    def write_text(self, rel: str, text: str) -> None:
+        """Write ``text`` UTF-8 encoded (see :meth:`write_bytes`)."""
+        self.write_bytes(rel, text.encode())
+
+    def ls(self, rel: str) -> list[str]:
+        """Names directly under a relative folder ([] when missing)."""
+        p = self.path(rel)
+        if not self.fs.exists(p):
+            return []
+        return sorted(posixpath.basename(x.rstrip("/")) for x in self.fs.ls(p, detail=False))
+
+    def write_table(self, rel: str, table: pa.Table) -> None:
+        """Write a table as one zstd-compressed Parquet file, creating its folders."""
+        p = self.path(rel)
+        self.fs.makedirs(posixpath.dirname(p), exist_ok=True)
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        with self.fs.open(p, "wb") as fh:
+            fh.write(buf.getvalue())
+
+    def read_table(self, rel: str, schema: pa.Schema | None = None) -> pa.Table:
+        """Read a Parquet file; with ``schema``, select and cast to exactly its columns (a missing one is an error)."""
+        with self.fs.open(self.path(rel), "rb") as fh:
+            table = pq.read_table(fh)
+        return table.select(schema.names).cast(schema) if schema is not None else table
+
+    # -- captures and manifests
+    @staticmethod
+    def capture_rel(depot: str, night: str, capture_id: str, ext: str = "jpg") -> str:
+        """Relative path of a capture image; ValueError for an invalid name or night."""
+        return f"captures/{check_name(depot, 'depot')}/{check_night(night)}/{check_name(capture_id, 'capture_id')}.{ext}"
+
+    @staticmethod
+    def manifest_rel(depot: str, night: str) -> str:
+        """Relative path of a night's manifest; ValueError for an invalid name or night."""
+        return f"manifests/{check_name(depot, 'depot')}/{check_night(night)}.parquet"
+
+    def write_manifest(self, depot: str, night: str, rows: Iterable[dict[str, Any]]) -> pa.Table:
+        """Write (replace) a night's manifest from rows of :data:`MANIFEST_SCHEMA`; returns the table written."""
+        table = table_from_rows(rows, MANIFEST_SCHEMA)
+        self.write_table(self.manifest_rel(depot, night), table)
+        return table
+
+    def read_manifest(self, depot: str, night: str) -> pd.DataFrame:
+        """A night's manifest as a DataFrame of :data:`MANIFEST_SCHEMA`; FileNotFoundError when there is none."""
+        rel = self.manifest_rel(depot, night)
+        if not self.exists(rel):
+            raise FileNotFoundError(f"no manifest for depot {depot!r} night {night}: {self.url(rel)}")
+        return self.read_table(rel, MANIFEST_SCHEMA).to_pandas()
+
+    def depots(self) -> list[str]:
+        """Depots that have a manifest folder, sorted."""
+        return self.ls("manifests")
+
+    def nights(self, depot: str) -> list[str]:
+        """Nights (``YYYY-MM-DD``) of a depot that have a manifest, oldest first."""
+        return sorted(n.removesuffix(".parquet") for n in self.ls(f"manifests/{check_name(depot, 'depot')}") if n.endswith(".parquet"))
+
+    # -- references and labels
+    @staticmethod
+    def reference_rel(train_id: str, car: int, region_id: str, ext: str = "jpg") -> str:
+        """Relative path of the pinned reference image of a region; ValueError for an invalid name."""
+        return f"references/{check_name(train_id, 'train_id')}/{int(car)}/{check_name(region_id, 'region_id')}.{ext}"
+
+    @staticmethod
+    def labels_rel(depot: str, night: str) -> str:
+        """Relative path of a night's labels table; ValueError for an invalid name or night."""
+        return f"labels/{check_name(depot, 'depot')}/{check_night(night)}/labels.parquet"
+
+    @staticmethod
+    def mask_rel(depot: str, night: str, capture_id: str) -> str:
+        """Relative path of a capture's label mask PNG; ValueError for an invalid name or night."""
+        return f"labels/{check_name(depot, 'depot')}/{check_night(night)}/{check_name(capture_id, 'capture_id')}.png"
+
+    def write_labels(self, depot: str, night: str, rows: Iterable[dict[str, Any]]) -> pa.Table:
+        """Write (replace) a night's labels from rows of :data:`LABELS_SCHEMA`; returns the table written."""
+        table = table_from_rows(rows, LABELS_SCHEMA)
+        self.write_table(self.labels_rel(depot, night), table)
+        return table
+
+    def read_labels(self, depot: str, night: str) -> pd.DataFrame:
+        """A night's labels as a DataFrame of :data:`LABELS_SCHEMA`; empty (with those columns) when unlabelled."""
+        rel = self.labels_rel(depot, night)
+        if not self.exists(rel):
+            return pd.DataFrame({n: pd.Series(dtype="object") for n in LABELS_SCHEMA.names})
+        return self.read_table(rel, LABELS_SCHEMA).to_pandas()
+
+    # -- maps
+    @staticmethod
+    def maps_rel(depot: str, night: str) -> str:
+        """Relative path of a night's Zarr group of anomaly maps; ValueError for an invalid name or night."""
+        return f"maps/{check_name(depot, 'depot')}/{check_night(night)}.zarr"
+
+    # -- reports
+    @staticmethod
+    def report_partition_rel(table: str, depot: str, night: str) -> str:
+        """Relative folder of the (depot, night) partition of a report table; ValueError for an unknown table."""
+        if table not in REPORT_SCHEMAS:
+            raise ValueError(f"unknown report table {table!r}; expected one of {sorted(REPORT_SCHEMAS)}")
+        return f"reports/{table}/depot={check_name(depot, 'depot')}/night={check_night(night)}"
+
+    def write_report(self, table: str, depot: str, night: str, rows: Iterable[dict[str, Any]] | pa.Table) -> str:
+        """Replace the (depot, night) partition of a report table; re-running a night overwrites, never appends."""
+        part = self.report_partition_rel(table, depot, night)  # ValueError for an unknown table
+        schema = REPORT_SCHEMAS[table]
+        data = rows if isinstance(rows, pa.Table) else table_from_rows(rows, schema)
+        data = data.select(schema.names).cast(schema)
+        tmp = f"{part}/.part-0.parquet.tmp"
+        self.write_table(tmp, data)
+        # drop older files of the partition, then move the new one in place: readers never see two copies
+        for name in self.ls(part):
+            if name.endswith(".parquet"):
+                self.fs.rm(self.path(f"{part}/{name}"))
+        self.fs.mv(self.path(tmp), self.path(f"{part}/part-0.parquet"))
+        return self.url(f"{part}/part-0.parquet")
+
+    def report_dataset(self, table: str) -> pads.Dataset | None:
+        """The whole report table as a hive-partitioned pyarrow dataset (None when nothing was written)."""
+        if table not in REPORT_SCHEMAS:
+            raise ValueError(f"unknown report table {table!r}; expected one of {sorted(REPORT_SCHEMAS)}")
+        rel = f"reports/{table}"
+        if not self.exists(rel):
+            return None
+        schema = pa.unify_schemas([REPORT_SCHEMAS[table], PARTITION_SCHEMA])
+        return pads.dataset(
+            self.path(rel),
+            filesystem=self.fs,
+            format="parquet",
+            schema=schema,
+            partitioning=pads.partitioning(PARTITION_SCHEMA, flavor="hive"),
+            exclude_invalid_files=False,
+            ignore_prefixes=[".", "_"],
+        )
+
+    def read_report(self, table: str, filter: Any = None) -> pd.DataFrame:  # noqa: A002 (pyarrow's word)
+        """A report table with ``depot`` and ``night`` columns, rows kept by ``filter`` (a pyarrow expression) if given.
+
+        Empty, with the table's columns, when nothing was written; ValueError for an unknown table.
+        """
+        ds = self.report_dataset(table)
+        schema = pa.unify_schemas([REPORT_SCHEMAS[table], PARTITION_SCHEMA])
+        if ds is None:
+            return schema.empty_table().to_pandas()
+        return ds.to_table(filter=filter).to_pandas()
+
+    # -- models
+    @staticmethod
+    def model_version_rel(name: str, version: str) -> str:
+        """Relative folder of a model version; ValueError for an invalid name or version."""
+        return f"models/{check_name(name, 'model name')}/versions/{check_name(version, 'model version')}"
+
+    @staticmethod
+    def model_alias_rel(name: str, alias: str) -> str:
+        """Relative path of a model alias file; ValueError for an invalid name or alias."""
+        return f"models/{check_name(name, 'model name')}/aliases/{check_name(alias, 'alias')}"

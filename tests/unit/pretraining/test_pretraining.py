@@ -1,0 +1,154 @@
+"""Pretraining corpus, calibration, the classical baseline and a small-budget `anodet pretrain`."""
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from anodet_core.models import create_model
+from anodet_core.models.classical_diff import fit_offset
+from anodet_core.pretraining.sources import Photo, load_photos, split_photos
+from anodet_core.pretraining.synth import synth_pair
+from anodet_core.scoring.calibration import calibrate
+from anodet_core.training import PairArrays
+
+
+def _photo(seed: int, h: int = 300, w: int = 400) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (h // 10, w // 10, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(base).resize((w, h), Image.Resampling.BICUBIC))
+
+
+def _decode(b: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(b)).convert("RGB")).astype(np.float32)
+
+
+def test_synth_pair_labels_exactly_the_visible_changes():
+    photo, donors = _photo(0), [_photo(1), _photo(2)]
+    changed = normal = 0
+    for seed in range(12):
+        p = synth_pair(photo, donors, np.random.default_rng(seed))
+        cur = _decode(p.cur_jpeg)
+        assert p.mask.shape == cur.shape[:2] == (384, 512)
+        assert bool(p.mask.any()) == bool(p.kinds), (seed, p.kinds)
+        changed += bool(p.kinds)
+        normal += not p.kinds
+    assert changed >= 4 and normal >= 1
+    # no viewpoint or photometric nuisance: the difference sits on the label
+    for seed in range(30):
+        p = synth_pair(photo, donors, np.random.default_rng(seed), jitter=0.0, p_change=1.0)
+        if not p.kinds:
+            continue
+        d = np.abs(_decode(p.cur_jpeg) - np.asarray(Image.open(io.BytesIO(p.his_jpeg)).convert("RGB").resize((512, 384)),
+                                                   np.float32)).mean(2)
+        assert d[p.mask].mean() > 2 * d[~p.mask].mean(), (seed, p.kinds)
+        break
+
+
+def test_split_is_by_photo_group_and_only_photographs_are_held_out():
+    photos = [Photo(f"skimage:p{i}", _photo(i, 64, 64)) for i in range(20)]
+    photos += [Photo("file:mate/abstract/Elephants.jpg", _photo(30, 64, 64)),
+               Photo("file:mate/abstract/Elephants_3840x2160.jpg", _photo(31, 64, 64)),
+               Photo("file:mate/nature/Wood.jpg", _photo(32, 64, 64))]
+    train, test = split_photos(photos, 0.3)
+    assert {p.name for p in train} | {p.name for p in test} == {p.name for p in photos}
+    assert not {p.group for p in train} & {p.group for p in test}
+    assert all(p.is_photograph for p in test)
+    assert photos[20].group == photos[21].group
+    with pytest.raises(ValueError, match="reserved"):
+        load_photos(["/usr/share/doc/opencv-doc/examples"], skimage=False, matplotlib=False)
+
+
+def _arrays(n: int, blob: int, noise: int, seed: int = 0) -> PairArrays:
+    """Pairs where anomalous ones (odd index) have a blob x blob change, every pair a noise x noise speck."""
+    rng = np.random.default_rng(seed)
+    cur = rng.integers(90, 110, (n, 256, 256, 3), dtype=np.uint8)
+    his = cur.copy()
+    mask = np.zeros((n, 256, 256), np.uint8)
+    for i in range(n):
+        y, x = rng.integers(10, 200, 2)
+        cur[i, y : y + noise, x : x + noise] = 250  # speck: unlabelled nuisance
+        if i % 2:
+            y, x = rng.integers(10, 200, 2)
+            cur[i, y : y + blob, x : x + blob] = 250
+            mask[i, y : y + blob, x : x + blob] = 1
+    return PairArrays([str(i) for i in range(n)], cur, his, mask, sizes=[(512, 512)] * n)
+
+
+class _AbsDiff(torch.nn.Module):
+    def forward(self, cur, his):
+        return ((cur - his).abs().mean(1, keepdim=True) > 0.5).float() * 0.9
+
+
+def test_calibration_picks_a_min_area_that_ignores_specks_and_converts_to_native_px():
+    val = _arrays(16, blob=12, noise=2)
+    cal = calibrate(_AbsDiff(), val)
+    assert cal.decision_f1 == 1.0
+    assert 4 < cal.min_area_model_px <= 144
+    assert cal.min_finding_area == cal.min_area_model_px * 4  # 512^2 native over 256^2 model px
+    specks_only = calibrate(_AbsDiff(), _arrays(16, blob=12, noise=1))
+    assert specks_only.min_area_model_px < cal.min_area_model_px or cal.min_area_model_px <= 8
+
+
+def test_classical_baseline_fits_its_level_on_validation():
+    data = _arrays(8, blob=20, noise=0)
+    model = create_model("classical_diff")
+    level = fit_offset(model, data.cur, data.his, data.mask)
+    assert level > 0
+    from anodet_core.training import evaluate_arrays
+
+    assert evaluate_arrays(model, data)["f1"] > 0.8
+    # the fitted level is part of the state: a reload scores the same
+    again = create_model("classical_diff")
+    again.load_state_dict(model.state_dict())
+    assert float(again.offset) == pytest.approx(level)
+
+
+def test_base_preset_is_the_documented_architecture():
+    m = create_model("anodfdnet", preset="base", pretrained=False)
+    assert m.encoder.channels == [16, 24, 40, 112] and m.encoder.reductions == [2, 4, 8, 16]
+    cur, his = torch.rand(2, 3, 128, 96) * 2 - 1, torch.rand(2, 3, 128, 96) * 2 - 1
+    m.eval()
+    with torch.no_grad():
+        out = m(cur, his)
+        assert out.shape == (2, 1, 128, 96)
+        assert torch.allclose(out, m(his, cur), atol=1e-5)  # symmetric in (cur, his)
+    m.train()
+    assert all(not b.training for b in m.encoder.modules() if isinstance(b, torch.nn.BatchNorm2d))
+    frozen = [p for p in m.encoder.body.conv_stem.parameters()]
+    assert frozen and not any(p.requires_grad for p in frozen)
+
+
+@pytest.mark.slow
+def test_pretrain_small_budget_registers_a_calibrated_evaluated_version(tmp_path):
+    from flows.cli import main
+
+    corpus, store = tmp_path / "corpus", tmp_path / "store"
+    rc = main(["pretrain", "--corpus", str(corpus), "--store", str(store), "--photo-dirs", "--train-per-photo", "2",
+               "--test-per-photo", "1", "--steps", "3", "--batch", "4", "--crop", "64", "--device", "cpu"])
+    assert rc == 0
+    rec = json.loads((corpus / "corpus.json").read_text())
+    assert rec["n_test"] >= 1 and not set(rec["train_photos"]) & set(rec["test_photos"])
+    card = json.loads((store / "models" / "anodfdnet" / "versions" / "1" / "card.json").read_text())
+    assert card["preset"] == "base" and card["data_fingerprint"] == rec["fingerprint"]
+    assert card["extra"]["steps"] == 3 and card["min_finding_area"] >= 1
+    assert {"f1", "iou", "auc", "f1_at_op", "image_auroc"} <= set(card["metrics"])
+    assert "held-out photographs" in card["eval_split"]
+    # resumable: the checkpoint of the finished run is there, and a rerun does not train again
+    assert any(f.startswith("checkpoint-") for f in os.listdir(corpus))
+    # a second stage continues the first from its exported folder: same preset, steps added up, provenance kept
+    stage1 = tmp_path / "stage1"
+    rc = main(["pretrain", "--corpus", str(corpus), "--store", str(store), "--steps", "3", "--batch", "4", "--crop",
+               "64", "--device", "cpu", "--no-test", "--export", str(stage1)])
+    assert rc == 0 and (stage1 / "weights.safetensors").exists()
+    rc = main(["pretrain", "--corpus", str(corpus), "--store", str(store), "--init", str(stage1), "--steps", "2",
+               "--batch", "4", "--crop", "64", "--device", "cpu", "--no-test"])
+    assert rc == 0
+    versions = sorted(int(v) for v in os.listdir(store / "models" / "anodfdnet" / "versions"))
+    card2 = json.loads((store / "models" / "anodfdnet" / "versions" / str(versions[-1]) / "card.json").read_text())
+    assert card2["extra"]["steps"] == 2 and card2["extra"]["steps_total"] == 5
+    assert card2["extra"]["init"]["ref"] == str(stage1) and card2["extra"]["init"]["steps_total"] == 3
