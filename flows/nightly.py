@@ -14,6 +14,7 @@ from prefect.runtime import flow_run
 from anodet_core.config import Settings, local_timezone
 from anodet_core.night.plan import NightSummary, split_jobs, summarize
 from anodet_core.store.layout import Store
+from anodet_core.store.schemas import CaptureRow, FindingRow
 from tasks.inspection import Sealed, plan_night_task, score_batch_task, write_reports_task
 
 from .runners import SettingsTaskRunner, build_task_runner, ephemeral_run_settings
@@ -67,7 +68,8 @@ def nightly_inspection(
         score_batch_task.submit(st, plan.depot, plan.night, Sealed(batch), plan.model_ref, settings, run_id, plan.single_models)
         for batch in split_jobs(plan.jobs, settings.task_pairs)
     ]
-    captures, findings = [], []
+    captures: list[CaptureRow] = []
+    findings: list[FindingRow] = []
     for fut in futures:
         res = fut.result()
         captures += res.captures

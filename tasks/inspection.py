@@ -12,6 +12,7 @@ from anodet_core.night.batch import BatchResult, process_batch
 from anodet_core.night.history import PairJob
 from anodet_core.night.plan import NightPlan, plan_night, write_reports
 from anodet_core.store.layout import Store
+from anodet_core.store.schemas import CaptureRow, FindingRow
 
 T = TypeVar("T")
 
@@ -54,6 +55,8 @@ def score_batch_task(store: Store, depot: str, night: str, jobs: Sealed[list[Pai
 
 
 @task(name="write-reports", cache_policy=NONE, retries=2, retry_delay_seconds=5)
-def write_reports_task(store: Store, depot: str, night: str, captures: Sealed[list[dict]], findings: Sealed[list[dict]]) -> dict[str, str]:
+def write_reports_task(
+    store: Store, depot: str, night: str, captures: Sealed[list[CaptureRow]], findings: Sealed[list[FindingRow]]
+) -> dict[str, str]:
     """Replace the night's capture and finding report partitions (:func:`anodet_core.night.plan.write_reports`); returns their URLs."""
     return write_reports(store, depot, night, captures.value, findings.value)

@@ -88,7 +88,7 @@ def evaluate_pairs(
             pm.update(native, mask)
             for i, c in enumerate(confusion_counts(native, mask, op.threshold)):
                 at_op[i] += c
-            img_scores.append(scored.figures["capture_score"])  # the decision-consistent ranking
+            img_scores.append(scored.figures.capture_score)  # the decision-consistent ranking
             img_labels.append(bool(mask.any()))
             img_decisions.append(scored.anomalous)
     out: dict[str, Any] = pm.compute()

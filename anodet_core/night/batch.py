@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -25,19 +25,22 @@ import torch
 from ..config import Settings, available_cores, resolve_device
 from ..imaging.prepare import PreparedPair
 from ..registry.model_store import ModelCard, load
-from ..scoring.postprocess import OperatingPoint, ScoredMap, operating_point, postprocess
+from ..scoring.postprocess import Finding, OperatingPoint, ScoredMap, operating_point, postprocess
 from ..scoring.predictor import Predictor
 from ..single_image import MAP_THRESHOLD, SingleImageScorer
-from ..store.layout import (
+from ..store.layout import Store
+from ..store.maps import MapWriter
+from ..store.schemas import (
     DECISION_ANOMALOUS,
     DECISION_NORMAL,
     STATUS_ERROR,
     STATUS_NO_HISTORY,
     STATUS_OK,
     STATUS_REGISTRATION_FAILED,
-    Store,
+    CaptureRow,
+    FindingRow,
+    Status,
 )
-from ..store.maps import MapWriter
 from .history import PairJob
 from .prep_pool import (
     PreparedImage,
@@ -92,27 +95,38 @@ def get_single_image_scorer(store: Store, model_ref: str, settings: Settings) ->
 class BatchResult:
     """Report rows of one batch: one capture row per job (CAPTURE_REPORT_SCHEMA) and its finding rows."""
 
-    captures: list[dict[str, Any]] = field(default_factory=list)
-    findings: list[dict[str, Any]] = field(default_factory=list)
+    captures: list[CaptureRow] = field(default_factory=list)
+    findings: list[FindingRow] = field(default_factory=list)
 
 
-def _base_row(job: PairJob, card: ModelCard | None, run_id: str) -> dict[str, Any]:
+def _base_row(job: PairJob, card: ModelCard | None, run_id: str, status: Status, **columns: Any) -> CaptureRow:
+    """The capture row of ``job``: manifest and history columns, model, run and map row, plus ``columns``."""
     c = job.capture
-    return {
-        "capture_id": c["capture_id"],
-        "train_id": c["train_id"],
-        "car": int(c["car"]),
-        "region_id": c["region_id"],
-        "captured_at": c["captured_at"],
-        "uri": c["uri"],
-        "history_source": job.history_source,
-        "history_capture_id": job.history_capture_id,
-        "history_uri": job.history_uri,
-        "model_name": card.name if card else None,
-        "model_version": card.version if card else None,
-        "run_id": run_id,
-        "map_index": job.index,
-    }
+    return CaptureRow(
+        capture_id=c["capture_id"],
+        train_id=c["train_id"],
+        car=int(c["car"]),
+        region_id=c["region_id"],
+        captured_at=c["captured_at"],
+        uri=c["uri"],
+        status=status,
+        history_source=job.history_source,
+        history_capture_id=job.history_capture_id,
+        history_uri=job.history_uri,
+        model_name=card.name if card else None,
+        model_version=card.version if card else None,
+        run_id=run_id,
+        map_index=job.index,
+        **columns,
+    )
+
+
+class _Scored(NamedTuple):
+    """A scored capture's status, report columns (figures, registration, timings) and findings."""
+
+    status: Status
+    columns: dict[str, Any]
+    findings: list[Finding]
 
 
 def _store_map(maps: MapWriter, index: int, score: torch.Tensor, native_size: tuple[int, int],
@@ -125,15 +139,14 @@ def _store_map(maps: MapWriter, index: int, score: torch.Tensor, native_size: tu
     return scored, (time.perf_counter() - t1) * 1e3
 
 
-def _finish(maps: MapWriter, job: PairJob, prep: PreparedPair, score: torch.Tensor, op: OperatingPoint) -> tuple[dict[str, Any], list]:
+def _finish(maps: MapWriter, job: PairJob, prep: PreparedPair, score: torch.Tensor, op: OperatingPoint) -> _Scored:
     """Native map, figures, findings and decision of one scored pair at the night's operating point; writes its
     Zarr row. Runs in the writer thread."""
     scored, t_write = _store_map(maps, job.index, score, prep.native_size, op)
     reg = prep.registration
-    figures = dict(
-        scored.figures,
+    columns = dict(
+        asdict(scored.figures),
         t_write_ms=t_write,
-        status=STATUS_OK if reg.ok else STATUS_REGISTRATION_FAILED,
         decision=scored.decision,
         reg_method=reg.method,
         reg_ok=reg.ok,
@@ -144,11 +157,11 @@ def _finish(maps: MapWriter, job: PairJob, prep: PreparedPair, score: torch.Tens
         t_decode_ms=prep.t_decode_ms,
         t_register_ms=prep.t_register_ms,
     )
-    return figures, scored.findings
+    return _Scored(STATUS_OK if reg.ok else STATUS_REGISTRATION_FAILED, columns, scored.findings)
 
 
 def _finish_single(maps: MapWriter, job: PairJob, prep: PreparedImage, score: torch.Tensor, image_score: float,
-                   image_threshold: float, op: OperatingPoint) -> tuple[dict[str, Any], list]:
+                   image_threshold: float, op: OperatingPoint) -> _Scored:
     """Like :func:`_finish` for a capture scored by a single-image model: ``score`` is its normalised map.
 
     Findings are regions of the normalised map above MAP_THRESHOLD (0.5 = twice the normal pixel p99.9), not
@@ -160,32 +173,31 @@ def _finish_single(maps: MapWriter, job: PairJob, prep: PreparedImage, score: to
     """
     scored, t_write = _store_map(maps, job.index, score, prep.native_size, OperatingPoint(MAP_THRESHOLD, op.min_area))
     anomalous = image_score > image_threshold or scored.anomalous
-    figures = dict(
-        scored.figures,
+    columns = dict(
+        asdict(scored.figures),
         t_write_ms=t_write,
-        status=STATUS_OK,
         decision=DECISION_ANOMALOUS if anomalous else DECISION_NORMAL,
         t_decode_ms=prep.t_decode_ms,
     )
-    return figures, scored.findings
+    return _Scored(STATUS_OK, columns, scored.findings)
 
 
-def _finding_rows(row: dict[str, Any], finds: list, card: ModelCard, run_id: str) -> list[dict[str, Any]]:
+def _finding_rows(row: CaptureRow, finds: list[Finding], card: ModelCard, run_id: str) -> list[FindingRow]:
     return [
-        {
-            "capture_id": row["capture_id"],
-            "finding_id": i,
-            "train_id": row["train_id"],
-            "car": row["car"],
-            "region_id": row["region_id"],
-            "x0": f.x0, "y0": f.y0, "x1": f.x1, "y1": f.y1,
-            "area_px": f.area_px,
-            "peak_score": f.peak_score,
-            "mean_score": f.mean_score,
-            "model_name": card.name,
-            "model_version": card.version,
-            "run_id": run_id,
-        }
+        FindingRow(
+            capture_id=row.capture_id,
+            finding_id=i,
+            train_id=row.train_id,
+            car=row.car,
+            region_id=row.region_id,
+            x0=f.x0, y0=f.y0, x1=f.x1, y1=f.y1,
+            area_px=f.area_px,
+            peak_score=f.peak_score,
+            mean_score=f.mean_score,
+            model_name=card.name,
+            model_version=card.version,
+            run_id=run_id,
+        )
         for i, f in enumerate(finds)
     ]
 
@@ -228,7 +240,7 @@ class _Written(NamedTuple):
     job: PairJob
     card: ModelCard
     t_infer_ms: float
-    future: Future[tuple[dict[str, Any], list]]
+    future: Future[_Scored]
 
 
 @dataclass
@@ -263,10 +275,10 @@ class _BatchRun:
         return prepared_chunks(jobs, self.settings.batch_size, submit, self.helpers is not None, call)
 
     def _error(self, job: PairJob, card: ModelCard, error: PrepError) -> None:
-        self.result.captures.append({**_base_row(job, card, self.run_id), "status": STATUS_ERROR, "error": error.message})
+        self.result.captures.append(_base_row(job, card, self.run_id, STATUS_ERROR, error=error.message))
 
     def _writing(self, card: ModelCard, t_infer_ms: float, jobs: list[PairJob],
-                 futures: list[Future[tuple[dict[str, Any], list]]]) -> None:
+                 futures: list[Future[_Scored]]) -> None:
         self.written.extend(_Written(job, card, t_infer_ms, fut) for job, fut in zip(jobs, futures))
         for fut in futures:  # finish writing before the next phase starts
             fut.exception()
@@ -343,11 +355,11 @@ class _BatchRun:
         """Capture and finding rows of every scored capture, in scoring order, once its map is written."""
         processed_at = dt.datetime.now(dt.UTC)
         for w in self.written:
-            figures, finds = w.future.result()
-            row = {**_base_row(w.job, w.card, self.run_id), **figures, **self.second.get(w.job.index, {}),
-                   "t_infer_ms": w.t_infer_ms, "map_uri": map_uri, "processed_at": processed_at}
+            done = w.future.result()
+            row = _base_row(w.job, w.card, self.run_id, done.status, **done.columns, **self.second.get(w.job.index, {}),
+                            t_infer_ms=w.t_infer_ms, map_uri=map_uri, processed_at=processed_at)
             self.result.captures.append(row)
-            self.result.findings.extend(_finding_rows(row, finds, w.card, self.run_id))
+            self.result.findings.extend(_finding_rows(row, done.findings, w.card, self.run_id))
 
 
 def process_batch(
@@ -385,7 +397,7 @@ def process_batch(
     op = operating_point(card, settings)
     result = BatchResult()
     paired, single, unscored = _split_jobs(jobs, single_models or {})
-    result.captures.extend({**_base_row(job, card, run_id), "status": STATUS_NO_HISTORY} for job in unscored)
+    result.captures.extend(_base_row(job, card, run_id, STATUS_NO_HISTORY) for job in unscored)
     if not paired and not single:
         return result
     maps, map_uri = MapWriter(store, depot, night), store.url(store.maps_rel(depot, night))

@@ -15,7 +15,8 @@ from typing import Any
 import pandas as pd
 import pyarrow.compute as pc
 
-from ..store.layout import DECISION_NORMAL, STATUS_OK, Store
+from ..store.layout import Store
+from ..store.schemas import DECISION_NORMAL, STATUS_OK
 
 KEYS = ["train_id", "car", "region_id"]
 

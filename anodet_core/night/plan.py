@@ -12,8 +12,9 @@ import pandas as pd
 
 from ..registry.model_store import get_alias, read_card, resolve_card
 from ..scoring.postprocess import DEFAULT_MIN_AREA, OperatingPoint, resolve_operating_point
-from ..store.layout import DECISION_ANOMALOUS, Store, check_name, check_night
+from ..store.layout import Store, check_name, check_night
 from ..store.maps import create_night_maps
+from ..store.schemas import DECISION_ANOMALOUS, CaptureRow, FindingRow, row_dict
 from .history import PairJob, resolve_histories
 
 log = logging.getLogger(__name__)
@@ -130,10 +131,10 @@ def split_jobs(jobs: list[PairJob], batch_size: int) -> list[list[PairJob]]:
     return [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
 
 
-def write_reports(store: Store, depot: str, night: str, captures: list[dict[str, Any]], findings: list[dict[str, Any]]) -> dict[str, str]:
+def write_reports(store: Store, depot: str, night: str, captures: list[CaptureRow], findings: list[FindingRow]) -> dict[str, str]:
     """Replace the night's partitions of both report tables; captures sorted by map row for stable output."""
-    captures = sorted(captures, key=lambda r: r["map_index"])
-    findings = sorted(findings, key=lambda r: (r["capture_id"], r["finding_id"]))
+    captures = sorted(captures, key=lambda r: r.map_index if r.map_index is not None else -1)
+    findings = sorted(findings, key=lambda r: (r.capture_id, r.finding_id))
     return {
         "captures": store.write_report("captures", depot, night, captures),
         "findings": store.write_report("findings", depot, night, findings),
@@ -180,7 +181,7 @@ class NightSummary:
         return "\n".join(lines)
 
 
-def summarize(store: Store, plan: NightPlan, captures: list[dict[str, Any]], seconds: float, reports: dict[str, str]) -> NightSummary:
+def summarize(store: Store, plan: NightPlan, captures: list[CaptureRow], seconds: float, reports: dict[str, str]) -> NightSummary:
     """Summarise a night's capture report rows; ``seconds`` is its wall time.
 
     Captures are ranked by ``capture_score`` (the decision-consistent score; ``score_max`` for rows without one).
@@ -189,7 +190,7 @@ def summarize(store: Store, plan: NightPlan, captures: list[dict[str, Any]], sec
     """
     from ..evaluation.metrics import roc_auc
 
-    df = pd.DataFrame(captures)
+    df = pd.DataFrame([row_dict(r) for r in captures])
     if not df.empty:
         rank = df["capture_score"] if "capture_score" in df else pd.Series(np.nan, index=df.index)
         df["_rank"] = rank.astype(float).fillna(df["score_max"].astype(float)) if "score_max" in df else rank

@@ -58,11 +58,11 @@ def _score(predictor: Predictor, op: OperatingPoint, out_dir: str, ready: list[t
         f = scored.figures
         row.update(
             decision=scored.decision,
-            score_max=f["score_max"],
-            score_mean=f["score_mean"],
-            capture_score=f["capture_score"],
-            anomalous_area_frac=f["anomalous_area_frac"],
-            n_findings=f["n_findings"],
+            score_max=f.score_max,
+            score_mean=f.score_mean,
+            capture_score=f.capture_score,
+            anomalous_area_frac=f.anomalous_area_frac,
+            n_findings=f.n_findings,
             map_png=png,
         )
 

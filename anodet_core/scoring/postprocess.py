@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
-from ..store.layout import DECISION_ANOMALOUS, DECISION_NORMAL
 from ..store.maps import dequantize, quantize
+from ..store.schemas import DECISION_ANOMALOUS, DECISION_NORMAL
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -178,14 +178,29 @@ def capture_score(score: np.ndarray, min_area: float) -> float:
 # ------------------------------------------------------------------------------------------ one capture
 
 
+@dataclass(frozen=True)
+class MapFigures:
+    """The figures of one post-processed map: the report's columns of the same names (:class:`CaptureRow`).
+
+    All but ``capture_score`` are measured on the stored (native, quantized) map; ``capture_score`` is
+    :func:`capture_score` of the model-resolution map, the score captures are ranked by.
+    """
+
+    threshold: float
+    score_max: float
+    score_mean: float
+    capture_score: float
+    anomalous_area_px: int  # native px above the threshold
+    anomalous_area_frac: float
+    n_findings: int
+
+
 @dataclass
 class ScoredMap:
-    """One capture after post-processing. ``figures``: threshold, score_max, score_mean, anomalous_area_px
-    (native px above the threshold), anomalous_area_frac, n_findings, measured on ``stored``; and
-    capture_score (:func:`capture_score` of the model-resolution map), the score captures are ranked by."""
+    """One capture after post-processing: the stored map, its figures, findings and decision."""
 
     stored: np.ndarray  # native (H, W), uint8 (score * 255) or float16: what the night writes to Zarr
-    figures: dict[str, Any]
+    figures: MapFigures
     findings: list[Finding]
     decision: str  # DECISION_ANOMALOUS iff any finding, else DECISION_NORMAL
 
@@ -217,7 +232,7 @@ def postprocess(score: torch.Tensor, native_size: tuple[int, int], op: Operating
     else:
         finds, above = [], 0
     mean = float(stored.mean(dtype=np.float64)) / (255.0 if stored.dtype == np.uint8 else 1.0)
-    figures = dict(
+    figures = MapFigures(
         threshold=op.threshold,
         score_max=peak,
         score_mean=mean,

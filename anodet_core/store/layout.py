@@ -1,7 +1,7 @@
 """The store: where everything lives under one fsspec root, and the schemas of every table.
 
-This module is the single owner of paths and Parquet schemas; nothing else builds store paths by hand. It runs a
-little over 400 lines for that reason: the layout, both report schemas and the Store's IO stay in one place.
+This module is the single owner of paths; nothing else builds store paths by hand. The schemas of every table
+(and the report row types) are :mod:`anodet_core.store.schemas`.
 
 Layout under the root (``ANODET_STORE``: a local folder, ``file://``, ``s3://bucket/prefix``, ...)::
 
@@ -28,7 +28,6 @@ import posixpath
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import fsspec
@@ -37,129 +36,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-# --------------------------------------------------------------------------------------------- schemas
-
-MANIFEST_SCHEMA = pa.schema(
-    [
-        ("capture_id", pa.string()),
-        ("depot", pa.string()),
-        ("night", pa.string()),
-        ("train_id", pa.string()),
-        ("car", pa.int32()),
-        ("region_id", pa.string()),
-        ("captured_at", pa.timestamp("us", tz="UTC")),
-        ("uri", pa.string()),  # relative to the store root, or an absolute URL
-        ("sha256", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-    ]
-)
-
-LABELS_SCHEMA = pa.schema(
-    [
-        ("capture_id", pa.string()),
-        ("anomalous", pa.bool_()),
-        ("anomaly_type", pa.string()),  # foreign_body | missing_component | scratch | oil_leak | null
-        ("mask_uri", pa.string()),  # relative to the store root; null when the capture is normal
-    ]
-)
-
-
-# capture report values: the members are str, so Parquet receives (and comparisons with what is read back
-# see) plain strings
-class Status(StrEnum):
-    """A capture report's ``status``: what happened to the capture (its ``decision`` says what was found)."""
-
-    OK = "ok"
-    REGISTRATION_FAILED = "registration_failed"  # scored against an unaligned history: read with care
-    NO_HISTORY = "no_history"  # neither an earlier normal capture nor a pinned reference
-    ERROR = "error"  # unreadable image, checksum mismatch, ...: see `error`
-
-
-class Decision(StrEnum):
-    """A capture report's ``decision`` (null when the capture was not scored)."""
-
-    NORMAL = "normal"
-    ANOMALOUS = "anomalous"
-
-
-# the members under their module-level names
-STATUS_OK = Status.OK
-STATUS_REGISTRATION_FAILED = Status.REGISTRATION_FAILED
-STATUS_NO_HISTORY = Status.NO_HISTORY
-STATUS_ERROR = Status.ERROR
-DECISION_NORMAL = Decision.NORMAL
-DECISION_ANOMALOUS = Decision.ANOMALOUS
-
-CAPTURE_REPORT_SCHEMA = pa.schema(
-    [
-        ("capture_id", pa.string()),
-        ("train_id", pa.string()),
-        ("car", pa.int32()),
-        ("region_id", pa.string()),
-        ("captured_at", pa.timestamp("us", tz="UTC")),
-        ("uri", pa.string()),
-        ("status", pa.string()),  # Status
-        ("decision", pa.string()),  # Decision: normal | anomalous | null when not scored
-        ("error", pa.string()),
-        ("history_source", pa.string()),  # capture | reference | null
-        ("history_capture_id", pa.string()),
-        ("history_uri", pa.string()),
-        ("model_name", pa.string()),
-        ("model_version", pa.string()),
-        ("threshold", pa.float32()),
-        ("reg_method", pa.string()),
-        ("reg_ok", pa.bool_()),
-        ("reg_inliers", pa.int32()),
-        ("reg_residual_px", pa.float32()),  # native px
-        ("reg_ncc_before", pa.float32()),
-        ("reg_ncc_after", pa.float32()),
-        ("score_max", pa.float32()),
-        ("score_mean", pa.float32()),
-        # ranking score consistent with the decision: highest level holding a region of the minimum finding
-        # area (anodet_core.scoring.postprocess.capture_score); null in nights written before it existed
-        ("capture_score", pa.float32()),
-        ("anomalous_area_px", pa.int64()),  # native px above threshold
-        ("anomalous_area_frac", pa.float32()),
-        ("n_findings", pa.int32()),
-        # second opinion (ANODET_SECOND_OPINION): the region's single-image model on a capture WITH history;
-        # informational, the decision stays the paired model's; null when off or the region has no such model
-        ("second_model", pa.string()),  # NAME:VERSION
-        ("second_score", pa.float32()),  # image score in that model's units
-        ("second_anomalous", pa.bool_()),  # second_score above the model card's image threshold
-        ("map_uri", pa.string()),  # Zarr group URL
-        ("map_index", pa.int32()),  # row of the capture in the group's `maps` array
-        ("t_decode_ms", pa.float32()),  # CPU ms of the preparing thread (helpers run beside the model)
-        ("t_register_ms", pa.float32()),  # CPU ms, idem
-        ("t_infer_ms", pa.float32()),  # per pair share of the batch forward pass
-        ("t_write_ms", pa.float32()),
-        ("run_id", pa.string()),
-        ("processed_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
-
-FINDING_REPORT_SCHEMA = pa.schema(
-    [
-        ("capture_id", pa.string()),
-        ("finding_id", pa.int32()),  # 0.. per capture, by decreasing peak score
-        ("train_id", pa.string()),
-        ("car", pa.int32()),
-        ("region_id", pa.string()),
-        ("x0", pa.int32()),  # bbox in native cur px, half-open [x0, x1) x [y0, y1)
-        ("y0", pa.int32()),
-        ("x1", pa.int32()),
-        ("y1", pa.int32()),
-        ("area_px", pa.int64()),
-        ("peak_score", pa.float32()),
-        ("mean_score", pa.float32()),
-        ("model_name", pa.string()),
-        ("model_version", pa.string()),
-        ("run_id", pa.string()),
-    ]
-)
-
-REPORT_SCHEMAS = {"captures": CAPTURE_REPORT_SCHEMA, "findings": FINDING_REPORT_SCHEMA}
-PARTITION_SCHEMA = pa.schema([("depot", pa.string()), ("night", pa.string())])
+from .schemas import LABELS_SCHEMA, MANIFEST_SCHEMA, PARTITION_SCHEMA, REPORT_SCHEMAS, table_from_rows
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -179,17 +56,6 @@ def check_night(night: str | dt.date) -> str:
         return dt.date.fromisoformat(str(night)).isoformat()
     except ValueError as exc:
         raise ValueError(f"invalid night {night!r}: expected YYYY-MM-DD") from exc
-
-
-def table_from_rows(rows: Iterable[dict[str, Any]], schema: pa.Schema) -> pa.Table:
-    """Rows (dicts) to a table of exactly ``schema``: missing keys become null, unknown keys are an error."""
-    rows = list(rows)
-    names = set(schema.names)
-    for row in rows:
-        extra = set(row) - names
-        if extra:
-            raise ValueError(f"unknown columns {sorted(extra)} for schema {schema.names}")
-    return pa.Table.from_pylist([{n: r.get(n) for n in schema.names} for r in rows], schema=schema)
 
 
 # --------------------------------------------------------------------------------------------- store

@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from .layout import PARTITION_SCHEMA, REPORT_SCHEMAS, Store
+from .layout import Store
+from .schemas import PARTITION_SCHEMA, REPORT_SCHEMAS
 
 if TYPE_CHECKING:
     import duckdb

@@ -24,7 +24,8 @@ from anodet_core.demo_data import (
     train_ids,
     write_pair_folders,
 )
-from anodet_core.store.layout import LABELS_SCHEMA, MANIFEST_SCHEMA, Store
+from anodet_core.store.layout import Store
+from anodet_core.store.schemas import LABELS_SCHEMA, MANIFEST_SCHEMA
 
 TINY = dict(width=320, height=200, nights=2, trains=1, cars=1, regions=3)
 

@@ -6,14 +6,8 @@ import pandas as pd
 import pytest
 
 from anodet_core.night.history import resolve_histories
-from anodet_core.store.layout import (
-    CAPTURE_REPORT_SCHEMA,
-    FINDING_REPORT_SCHEMA,
-    LABELS_SCHEMA,
-    MANIFEST_SCHEMA,
-    Store,
-    check_night,
-)
+from anodet_core.store.layout import Store, check_night
+from anodet_core.store.schemas import CAPTURE_REPORT_SCHEMA, FINDING_REPORT_SCHEMA, LABELS_SCHEMA, MANIFEST_SCHEMA
 
 UTC = dt.UTC
 

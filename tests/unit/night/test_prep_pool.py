@@ -22,6 +22,7 @@ from anodet_core.registry import model_store
 from anodet_core.registry.model_store import ModelCard
 from anodet_core.store.layout import Store
 from anodet_core.store.maps import open_night_maps
+from anodet_core.store.schemas import row_dict
 
 from helpers import die_on, die_once
 
@@ -55,7 +56,7 @@ def test_helpers_give_the_rows_and_maps_that_threads_give(small_night):
             plan = plan_night(store, SPEC.depot, night, "anodfdnet")  # a fresh, empty map group each time
             res = process_batch(store, SPEC.depot, night, plan.jobs, plan.model_ref, s, "run")
             maps = np.asarray(open_night_maps(store, SPEC.depot, night)["maps"][:])
-            out[n] = ({r["capture_id"]: r for r in res.captures}, maps)
+            out[n] = ({r.capture_id: row_dict(r) for r in res.captures}, maps)
     finally:
         store.write_bytes(broken, original)
     assert prep_pool._POOLS.get(2) is not None  # the helper path really ran

@@ -96,9 +96,9 @@ def test_fast_path_decides_like_fp32():
     for k, sq in enumerate(SQUARES):
         sa, sb = postprocess(a[k], NATIVE, op), postprocess(b[k], NATIVE, op)
         assert sa.decision == sb.decision == ("anomalous" if sq else "normal"), k
-        assert len(sa.findings) == len(sb.findings) and sa.figures["n_findings"] == sb.figures["n_findings"], k
-        assert sa.figures["score_max"] == pytest.approx(sb.figures["score_max"], abs=0.02)
-        assert sa.figures["anomalous_area_px"] == pytest.approx(sb.figures["anomalous_area_px"], rel=0.02, abs=5)
+        assert len(sa.findings) == len(sb.findings) and sa.figures.n_findings == sb.figures.n_findings, k
+        assert sa.figures.score_max == pytest.approx(sb.figures.score_max, abs=0.02)
+        assert sa.figures.anomalous_area_px == pytest.approx(sb.figures.anomalous_area_px, rel=0.02, abs=5)
         for fa, fb in zip(sa.findings, sb.findings):
             assert max(abs(fa.x0 - fb.x0), abs(fa.y0 - fb.y0), abs(fa.x1 - fb.x1), abs(fa.y1 - fb.y1)) <= 2, (k, fa, fb)
             assert fa.area_px == pytest.approx(fb.area_px, rel=0.02)

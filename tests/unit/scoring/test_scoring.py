@@ -1,6 +1,8 @@
 """One post-processing path (anodet_core.scoring.postprocess): the night and `anodet evaluate` agree pair by pair; regions;
 operating-point precedence."""
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 import torch
@@ -24,6 +26,7 @@ from anodet_core.scoring.postprocess import (
 from anodet_core.scoring.predictor import Predictor
 from anodet_core.store.layout import Store
 from anodet_core.store.maps import open_night_maps, quantize
+from anodet_core.store.schemas import row_dict
 from anodet_core.training import LabelledPair
 
 from helpers import add_capture, jpeg
@@ -83,7 +86,7 @@ def test_night_and_evaluate_give_the_same_maps_findings_and_decisions(depot):
     assert (g.attrs["threshold"], g.attrs["min_finding_area"]) == (0.5, CARD_MIN_AREA)
     night_settings = settings.with_(threshold=plan.threshold, min_finding_area=plan.min_finding_area)  # as the flow
     res = pipeline.process_batch(store, "d", NIGHT, plan.jobs, plan.model_ref, night_settings, "run")
-    rows = {r["capture_id"]: r for r in res.captures}
+    rows = {r.capture_id: row_dict(r) for r in res.captures}
     assert {r["status"] for r in rows.values()} <= {"ok", "registration_failed"}  # both scored
 
     scored = {}
@@ -99,9 +102,9 @@ def test_night_and_evaluate_give_the_same_maps_findings_and_decisions(depot):
         s = scored[cid]
         assert np.array_equal(np.asarray(g["maps"][ids.index(cid), :H, :W]), s.stored), cid  # the same stored map
         assert row["decision"] == s.decision, cid
-        assert {k: row[k] for k in s.figures} == s.figures, cid
-        night_finds = [Finding(f["x0"], f["y0"], f["x1"], f["y1"], f["area_px"], f["peak_score"], f["mean_score"])
-                       for f in sorted((f for f in res.findings if f["capture_id"] == cid), key=lambda f: f["finding_id"])]
+        assert {k: row[k] for k in asdict(s.figures)} == asdict(s.figures), cid
+        night_finds = [Finding(f.x0, f.y0, f.x1, f.y1, f.area_px, f.peak_score, f.mean_score)
+                       for f in sorted((f for f in res.findings if f.capture_id == cid), key=lambda f: f.finding_id)]
         assert night_finds == s.findings, cid
 
     # the case really decides something: squares are findings, the spots are regions below the minimum area
@@ -163,13 +166,13 @@ def test_postprocess_measures_the_stored_map(dtype):
     s = postprocess(score, (200, 150), OperatingPoint(0.5, 30), dtype)
     assert s.stored.shape == (150, 200) and s.stored.dtype == np.dtype(dtype)
     native = s.native()
-    assert s.figures["score_max"] == pytest.approx(float(native.max()))
-    assert s.figures["score_mean"] == pytest.approx(float(native.astype(np.float64).mean()), rel=1e-6)
-    assert s.figures["anomalous_area_px"] == int((native > 0.5).sum())
+    assert s.figures.score_max == pytest.approx(float(native.max()))
+    assert s.figures.score_mean == pytest.approx(float(native.astype(np.float64).mean()), rel=1e-6)
+    assert s.figures.anomalous_area_px == int((native > 0.5).sum())
     assert s.findings == find_regions(native, 0.5, 30) and len(s.findings) == 1 and s.decision == "anomalous"
-    assert s.figures["n_findings"] == 1 and len(find_regions(native, 0.5, 1)) == 2
+    assert s.figures.n_findings == 1 and len(find_regions(native, 0.5, 1)) == 2
     quiet = postprocess(score * 0.5, (200, 150), OperatingPoint(0.5, 1), dtype)  # peak 0.45: nothing to label
-    assert quiet.findings == [] and quiet.decision == "normal" and quiet.figures["anomalous_area_px"] == 0
+    assert quiet.findings == [] and quiet.decision == "normal" and quiet.figures.anomalous_area_px == 0
 
 
 def test_upsample_u8_box_equals_a_whole_image_resize_within_one_level():
@@ -206,5 +209,5 @@ def test_capture_score_agrees_with_the_decision():
             y, x, r = rng.integers(0, 60), rng.integers(0, 60), rng.integers(1, 9)
             m[y : y + r, x : x + r] = rng.uniform(0.2, 1.0)
         scored = postprocess(torch.from_numpy(m), (64, 64), op)  # native = model size: no resampling
-        assert scored.anomalous == (scored.figures["capture_score"] > op.threshold)
-        assert scored.figures["capture_score"] <= scored.figures["score_max"] + 1e-6
+        assert scored.anomalous == (scored.figures.capture_score > op.threshold)
+        assert scored.figures.capture_score <= scored.figures.score_max + 1e-6

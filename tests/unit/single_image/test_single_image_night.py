@@ -180,8 +180,8 @@ def test_disabled_single_image_keeps_no_history(night, monkeypatch):
     assert sorted(j.capture["region_id"] for j in jobs) == ["R2", "R2", "R2", "R3"]
     res = process_batch(store, "d", NIGHT, jobs, plan.model_ref, settings.with_(threshold=plan.threshold), "run",
                         plan.single_models)
-    assert [r["status"] for r in res.captures] == ["no_history"] * 4 and not res.findings
-    assert {r["model_name"] for r in res.captures} == {"anodfdnet"}
+    assert [r.status for r in res.captures] == ["no_history"] * 4 and not res.findings
+    assert {r.model_name for r in res.captures} == {"anodfdnet"}
     # the same jobs with the model pinned (what the flow does by default) are scored by it
     on = plan_night_task.fn(store, "d", NIGHT, settings.with_(single_image="csaflow"), "run")
     assert on.single_models == {"R2": "csaflow-R2:1"}
@@ -205,6 +205,7 @@ def test_second_opinion_scores_paired_captures_without_changing_decisions(night)
     from anodet_core.config import Settings
     from anodet_core.night.batch import process_batch
     from anodet_core.night.plan import write_reports
+    from anodet_core.store.schemas import CaptureRow, row_dict
     from tasks.inspection import plan_night_task
 
     store, root, _, _ = night
@@ -223,20 +224,20 @@ def test_second_opinion_scores_paired_captures_without_changing_decisions(night)
     for s in (settings, on):
         res = process_batch(store, "d", NIGHT, paired, plan.model_ref, s.with_(threshold=plan.threshold), "run",
                             plan.single_models)
-        rows[s.second_opinion] = {r["capture_id"]: r for r in res.captures}
+        rows[s.second_opinion] = {r.capture_id: row_dict(r) for r in res.captures}
     for cid, row in rows[True].items():
         off = rows[False][cid]
         assert (row["decision"], row["score_max"], row["n_findings"]) == (off["decision"], off["score_max"], off["n_findings"])
-        assert not any(k.startswith("second_") for k in off)
+        assert all(off[k] is None for k in off if k.startswith("second_"))
         if row["region_id"] == "R1":  # no single-image model for R1
-            assert not any(k.startswith("second_") for k in row)
+            assert all(row[k] is None for k in row if k.startswith("second_"))
             continue
         img, _ = prepare_image(store.read_bytes(row["uri"]), 128)
         expect = float(score_images(model, img[None], maps=False)[0][0])
         assert row["second_model"] == f"csaflow-R0:{r0.version}"
         assert row["second_score"] == pytest.approx(expect, rel=1e-5)
         assert row["second_anomalous"] == (expect > card.threshold)
-    write_reports(store, "d", NIGHT, list(rows[True].values()), [])
+    write_reports(store, "d", NIGHT, [CaptureRow(**r) for r in rows[True].values()], [])
     rep = store.read_report("captures")
     rep = rep[rep.night == NIGHT].set_index("capture_id")
     for cid, row in rows[True].items():
@@ -256,5 +257,5 @@ def test_second_opinion_scores_paired_captures_without_changing_decisions(night)
                         plan.single_models)
     assert len(res.captures) == len(paired)
     for r in res.captures:
-        assert (r["status"], r["decision"]) == (rows[True][r["capture_id"]]["status"], rows[True][r["capture_id"]]["decision"])
-    assert not any(k.startswith("second_") for r in res.captures for k in r)
+        assert (r.status, r.decision) == (rows[True][r.capture_id]["status"], rows[True][r.capture_id]["decision"])
+    assert all(r.second_model is None and r.second_score is None and r.second_anomalous is None for r in res.captures)

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 
 from anodet_core.config import SINGLE_IMAGE_ARCHS, InvalidSetting, Settings
-from anodet_core.store.layout import (
+from anodet_core.store.layout import Store
+from anodet_core.store.schemas import (
     CAPTURE_REPORT_SCHEMA,
     DECISION_ANOMALOUS,
     DECISION_NORMAL,
@@ -23,7 +24,6 @@ from anodet_core.store.layout import (
     STATUS_REGISTRATION_FAILED,
     Decision,
     Status,
-    Store,
 )
 
 # ------------------------------------------------------------------------------------------ report schemas
