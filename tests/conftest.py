@@ -39,3 +39,29 @@ def moto_endpoint():
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+
+
+# ------------------------------------------------------------------------------------------ fault catalogue
+# Tests marked ``@pytest.mark.fault("kind")`` are the cases of the fault catalogue: each feeds one kind of bad
+# input or failure to the product and asserts the status, the message and that the rest is intact. The
+# summary line counts them: a failing case is a fault that was not handled (its capture or night "lost").
+_FAULT_CASES: dict[str, tuple[str, bool]] = {}  # nodeid -> (kind, passed)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    marker = item.get_closest_marker("fault")
+    if marker is None or not marker.args:
+        return
+    if rep.when == "call" or (rep.when == "setup" and not rep.passed and not rep.skipped):
+        _FAULT_CASES[item.nodeid] = (str(marker.args[0]), rep.passed)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _FAULT_CASES:
+        kinds = {k for k, _ in _FAULT_CASES.values()}
+        handled = sum(ok for _, ok in _FAULT_CASES.values())
+        lost = len(_FAULT_CASES) - handled
+        terminalreporter.write_line(f"faults: {len(kinds)} kinds, {handled} handled, {lost} lost")

@@ -54,7 +54,13 @@ class Status(StrEnum):
     OK = "ok"
     REGISTRATION_FAILED = "registration_failed"  # scored against an unaligned history: read with care
     NO_HISTORY = "no_history"  # neither an earlier normal capture nor a pinned reference
-    ERROR = "error"  # unreadable image, checksum mismatch, ...: see `error`
+    # not scored; `error` names the cause (a stable message: no tracebacks, no memory addresses)
+    INVALID_MANIFEST = "invalid_manifest"  # the manifest row itself: a null, a wrong type, a hostile id or uri
+    MISSING = "missing"  # the capture's (or its history's) file is not in the store
+    IO_ERROR = "io_error"  # the store could not be read, still failing after the retries
+    CHECKSUM_MISMATCH = "checksum_mismatch"  # the file's sha256 is not the manifest's
+    INVALID_IMAGE = "invalid_image"  # not an image, truncated, too large, or not the size the manifest declares
+    ERROR = "error"  # anything else that went wrong while scoring this capture
 
 
 class Decision(StrEnum):
@@ -69,6 +75,7 @@ STATUS_OK = Status.OK
 STATUS_REGISTRATION_FAILED = Status.REGISTRATION_FAILED
 STATUS_NO_HISTORY = Status.NO_HISTORY
 STATUS_ERROR = Status.ERROR
+NOT_SCORED = frozenset(s for s in Status if s not in (Status.OK, Status.REGISTRATION_FAILED, Status.NO_HISTORY))
 DECISION_NORMAL = Decision.NORMAL
 DECISION_ANOMALOUS = Decision.ANOMALOUS
 
