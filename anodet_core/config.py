@@ -11,7 +11,9 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .text import printable
 
 __all__ = ["SINGLE_IMAGE_ARCHS", "InvalidSetting", "Settings", "available_cores", "local_timezone", "resolve_device"]
 
@@ -70,6 +72,21 @@ def _parse_optional_float(value: Any) -> Any:
     return None if isinstance(value, str) and not value.strip() else _parse_float(value)
 
 
+def _parse_prefixes(value: Any) -> Any:
+    # comma-separated (URLs are not JSON-decoded: NoDecode); blanks between commas are dropped
+    if not isinstance(value, str):
+        return value
+    return tuple(p.strip() for p in value.split(",") if p.strip())
+
+
+def _check_prefixes(value: tuple[str, ...]) -> tuple[str, ...]:
+    # URLs only: the store reads a URL as it is, while an absolute path is always taken as a path in the store
+    for prefix in value:
+        if "://" not in prefix or ".." in prefix.split("/") or printable(prefix) != prefix:
+            raise ValueError(f"prefix {prefix!r}: use URL prefixes (s3://bucket/folder/, file:///path/) without '..'")
+    return value
+
+
 def _check_device(value: str) -> str:
     if not _DEVICE_RE.fullmatch(value):
         raise ValueError("use auto, cpu, cuda or cuda:N")
@@ -82,6 +99,7 @@ _Int = Annotated[int, BeforeValidator(_parse_int)]
 _OptionalInt = Annotated[int | None, BeforeValidator(_parse_optional_int)]
 _OptionalFloat = Annotated[float | None, BeforeValidator(_parse_optional_float)]
 _Device = Annotated[str, AfterValidator(_check_device)]
+_Prefixes = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_parse_prefixes), AfterValidator(_check_prefixes)]
 
 # fields that the environment never sets
 _NOT_FROM_ENV = frozenset({"storage_options"})
@@ -130,6 +148,9 @@ class Settings(BaseSettings):
         "csaflow", description='single-image arch scoring no-history captures (model "<arch>-<region_id>"); "" disables')
     second_opinion: _Bool = Field(
         False, description="also score captures WITH history by their region's single-image model (second_*)")
+    allowed_uri_prefixes: _Prefixes = Field(
+        (), description="comma-separated URL prefixes a manifest uri may point under outside the store "
+                        "(s3://robot-uploads/, file:///mnt/captures/); empty: every uri must be relative to the store")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options of the store (not from the environment)")
 
     def __init__(self, **values: Any) -> None:

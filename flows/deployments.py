@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from prefect.schedules import Cron
 
 from anodet_core.config import Settings, local_timezone
-from anodet_core.store.layout import Store, check_name
+from anodet_core.store.layout import Store
+from anodet_core.store.names import check_name
 
 DEFAULT_NIGHTLY_CRON = "0 2 * * *"
 DEFAULT_RETRAIN_CRON = "0 4 * * 0"

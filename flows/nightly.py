@@ -65,7 +65,8 @@ def nightly_inspection(
     if plan.single_models:
         logger.info("captures without history scored by single-image models: %s", plan.single_models)
     futures = [
-        score_batch_task.submit(st, plan.depot, plan.night, Sealed(batch), plan.model_ref, settings, run_id, plan.single_models)
+        score_batch_task.submit(st, plan.depot, plan.night, Sealed(batch), plan.model_ref, settings, run_id, plan.single_models,
+                                plan.maps_rel)
         for batch in split_jobs(plan.jobs, settings.task_pairs)
     ]
     captures: list[CaptureRow] = []
@@ -74,7 +75,7 @@ def nightly_inspection(
         res = fut.result()
         captures += res.captures
         findings += res.findings
-    reports = write_reports_task(st, plan.depot, plan.night, Sealed(captures), Sealed(findings))
+    reports = write_reports_task(st, plan.depot, plan.night, Sealed(captures), Sealed(findings), Sealed(plan), run_id)
     summary = summarize(st, plan, captures, time.perf_counter() - t0, reports)
     key = re.sub(r"[^a-z0-9-]+", "-", f"night-{plan.depot}-{plan.night}".lower())
     create_markdown_artifact(summary.markdown(), key=key, description=f"anodet night {plan.depot} {plan.night}")

@@ -8,9 +8,10 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from anodet_core.config import Settings
-from anodet_core.night.batch import BatchResult, process_batch
+from anodet_core.night.batch import process_batch
 from anodet_core.night.history import PairJob
 from anodet_core.night.plan import NightPlan, plan_night, write_reports
+from anodet_core.night.rows import BatchResult
 from anodet_core.store.layout import Store
 from anodet_core.store.schemas import CaptureRow, FindingRow
 
@@ -43,20 +44,24 @@ def plan_night_task(store: Store, depot: str, night: str, settings: Settings, ru
     return plan_night(store, depot, night, settings.model, map_dtype=settings.map_dtype, run_id=run_id,
                       threshold=settings.threshold, min_finding_area=settings.min_finding_area,
                       single_image=settings.single_image,
-                      second_opinion=settings.second_opinion)
+                      second_opinion=settings.second_opinion, allowed_uri_prefixes=settings.allowed_uri_prefixes)
 
 
 @task(name="score-batch", cache_policy=NONE, retries=1, retry_delay_seconds=5)
 def score_batch_task(store: Store, depot: str, night: str, jobs: Sealed[list[PairJob]], model_ref: str,
-                     settings: Settings, run_id: str, single_models: dict[str, str] | None = None) -> BatchResult:
+                     settings: Settings, run_id: str, single_models: dict[str, str] | None = None,
+                     maps_rel: str | None = None) -> BatchResult:
     """One batch of pairs in one Dask worker: decode, register, infer, write maps, return report rows
     (captures without history: their region's pinned single-image model in ``single_models``, if any)."""
-    return process_batch(store, depot, night, jobs.value, model_ref, settings, run_id, single_models)
+    return process_batch(store, depot, night, jobs.value, model_ref, settings, run_id, single_models, maps_rel)
 
 
 @task(name="write-reports", cache_policy=NONE, retries=2, retry_delay_seconds=5)
 def write_reports_task(
-    store: Store, depot: str, night: str, captures: Sealed[list[CaptureRow]], findings: Sealed[list[FindingRow]]
+    store: Store, depot: str, night: str, captures: Sealed[list[CaptureRow]], findings: Sealed[list[FindingRow]],
+    plan: Sealed[NightPlan] | None = None, run_id: str = "",
 ) -> dict[str, str]:
-    """Replace the night's capture and finding report partitions (:func:`anodet_core.night.plan.write_reports`); returns their URLs."""
-    return write_reports(store, depot, night, captures.value, findings.value)
+    """Publish the night: its reports and the plan's map group in one step (:func:`anodet_core.night.plan.write_reports`);
+    returns the report files' URLs."""
+    gen, rel = (plan.value.generation or None, plan.value.maps_rel or None) if plan is not None else (None, None)
+    return write_reports(store, depot, night, captures.value, findings.value, generation=gen, maps_rel=rel, run_id=run_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..store.layout import check_name, check_night
+from ..store.names import check_name, check_night
 
 
 def train_ids(n: int) -> list[str]:

@@ -6,7 +6,8 @@ import datetime as dt
 from dataclasses import dataclass
 
 from ..imaging.io import encode_png, sha256
-from ..store.layout import Store, check_name, check_night
+from ..store.layout import Store
+from ..store.names import check_name, check_night
 from ._constants import ANOMALY_TYPES
 from ._encode import encode_jpeg
 from ._ids import capture_id, region_ids, train_ids

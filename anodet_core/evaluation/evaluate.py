@@ -8,7 +8,9 @@ Every pair goes through the nightly post-processing (:func:`anodet_core.scoring.
 definitions are those of :mod:`anodet_core.evaluation.metrics`, measured on that stored map: pixel confusion counts summed
 over every pixel of the split, at the paper's ``score > 0.5`` and at the operating point's threshold; a sample
 is decided anomalous iff it has a finding at the operating point (threshold and minimum finding area); image
-AUROC uses the map maximum as the image score.
+AUROC ranks by the capture score (:func:`anodet_core.scoring.postprocess.capture_score`), as the night does. A
+pair that cannot be scored (an unreadable or undecodable cur, his or mask) is skipped with its reason, and the
+figures are those of the pairs scored.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..imaging.io import read_mask
-from ..imaging.prepare import prepare_pair
+from ..imaging.prepare import PreparedPair
 from ..registry.model_store import ModelCard
+from ..scoring.folders import MISSING_FILES, UnscoredPair, prepare_files, read_local, read_mask_file
 from ..scoring.postprocess import OperatingPoint, ScoredMap, postprocess, resolve_operating_point
 from ..scoring.predictor import Predictor
 from ..training import LabelledPair, folder_pairs
@@ -45,7 +47,22 @@ def dataset_split(root: str, split: str | None = None) -> tuple[str, list[Labell
     return path, pairs
 
 
+def unpaired_folders(path: str, pairs: list[LabelledPair]) -> list[tuple[str, str]]:
+    """``(folder, reason)`` of each sub-folder of ``path`` that is not one of ``pairs`` (it lacks cur.* or his.*)."""
+    keys = {p.key for p in pairs}
+    names = sorted(n for n in os.listdir(path) if os.path.isdir(os.path.join(path, n)) and n not in keys)
+    return [(n, MISSING_FILES) for n in names]
+
+
 PAPER_THRESHOLD = 0.5  # map threshold of the paper's pixel figures
+
+
+class NothingScored(ValueError):
+    """No pair of the split could be scored; ``skipped`` holds ``(key, reason)`` of every one."""
+
+    def __init__(self, skipped: list[tuple[str, str]]) -> None:
+        super().__init__(f"none of the {len(skipped)} pairs could be scored")
+        self.skipped = skipped
 
 
 def evaluate_pairs(
@@ -56,7 +73,7 @@ def evaluate_pairs(
     registration: str = "auto",
     batch_size: int = 8,
     map_dtype: str = "uint8",
-    read: Callable[[str], bytes] = lambda p: open(p, "rb").read(),
+    read: Callable[[str], bytes] = read_local,
     on_scored: Callable[[LabelledPair, ScoredMap], None] | None = None,
 ) -> dict[str, Any]:
     """Pixel, operating-point and capture-decision metrics of one split, at native resolution.
@@ -65,9 +82,11 @@ def evaluate_pairs(
     pixel figures at the operating point's threshold (``precision_at_op, recall_at_op, f1_at_op, iou_at_op``:
     every pixel above it, as ``anomalous_area_px`` counts them); ``threshold``, ``min_area`` (the operating
     point); capture decisions (``image_auroc`` of the capture score, ``decision_precision``, ``decision_recall``,
-    ``false_alarms``: normal samples decided anomalous); ``n_samples``, ``n_anomalous``. ``map_dtype`` is the
-    stored map's (a night's ANODET_MAP_DTYPE); ``on_scored(pair, scored)`` sees every post-processed pair.
-    Pairs are prepared at the predictor's input size (``predictor.info.input_size``).
+    ``false_alarms``: normal samples decided anomalous); ``n_samples`` (pairs scored), ``n_anomalous``;
+    ``skipped``: ``(key, reason)`` of every pair that could not be scored, in input order (:class:`NothingScored`
+    when that is all of them). ``map_dtype`` is the stored map's (a night's ANODET_MAP_DTYPE); ``read`` reads a
+    file (default: a local one); ``on_scored(pair, scored)`` sees every post-processed pair. Pairs are
+    prepared at the predictor's input size (``predictor.info.input_size``).
     """
     size = predictor.info.input_size  # the model's registered input size
     pm = PixelMetrics(threshold=PAPER_THRESHOLD)
@@ -75,22 +94,32 @@ def evaluate_pairs(
     img_scores: list[float] = []
     img_labels: list[bool] = []
     img_decisions: list[bool] = []
+    skipped: list[tuple[str, str]] = []
     for s in range(0, len(pairs), batch_size):
-        chunk = pairs[s : s + batch_size]
-        preps = [prepare_pair(read(p.cur_uri), read(p.his_uri), size=size, registration=registration) for p in chunk]
-        maps = predictor.predict(np.stack([q.cur for q in preps]), np.stack([q.his for q in preps])).cpu()
-        for p, q, m in zip(chunk, preps, maps):
+        ready: list[tuple[LabelledPair, PreparedPair, np.ndarray | None]] = []
+        for p in pairs[s : s + batch_size]:
+            try:  # the mask too is read before the model runs: a pair is scored whole or skipped whole
+                q = prepare_files(p.cur_uri, p.his_uri, size=size, registration=registration, read=read)
+                ready.append((p, q, read_mask_file(p.mask_uri, q.native_size, read) if p.mask_uri else None))
+            except UnscoredPair as exc:
+                skipped.append((p.key, exc.reason))
+        if not ready:
+            continue
+        maps = predictor.predict(np.stack([q.cur for _, q, _ in ready]), np.stack([q.his for _, q, _ in ready])).cpu()
+        for (p, q, given), m in zip(ready, maps):
             scored = postprocess(m, q.native_size, op, map_dtype)
             if on_scored is not None:
                 on_scored(p, scored)
             native = scored.native()
-            mask = read_mask(read(p.mask_uri), q.native_size) if p.mask_uri else np.zeros(native.shape, bool)
+            mask = np.zeros(native.shape, bool) if given is None else given
             pm.update(native, mask)
             for i, c in enumerate(confusion_counts(native, mask, op.threshold)):
                 at_op[i] += c
             img_scores.append(scored.figures.capture_score)  # the decision-consistent ranking
             img_labels.append(bool(mask.any()))
             img_decisions.append(scored.anomalous)
+    if not img_scores:
+        raise NothingScored(skipped)
     out: dict[str, Any] = pm.compute()
     op_scores = scores_from_counts(*at_op)
     out.update({f"{k}_at_op": op_scores[k] for k in ("precision", "recall", "f1", "iou")})
@@ -99,7 +128,7 @@ def evaluate_pairs(
     hits = decided - im.false_alarms
     out.update(threshold=op.threshold, min_area=op.min_area, image_auroc=im.image_auroc,
                decision_precision=hits / decided if decided else float("nan"), decision_recall=im.recall,
-               false_alarms=im.false_alarms, n_samples=len(pairs), n_anomalous=im.n_anomalous)
+               false_alarms=im.false_alarms, n_samples=len(img_scores), n_anomalous=im.n_anomalous, skipped=skipped)
     return out
 
 

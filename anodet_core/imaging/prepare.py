@@ -12,12 +12,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .io import decode, resize
+from .io import MAX_PIXELS, DecodedImage, ImageError, decode, decode_image, resize
 from .registration import Registration, register
 
 # The paper's AnoDFDNet input side: the default size only. A model's own is its registered input size
 # (``anodet_core.models.instance_info(model).input_size``, ``Predictor.info.input_size``), which callers pass.
 MODEL_SIZE = 256
+# A history has no manifest row of its own here: it may have up to this many times cur's pixels (a reference
+# taken at twice the linear resolution of the same view), and never more than MAX_PIXELS.
+HISTORY_PIXEL_FACTOR = 4
 
 
 @dataclass
@@ -28,9 +31,10 @@ class PreparedPair:
     his: np.ndarray  # history warped into the cur frame, same shape
     registration: Registration  # expressed in native cur pixels
     valid_frac: float  # share of cur covered by the warped history
-    native_size: tuple[int, int]  # cur (width, height)
+    native_size: tuple[int, int]  # cur (width, height), upright (anodet_core.imaging.io: native size)
     t_decode_ms: float  # CPU time of the preparing thread (wall time would count the model's use of the cores)
     t_register_ms: float  # CPU time, idem
+    gray: bool = False  # one of the two has no colour: both were compared in grayscale (replicated to RGB)
 
 
 def _t(dx: float, dy: float) -> np.ndarray:
@@ -60,14 +64,28 @@ def warp_pil(his: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int]) -> tu
     return warped, valid
 
 
-def prepare_image(data: bytes, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+def prepare_image(data: bytes, size: int, *, expect_size: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """Encoded image -> (RGB uint8 (size, size, 3), native (width, height)), for single-image models.
 
-    Reduced JPEG decode (:func:`anodet_core.imaging.io.decode` with ``min_size``) then bilinear resize: training
-    folders, the retraining flow and the night all prepare images this way.  Raises ``ImageError``.
+    Reduced JPEG decode (:func:`anodet_core.imaging.io.decode` with ``min_size``, refused unless its native size
+    is ``expect_size`` when given) then bilinear resize: training folders, the retraining flow and the night all
+    prepare images this way.  Raises ``ImageError``.
     """
-    arr, native = decode(data, min_size=(size, size), mode="RGB")
+    arr, native = decode(data, min_size=(size, size), mode="RGB", expect_size=expect_size)
     return resize(arr, (size, size)), native
+
+
+def _decode_as(role: str, data: bytes, size: int, expect_size: tuple[int, int] | None, max_pixels: int) -> DecodedImage:
+    """:func:`decode_image` reduced for ``size``, its ImageError naming the image (``role``: capture or history)."""
+    try:
+        return decode_image(data, min_size=(size, size), expect_size=expect_size, max_pixels=max_pixels)
+    except ImageError as exc:
+        raise ImageError(f"{role} image: {exc}") from exc
+
+
+def _gray_rgb(arr: np.ndarray) -> np.ndarray:
+    """An RGB image's gray level (Pillow's ITU-R 601-2 luma, as an ``L`` source decodes) replicated to RGB."""
+    return np.asarray(Image.fromarray(arr).convert("L").convert("RGB"))
 
 
 def prepare_pair(
@@ -77,15 +95,24 @@ def prepare_pair(
     size: int = MODEL_SIZE,
     registration: str = "auto",
     transform: str = "similarity",
+    expect_size: tuple[int, int] | None = None,
 ) -> PreparedPair:
     """Decode both images at reduced scale, align his to cur and return model-ready uint8 arrays of ``size``.
 
-    Pixels of cur that the warped history does not cover are filled with cur itself, so the network sees no
-    difference there instead of a black border it would flag.
+    cur must have the native size ``expect_size`` when given (its manifest's), his at most
+    :data:`HISTORY_PIXEL_FACTOR` times cur's pixels; an :class:`~anodet_core.imaging.io.ImageError` says which
+    image is refused and why. When one of the two has no colour (a gray camera, a gray reference), both are
+    compared in grayscale: against colour, every hue would be a change. Pixels of cur that the warped history
+    does not cover are filled with cur itself, so the network sees no difference there instead of a black
+    border it would flag.
     """
     t0 = time.thread_time()
-    cur, native = decode(cur_bytes, min_size=(size, size))
-    his, _ = decode(his_bytes, min_size=(size, size))
+    cur_img = _decode_as("capture", cur_bytes, size, expect_size, MAX_PIXELS)
+    his_img = _decode_as("history", his_bytes, size, None, HISTORY_PIXEL_FACTOR * cur_img.native[0] * cur_img.native[1])
+    cur, his, native = cur_img.pixels, his_img.pixels, cur_img.native
+    gray = cur_img.gray != his_img.gray
+    if gray:  # the gray one is its own gray level already
+        cur, his = (cur, _gray_rgb(his)) if cur_img.gray else (_gray_rgb(cur), his)
     if his.shape[:2] != cur.shape[:2]:  # e.g. a reference taken at another resolution of the same view
         his = resize(his, (cur.shape[1], cur.shape[0]))
     t1 = time.thread_time()
@@ -110,4 +137,5 @@ def prepare_pair(
         native_size=native,
         t_decode_ms=(t1 - t0) * 1e3,
         t_register_ms=(t2 - t1) * 1e3,
+        gray=gray,
     )

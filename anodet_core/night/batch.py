@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -25,21 +25,13 @@ import torch
 from ..config import Settings, available_cores, resolve_device
 from ..imaging.prepare import PreparedPair
 from ..registry.model_store import ModelCard, load
-from ..scoring.postprocess import Finding, OperatingPoint, ScoredMap, operating_point, postprocess
+from ..scoring.postprocess import OperatingPoint, operating_point
 from ..scoring.predictor import Predictor
-from ..single_image import MAP_THRESHOLD, SingleImageScorer
+from ..single_image import SingleImageScorer
 from ..store.layout import Store
 from ..store.maps import MapWriter
 from ..store.schemas import (
-    DECISION_ANOMALOUS,
-    DECISION_NORMAL,
-    STATUS_ERROR,
     STATUS_NO_HISTORY,
-    STATUS_OK,
-    STATUS_REGISTRATION_FAILED,
-    CaptureRow,
-    FindingRow,
-    Status,
 )
 from .history import PairJob
 from .prep_pool import (
@@ -51,6 +43,7 @@ from .prep_pool import (
     prepare_single_job,
     prepared_chunks,
 )
+from .rows import BatchResult, Scored, capture_row, finding_rows, finish_pair, finish_single, invalid_row
 
 log = logging.getLogger(__name__)
 _MODELS: dict[tuple, Any] = {}  # (Predictor, ModelCard) for paired models, SingleImageScorer for single-image ones
@@ -91,117 +84,6 @@ def get_single_image_scorer(store: Store, model_ref: str, settings: Settings) ->
         return _MODELS[key]
 
 
-@dataclass
-class BatchResult:
-    """Report rows of one batch: one capture row per job (CAPTURE_REPORT_SCHEMA) and its finding rows."""
-
-    captures: list[CaptureRow] = field(default_factory=list)
-    findings: list[FindingRow] = field(default_factory=list)
-
-
-def _base_row(job: PairJob, card: ModelCard | None, run_id: str, status: Status, **columns: Any) -> CaptureRow:
-    """The capture row of ``job``: manifest and history columns, model, run and map row, plus ``columns``."""
-    c = job.capture
-    return CaptureRow(
-        capture_id=c["capture_id"],
-        train_id=c["train_id"],
-        car=int(c["car"]),
-        region_id=c["region_id"],
-        captured_at=c["captured_at"],
-        uri=c["uri"],
-        status=status,
-        history_source=job.history_source,
-        history_capture_id=job.history_capture_id,
-        history_uri=job.history_uri,
-        model_name=card.name if card else None,
-        model_version=card.version if card else None,
-        run_id=run_id,
-        map_index=job.index,
-        **columns,
-    )
-
-
-class _Scored(NamedTuple):
-    """A scored capture's status, report columns (figures, registration, timings) and findings."""
-
-    status: Status
-    columns: dict[str, Any]
-    findings: list[Finding]
-
-
-def _store_map(maps: MapWriter, index: int, score: torch.Tensor, native_size: tuple[int, int],
-               op: OperatingPoint) -> tuple[ScoredMap, float]:
-    """Post-process a model-resolution [0, 1] map (:func:`anodet_core.scoring.postprocess.postprocess`) and write its Zarr
-    row; returns it and the milliseconds spent. Shared by paired and single-image captures."""
-    t1 = time.perf_counter()
-    scored = postprocess(score, native_size, op, str(maps.dtype))
-    maps.write(index, scored.stored)
-    return scored, (time.perf_counter() - t1) * 1e3
-
-
-def _finish(maps: MapWriter, job: PairJob, prep: PreparedPair, score: torch.Tensor, op: OperatingPoint) -> _Scored:
-    """Native map, figures, findings and decision of one scored pair at the night's operating point; writes its
-    Zarr row. Runs in the writer thread."""
-    scored, t_write = _store_map(maps, job.index, score, prep.native_size, op)
-    reg = prep.registration
-    columns = dict(
-        asdict(scored.figures),
-        t_write_ms=t_write,
-        decision=scored.decision,
-        reg_method=reg.method,
-        reg_ok=reg.ok,
-        reg_inliers=reg.inliers,
-        reg_residual_px=reg.residual_px,
-        reg_ncc_before=reg.ncc_before,
-        reg_ncc_after=reg.ncc_after,
-        t_decode_ms=prep.t_decode_ms,
-        t_register_ms=prep.t_register_ms,
-    )
-    return _Scored(STATUS_OK if reg.ok else STATUS_REGISTRATION_FAILED, columns, scored.findings)
-
-
-def _finish_single(maps: MapWriter, job: PairJob, prep: PreparedImage, score: torch.Tensor, image_score: float,
-                   image_threshold: float, op: OperatingPoint) -> _Scored:
-    """Like :func:`_finish` for a capture scored by a single-image model: ``score`` is its normalised map.
-
-    Findings are regions of the normalised map above MAP_THRESHOLD (0.5 = twice the normal pixel p99.9), not
-    the night's threshold, which is the paired model's map threshold; the minimum area is the night's
-    (``op.min_area``). Decision: anomalous when the image score is above the card's calibrated image threshold
-    (global evidence, e.g. a missing part that changes the whole image) OR the map has at least one finding
-    (local evidence); normal only when neither fires. So an anomalous capture may have no finding (image
-    score alone) and findings always make it anomalous, as for paired captures.
-    """
-    scored, t_write = _store_map(maps, job.index, score, prep.native_size, OperatingPoint(MAP_THRESHOLD, op.min_area))
-    anomalous = image_score > image_threshold or scored.anomalous
-    columns = dict(
-        asdict(scored.figures),
-        t_write_ms=t_write,
-        decision=DECISION_ANOMALOUS if anomalous else DECISION_NORMAL,
-        t_decode_ms=prep.t_decode_ms,
-    )
-    return _Scored(STATUS_OK, columns, scored.findings)
-
-
-def _finding_rows(row: CaptureRow, finds: list[Finding], card: ModelCard, run_id: str) -> list[FindingRow]:
-    return [
-        FindingRow(
-            capture_id=row.capture_id,
-            finding_id=i,
-            train_id=row.train_id,
-            car=row.car,
-            region_id=row.region_id,
-            x0=f.x0, y0=f.y0, x1=f.x1, y1=f.y1,
-            area_px=f.area_px,
-            peak_score=f.peak_score,
-            mean_score=f.mean_score,
-            model_name=card.name,
-            model_version=card.version,
-            run_id=run_id,
-        )
-        for i, f in enumerate(finds)
-    ]
-
-
 def _second_opinion_sizes(store: Store, jobs: list[PairJob], single_models: dict[str, str] | None,
                           settings: Settings) -> dict[str, int]:
     """region_id -> input size of the second-opinion models (``single_models[region_id]``) these jobs need.
@@ -221,12 +103,15 @@ def _second_opinion_sizes(store: Store, jobs: list[PairJob], single_models: dict
 
 def _split_jobs(jobs: list[PairJob], single_models: dict[str, str]
                 ) -> tuple[list[PairJob], dict[str, list[PairJob]], list[PairJob]]:
-    """(jobs with history, single-image model ref -> its jobs without history, jobs left unscored), in order."""
-    paired = [j for j in jobs if j.history_uri]
+    """(jobs with history, single-image model ref -> its jobs without history, jobs left unscored), in order.
+
+    Invalid manifest rows (:attr:`PairJob.invalid`) have no history and are always left unscored.
+    """
+    paired = [j for j in jobs if j.history_uri and not j.invalid]
     single: dict[str, list[PairJob]] = {}
     unscored: list[PairJob] = []
-    for job in (j for j in jobs if not j.history_uri):
-        ref = single_models.get(str(job.capture["region_id"]))
+    for job in (j for j in jobs if not j.history_uri or j.invalid):
+        ref = None if job.invalid else single_models.get(str(job.capture["region_id"]))
         if ref:
             single.setdefault(ref, []).append(job)
         else:
@@ -235,12 +120,12 @@ def _split_jobs(jobs: list[PairJob], single_models: dict[str, str]
 
 
 class _Written(NamedTuple):
-    """A scored capture whose map an IO thread post-processes and writes (``future``: :func:`_finish`'s result)."""
+    """A scored capture whose map an IO thread post-processes and writes (``future``: :func:`finish_pair`'s result)."""
 
     job: PairJob
     card: ModelCard
     t_infer_ms: float
-    future: Future[_Scored]
+    future: Future[Scored]
 
 
 @dataclass
@@ -275,10 +160,11 @@ class _BatchRun:
         return prepared_chunks(jobs, self.settings.batch_size, submit, self.helpers is not None, call)
 
     def _error(self, job: PairJob, card: ModelCard, error: PrepError) -> None:
-        self.result.captures.append(_base_row(job, card, self.run_id, STATUS_ERROR, error=error.message))
+        """Report ``job`` as not scored: the status of its PrepError names the cause, its message the details."""
+        self.result.captures.append(capture_row(job, card, self.run_id, error.status, error=error.message))
 
     def _writing(self, card: ModelCard, t_infer_ms: float, jobs: list[PairJob],
-                 futures: list[Future[_Scored]]) -> None:
+                 futures: list[Future[Scored]]) -> None:
         self.written.extend(_Written(job, card, t_infer_ms, fut) for job, fut in zip(jobs, futures))
         for fut in futures:  # finish writing before the next phase starts
             fut.exception()
@@ -307,7 +193,7 @@ class _BatchRun:
         t0 = time.perf_counter()
         scores = self.predictor.predict(np.stack([p.cur for _, p in pairs]), np.stack([p.his for _, p in pairs])).cpu()
         t_infer = (time.perf_counter() - t0) * 1e3 / len(pairs)
-        futures = [self.io.submit(_finish, self.maps, job, prep, scores[k], self.op) for k, (job, prep) in enumerate(pairs)]
+        futures = [self.io.submit(finish_pair, self.maps, job, prep, scores[k], self.op) for k, (job, prep) in enumerate(pairs)]
         if second:  # while the IO threads write the paired maps
             self.second_opinions(second)
         self._writing(self.card, t_infer, [job for job, _ in pairs], futures)
@@ -345,7 +231,7 @@ class _BatchRun:
         image_scores, norm_maps = scorer.score(np.stack([p.image for _, p in ready]))
         t_infer = (time.perf_counter() - t0) * 1e3 / len(ready)
         futures = [
-            self.io.submit(_finish_single, self.maps, job, prep, torch.from_numpy(norm_maps[k]), float(image_scores[k]),
+            self.io.submit(finish_single, self.maps, job, prep, torch.from_numpy(norm_maps[k]), float(image_scores[k]),
                            scorer.threshold, self.op)
             for k, (job, prep) in enumerate(ready)
         ]
@@ -356,10 +242,10 @@ class _BatchRun:
         processed_at = dt.datetime.now(dt.UTC)
         for w in self.written:
             done = w.future.result()
-            row = _base_row(w.job, w.card, self.run_id, done.status, **done.columns, **self.second.get(w.job.index, {}),
+            row = capture_row(w.job, w.card, self.run_id, done.status, **done.columns, **self.second.get(w.job.index, {}),
                             t_infer_ms=w.t_infer_ms, map_uri=map_uri, processed_at=processed_at)
             self.result.captures.append(row)
-            self.result.findings.extend(_finding_rows(row, done.findings, w.card, self.run_id))
+            self.result.findings.extend(finding_rows(row, done.findings, w.card, self.run_id))
 
 
 def process_batch(
@@ -371,8 +257,12 @@ def process_batch(
     settings: Settings,
     run_id: str = "",
     single_models: dict[str, str] | None = None,
+    maps_rel: str | None = None,
 ) -> BatchResult:
     """Score a batch of pairs and write their maps; every job yields exactly one capture row.
+
+    Maps go to ``maps_rel``, the plan's map group (:attr:`NightPlan.maps_rel`; default: the night's newest), which
+    readers see once the night is published (:func:`anodet_core.night.plan.write_reports`).
 
     Sub-batches of ``settings.batch_size`` pairs are read, decoded and registered by helper processes one
     sub-batch ahead of the model (``settings.prep_processes``; without helpers, by threads of this process
@@ -397,10 +287,12 @@ def process_batch(
     op = operating_point(card, settings)
     result = BatchResult()
     paired, single, unscored = _split_jobs(jobs, single_models or {})
-    result.captures.extend(_base_row(job, card, run_id, STATUS_NO_HISTORY) for job in unscored)
+    result.captures.extend(invalid_row(job, card, run_id) if job.invalid else capture_row(job, card, run_id, STATUS_NO_HISTORY)
+                           for job in unscored)
     if not paired and not single:
         return result
-    maps, map_uri = MapWriter(store, depot, night), store.url(store.maps_rel(depot, night))
+    maps = MapWriter(store, depot, night, maps_rel)
+    map_uri = maps.rel  # store-relative: a copied or moved store stays valid
     second_sizes = _second_opinion_sizes(store, paired, single_models, settings)
     with ThreadPoolExecutor(max(1, worker_threads(settings)), thread_name_prefix="anodet-io") as io:
         run = _BatchRun(store, settings, run_id, predictor, card, op, maps, io, helpers, single_models or {},

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,9 +14,20 @@ import pandas as pd
 
 from ..registry.model_store import get_alias, read_card, resolve_card
 from ..scoring.postprocess import DEFAULT_MIN_AREA, OperatingPoint, resolve_operating_point
-from ..store.layout import Store, check_name, check_night
+from ..store.layout import Store
 from ..store.maps import create_night_maps
-from ..store.schemas import DECISION_ANOMALOUS, CaptureRow, FindingRow, row_dict
+from ..store.names import check_name, check_night
+from ..store.publish import NightCommit, latest_maps_rel, new_generation, publish_night
+from ..store.schemas import (
+    CAPTURE_REPORT_SCHEMA,
+    DECISION_ANOMALOUS,
+    FINDING_REPORT_SCHEMA,
+    CaptureRow,
+    FindingRow,
+    row_dict,
+    table_from_rows,
+)
+from ..text import printable
 from .history import PairJob, resolve_histories
 
 log = logging.getLogger(__name__)
@@ -36,6 +49,9 @@ class NightPlan:
     # opinions are on (see pin_single_image_models)
     single_models: dict[str, str] = field(default_factory=dict)
     min_finding_area: int = DEFAULT_MIN_AREA  # native px
+    # this run's generation of the night and its (store-relative) map group: published by write_reports
+    generation: str = ""
+    maps_rel: str = ""
 
     @property
     def operating_point(self) -> OperatingPoint:
@@ -55,38 +71,50 @@ def plan_night(
     min_finding_area: int | None = None,
     single_image: str = "",
     second_opinion: bool = False,
+    allowed_uri_prefixes: Sequence[str] = (),
 ) -> NightPlan:
     """Read the manifest, resolve histories, pin the model version and create the night's (empty) map group.
+
+    The manifest is checked once (:meth:`anodet_core.store.layout.Store.check_manifest`, uris against
+    ``allowed_uri_prefixes``, ANODET_ALLOWED_URI_PREFIXES): a manifest that cannot be read as a table stops the
+    night (FileNotFoundError, ManifestError); an invalid row does not: its job carries the reason
+    (:attr:`PairJob.invalid`, reported ``invalid_manifest``) and keeps its map slot, sized 0 x 0 and never
+    written, while the other rows are planned as usual.
 
     The operating point is pinned for the whole night (:func:`anodet_core.scoring.postprocess.resolve_operating_point`):
     the threshold is the model card's unless one is given (ANODET_THRESHOLD), the minimum finding area the
     given one (ANODET_MIN_FINDING_AREA), else the card's, else 64 native px; both go into the map group's
     attributes. With ``single_image`` (an arch, ANODET_SINGLE_IMAGE), the production single-image models of the
     regions that have captures without history are pinned too (``NightPlan.single_models``); with
-    ``second_opinion`` those of every region of the night. ValueError when the manifest repeats capture ids.
+    ``second_opinion`` those of every region of the night.
     """
     depot, night = check_name(depot, "depot"), check_night(night)
-    manifest = store.read_manifest(depot, night)
-    dupes = manifest["capture_id"][manifest["capture_id"].duplicated()].tolist()
-    if dupes:
-        raise ValueError(f"manifest {depot}/{night} repeats capture ids: {dupes[:5]}")
+    manifest = store.check_manifest(depot, night, allowed_uri_prefixes)
     card = resolve_card(store, model)
     op = resolve_operating_point(card, threshold, min_finding_area)
-    jobs = resolve_histories(store, manifest, depot, night)
-    single_models = pin_single_image_models(store, jobs, single_image, all_regions=second_opinion)
-    sizes = [(int(j.capture["width"]), int(j.capture["height"])) for j in jobs]
+    jobs = resolve_histories(store, manifest.rows, depot, night, manifest.invalid, allowed_uri_prefixes=allowed_uri_prefixes)
+    for job in jobs:
+        if job.invalid:
+            log.warning("manifest %s/%s row %d is not scored: %s", depot, night, job.index, printable(job.invalid))
+    valid = [j for j in jobs if not j.invalid]
+    single_models = pin_single_image_models(store, valid, single_image, all_regions=second_opinion)
+    # an invalid row keeps its slot (its job's index), empty: no id (it may be hostile, or repeat a valid one)
+    sizes = [(0, 0) if j.invalid else (int(j.capture["width"]), int(j.capture["height"])) for j in jobs]
+    generation = new_generation()
     url = create_night_maps(
         store,
         depot,
         night,
-        [j.capture["capture_id"] for j in jobs],
+        ["" if j.invalid else j.capture["capture_id"] for j in jobs],
         sizes,
         dtype=map_dtype,
+        generation=generation,
         attrs={"model_name": card.name, "model_version": card.version, "threshold": op.threshold,
                "min_finding_area": op.min_area, "run_id": run_id, "single_models": single_models},
     )
     pinned = model if os.path.exists(model) else f"{card.name}:{card.version}"
-    return NightPlan(depot, night, pinned, card.name, card.version, op.threshold, jobs, url, single_models, op.min_area)
+    return NightPlan(depot, night, pinned, card.name, card.version, op.threshold, jobs, url, single_models, op.min_area,
+                     generation, store.maps_rel(depot, night, generation))
 
 
 def pin_single_image_models(store: Store, jobs: list[PairJob], single_image: str, *, all_regions: bool = False) -> dict[str, str]:
@@ -118,7 +146,8 @@ def pin_single_image_models(store: Store, jobs: list[PairJob], single_image: str
                 raise ValueError(f"arch {card.arch!r} is not a single-image model")
             map_scale(card)
         except (OSError, ValueError) as exc:
-            log.warning("single-image model %s:%s not used for region %s: %s", name, version, region, exc)
+            log.warning("single-image model %s:%s not used for region %s: %s", name, version, printable(region),
+                        printable(exc))
             continue
         pinned[region] = f"{name}:{version}"
     return pinned
@@ -131,14 +160,24 @@ def split_jobs(jobs: list[PairJob], batch_size: int) -> list[list[PairJob]]:
     return [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
 
 
-def write_reports(store: Store, depot: str, night: str, captures: list[CaptureRow], findings: list[FindingRow]) -> dict[str, str]:
-    """Replace the night's partitions of both report tables; captures sorted by map row for stable output."""
+def write_reports(store: Store, depot: str, night: str, captures: list[CaptureRow], findings: list[FindingRow], *,
+                  generation: str | None = None, maps_rel: str | None = None, run_id: str = "") -> dict[str, str]:
+    """Publish the night: both report tables and its map group become visible in one step
+    (:func:`anodet_core.store.publish.publish_night`); returns the report files' URLs.
+
+    Captures are sorted by map row and findings by (capture, finding) for stable output. ``generation`` and
+    ``maps_rel`` are the plan's (:attr:`NightPlan.generation`, :attr:`NightPlan.maps_rel`); without them a new
+    generation with the night's newest map group.
+    """
     captures = sorted(captures, key=lambda r: r.map_index if r.map_index is not None else -1)
     findings = sorted(findings, key=lambda r: (r.capture_id, r.finding_id))
-    return {
-        "captures": store.write_report("captures", depot, night, captures),
-        "findings": store.write_report("findings", depot, night, findings),
-    }
+    tables = {"captures": table_from_rows(captures, CAPTURE_REPORT_SCHEMA),
+              "findings": table_from_rows(findings, FINDING_REPORT_SCHEMA)}
+    maps_rel = maps_rel or latest_maps_rel(store, depot, night)
+    if generation is None and maps_rel.startswith(store.maps_generations_rel(depot, night) + "/"):
+        generation = posixpath.basename(maps_rel).removesuffix(".zarr")  # the run that wrote those maps
+    commit: NightCommit = publish_night(store, depot, night, tables, generation=generation, maps_rel=maps_rel, run_id=run_id)
+    return {t: store.url(rel) for t, rel in commit.files.items()}
 
 
 @dataclass
@@ -158,12 +197,16 @@ class NightSummary:
     image_auroc: float | None = None  # only when ground-truth labels exist for the night
 
     def markdown(self, top_n: int = 15) -> str:
-        """A Markdown report: the counts, wall time, image AUROC when labelled, and the ``top_n`` highest-scoring captures."""
+        """A Markdown report: the counts, wall time, image AUROC when labelled, and the ``top_n`` highest-scoring captures.
+
+        Every value from outside (ids, statuses, URLs) is escaped (:func:`_md`): no control character reaches a
+        terminal or a renderer, and no '|' splits a table cell.
+        """
         lines = [
-            f"# Night {self.night} at depot {self.depot}",
+            f"# Night {_md(self.night)} at depot {_md(self.depot)}",
             "",
-            f"- model: `{self.model}`",
-            f"- captures: {self.n_captures} ({', '.join(f'{k}: {v}' for k, v in sorted(self.by_status.items()))})",
+            f"- model: `{_md(self.model)}`",
+            f"- captures: {self.n_captures} ({', '.join(f'{_md(k)}: {v}' for k, v in sorted(self.by_status.items()))})",
             f"- anomalous: {self.n_anomalous}",
             f"- wall time: {self.seconds:.1f} s ({self.n_captures / max(self.seconds, 1e-9):.2f} captures/s)",
         ]
@@ -174,11 +217,21 @@ class NightSummary:
         for i, r in enumerate(self.top[:top_n], 1):
             score, peak = ("" if pd.isna(r.get(k)) else f"{r[k]:.3f}" for k in ("capture_score", "score_max"))
             lines.append(
-                f"| {i} | {r['capture_id']} | {r['train_id']}/{r['car']}/{r['region_id']} | {r['status']} | "
-                f"{r.get('decision') or ''} | {score} | {peak} | {r.get('n_findings') or 0} | {r.get('label', '')} |"
+                f"| {i} | {_md(r['capture_id'])} | {_md(r['train_id'])}/{_md(r['car'])}/{_md(r['region_id'])} | "
+                f"{_md(r['status'])} | {_md(r.get('decision'))} | {score} | {peak} | {_md(r.get('n_findings')) or 0} | "
+                f"{_md(r.get('label'))} |"
             )
-        lines += ["", f"maps: {self.maps_url}", *(f"{k}: {v}" for k, v in self.reports.items())]
+        lines += ["", f"maps: {_md(self.maps_url)}", *(f"{_md(k)}: {_md(v)}" for k, v in self.reports.items())]
         return "\n".join(lines)
+
+
+def _md(value: Any) -> str:
+    """A value for the Markdown summary: "" for a null, control characters escaped, '|' escaped for table cells."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():  # a car of a column that also holds nulls
+        value = int(value)
+    return printable(value).replace("|", "\\|")
 
 
 def summarize(store: Store, plan: NightPlan, captures: list[CaptureRow], seconds: float, reports: dict[str, str]) -> NightSummary:

@@ -11,7 +11,7 @@ them. ``anodet bench`` measures the end-to-end throughput this gives.
 
 This module does not import torch: helpers start with ``spawn`` and import only what preparing needs.
 A helper that dies (e.g. killed for memory) costs a retry of its captures in a fresh pool; a capture that
-kills a helper twice is reported as an error, and its night goes on.
+kills a helper twice is reported with status ``error``, and its night goes on.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 
 from ..config import Settings
-from ..imaging.io import ImageError, sha256
+from ..imaging.io import ImageError, sha256, stable_message
 from ..imaging.prepare import MODEL_SIZE, PreparedPair, prepare_image, prepare_pair
 from ..store.layout import Store
+from ..store.schemas import Status
 from .history import PairJob
 
 log = logging.getLogger(__name__)
@@ -42,27 +43,54 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PrepError:
-    """Why a capture could not be prepared; ``message`` is its report row's ``error``.
+    """Why a capture could not be prepared: its report row's ``status`` and ``error`` (a stable message).
 
     Module-level (and frozen) so that it pickles back from the helper processes.
     """
 
+    status: Status
     message: str
 
 
 PreparedJob = tuple[PreparedPair, np.ndarray | None]  # a pair, and cur for a second opinion (or None)
 
 
-def read_capture(store: Store, job: PairJob) -> bytes | PrepError:
-    """The capture's bytes, checked against the manifest's sha256."""
+def _read(store: Store, uri: str, what: str) -> bytes | PrepError:
+    """The bytes of the ``what`` ("capture" or "history") file at ``uri``: MISSING or IO_ERROR when unreadable."""
     try:
-        cur_bytes = store.read_bytes(job.capture["uri"])
-    except (FileNotFoundError, OSError) as exc:
-        return PrepError(f"cannot read capture {job.capture['uri']}: {exc}")
+        return store.read_bytes(uri)
+    except FileNotFoundError:
+        return PrepError(Status.MISSING, f"{what} file not found: {uri}")
+    except OSError as exc:
+        return PrepError(Status.IO_ERROR, f"cannot read {what} file {uri}: {stable_message(exc)}")
+
+
+def _declared_size(capture: dict[str, Any]) -> tuple[int, int] | None:
+    """The manifest's (width, height) of a capture; None where an old manifest has none (null, NaN or absent)."""
+    try:
+        size = (int(capture.get("width")), int(capture.get("height")))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return size if min(size) > 0 else None
+
+
+def read_capture(store: Store, job: PairJob) -> bytes | PrepError:
+    """The capture's bytes, checked against the manifest's sha256 (CHECKSUM_MISMATCH)."""
+    uri = job.capture["uri"]
+    cur_bytes = _read(store, uri, "capture")
     expected = job.capture.get("sha256")
-    if expected and sha256(cur_bytes) != expected:
-        return PrepError(f"sha256 mismatch for {job.capture['uri']}: the file changed after the manifest was written")
+    if isinstance(cur_bytes, bytes) and expected and sha256(cur_bytes) != expected:
+        return PrepError(Status.CHECKSUM_MISMATCH, f"sha256 mismatch for {uri}: the file changed after the manifest was written")
     return cur_bytes
+
+
+def _failed(job: PairJob, exc: Exception) -> PrepError:
+    """The PrepError of an exception raised while decoding or registering ``job``'s images."""
+    if isinstance(exc, ImageError):  # the bytes: not an image, truncated, too large, not the declared size
+        return PrepError(Status.INVALID_IMAGE, str(exc))
+    if not isinstance(exc, ValueError):  # registration refusing a pair raises ValueError; anything else is a bug
+        log.warning("capture %s: unexpected failure while preparing it", job.capture["capture_id"], exc_info=exc)
+    return PrepError(Status.ERROR, f"preparation failed: {stable_message(exc)}")
 
 
 def prepare_job(store: Store, job: PairJob, settings: Settings, second_size: int = 0,
@@ -70,23 +98,30 @@ def prepare_job(store: Store, job: PairJob, settings: Settings, second_size: int
     """Read and align one pair at the paired model's input ``size``; a PrepError keeps the capture from being scored.
 
     With ``second_size`` cur is also prepared for a single-image model's second opinion, as that model's
-    calibration images were (:func:`prepare_image`); else the second item is None.
+    calibration images were (:func:`prepare_image`); else the second item is None. Whatever goes wrong with
+    this capture or its history becomes its PrepError (:class:`~anodet_core.store.schemas.Status` names the
+    cause), never an exception that would cost the rest of the batch.
     """
     cur_bytes = read_capture(store, job)
     if isinstance(cur_bytes, PrepError):
         return cur_bytes
+    his_bytes = _read(store, job.history_uri, "history")  # type: ignore[arg-type]
+    if isinstance(his_bytes, PrepError):
+        return his_bytes
     try:
-        his_bytes = store.read_bytes(job.history_uri)  # type: ignore[arg-type]
-    except (FileNotFoundError, OSError) as exc:
-        return PrepError(f"cannot read history {job.history_uri}: {exc}")
-    try:
-        pair = prepare_pair(cur_bytes, his_bytes, size=size, registration=settings.registration)
+        pair = prepare_pair(cur_bytes, his_bytes, size=size, registration=settings.registration,
+                            expect_size=_declared_size(job.capture))
+        if pair.gray:
+            log.debug("capture %s: it or its history %s has no colour; both compared in grayscale",
+                      job.capture["capture_id"], job.history_uri)
         if not second_size:
             return pair, None
-        # pair.cur is prepare_image's result at the paired model's size (same reduced decode and resize)
-        return pair, pair.cur if second_size == pair.cur.shape[0] else prepare_image(cur_bytes, second_size)[0]
-    except (ImageError, ValueError) as exc:
-        return PrepError(str(exc))
+        # pair.cur is prepare_image's result at the paired model's size (same reduced decode and resize), unless
+        # it was turned gray to match a gray history
+        same = second_size == pair.cur.shape[0] and not pair.gray
+        return pair, pair.cur if same else prepare_image(cur_bytes, second_size)[0]
+    except Exception as exc:  # one capture's failure, whatever it is, is its own row: the batch goes on
+        return _failed(job, exc)
 
 
 @dataclass
@@ -105,9 +140,11 @@ def prepare_single_job(store: Store, job: PairJob, size: int) -> PreparedImage |
         return cur_bytes
     t0 = time.thread_time()
     try:
-        image, native = prepare_image(cur_bytes, size)
-    except (ImageError, ValueError) as exc:
-        return PrepError(str(exc))
+        image, native = prepare_image(cur_bytes, size, expect_size=_declared_size(job.capture))
+    except ImageError as exc:
+        return PrepError(Status.INVALID_IMAGE, f"capture image: {exc}")
+    except Exception as exc:  # one capture's failure is its own row, as in prepare_job
+        return _failed(job, exc)
     return PreparedImage(image, native, (time.thread_time() - t0) * 1e3)
 
 
@@ -273,4 +310,4 @@ def prepared_chunks(jobs: list[PairJob], size: int, submit: Callable[..., Any], 
 
 
 def _as_prep_error(result: Any) -> Any:
-    return PrepError(result) if isinstance(result, str) else result
+    return PrepError(Status.ERROR, result) if isinstance(result, str) else result

@@ -25,7 +25,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ..store.layout import Store, check_name
+from ..store.layout import Store
+from ..store.names import check_name
 
 PRODUCTION = "production"
 WEIGHTS = "weights.safetensors"

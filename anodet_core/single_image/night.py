@@ -26,7 +26,7 @@ MAP_THRESHOLD: float = 0.5
 
 def single_image_model_name(arch: str, region_id: str) -> str:
     """Registry name of the single-image model of a region type: ``<arch>-<region_id>`` (e.g. ``csaflow-R01``)."""
-    from ..store.layout import check_name
+    from ..store.names import check_name
 
     check_arch(arch)
     return check_name(f"{arch}-{check_name(str(region_id), 'region_id')}", "model name")

@@ -79,6 +79,7 @@ def train_single_image(
     from tqdm import tqdm
 
     from ..models import create_model
+    from ..progress import bars_enabled
 
     check_arch(arch)
     overrides = dict(overrides or {})
@@ -116,7 +117,8 @@ def train_single_image(
         order = torch.randperm(n, generator=gen).tolist()
         flips = torch.randint(0, 4, (n,), generator=gen).tolist()
         losses: list[float] = []
-        bar = tqdm(range(0, n, batch_size), desc=f"{arch} epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        bar = tqdm(range(0, n, batch_size), desc=f"{arch} epoch {epoch + 1}/{epochs}",
+                   disable=not bars_enabled(progress), leave=False)
         for s in bar:
             idx = order[s : s + batch_size]
             x = to_input(normal[idx], model, device)

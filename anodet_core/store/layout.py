@@ -1,4 +1,4 @@
-"""The store: where everything lives under one fsspec root, and the schemas of every table.
+"""The store: where everything lives under one fsspec root.
 
 This module is the single owner of paths; nothing else builds store paths by hand. The schemas of every table
 (and the report row types) are :mod:`anodet_core.store.schemas`.
@@ -10,23 +10,24 @@ Layout under the root (``ANODET_STORE``: a local folder, ``file://``, ``s3://buc
     references/<train_id>/<car>/<region_id>.jpg         pinned good image of a region (history of last resort)
     labels/<depot>/<night>/labels.parquet               ground truth per capture (LABELS_SCHEMA)
     labels/<depot>/<night>/<capture_id>.png             pixel mask, white = anomaly, capture's native size
-    maps/<depot>/<night>.zarr                           Zarr v3 group: anomaly maps of the night (see anodet_core.store.maps)
-    reports/captures/depot=<depot>/night=<night>/part-0.parquet   one row per capture (CAPTURE_REPORT_SCHEMA)
-    reports/findings/depot=<depot>/night=<night>/part-0.parquet   one row per finding (FINDING_REPORT_SCHEMA)
+    maps/<depot>/<night>/<generation>.zarr              Zarr v3 group: anomaly maps of one run (anodet_core.store.maps)
+    reports/captures/depot=<depot>/night=<night>/part-<generation>.parquet   one row per capture (CaptureRow)
+    reports/findings/depot=<depot>/night=<night>/part-<generation>.parquet   one row per finding (FindingRow)
+    reports/_nights/depot=<depot>/night=<night>.json    the night's commit: the generation readers see
     models/<name>/versions/<version>/weights.safetensors + card.json   immutable model versions
     models/<name>/aliases/<alias>                       text file holding a version (e.g. "production")
 
 Nights are ``YYYY-MM-DD`` strings. Report partitions are hive-style so pyarrow, pandas, DuckDB and Spark read
-them as tables with ``depot`` and ``night`` columns; those two columns live in the path, not in the files.
+them as tables with ``depot`` and ``night`` columns; those two columns live in the path, not in the files. How
+a run's generation is published in one step: :mod:`anodet_core.store.publish`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import io
+import os
 import posixpath
-import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,27 +37,11 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from ..text import printable
+from . import s3
+from .manifest import CheckedManifest, ManifestError, check_table
+from .names import check_name, check_night
 from .schemas import LABELS_SCHEMA, MANIFEST_SCHEMA, PARTITION_SCHEMA, REPORT_SCHEMAS, table_from_rows
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def check_name(value: str, what: str) -> str:
-    """Names become path segments: refuse anything that could escape or confuse the layout."""
-    if not isinstance(value, str) or not _NAME_RE.match(value) or value in {".", ".."}:
-        raise ValueError(f"invalid {what} {value!r}: use letters, digits, '_', '-', '.'")
-    return value
-
-
-def check_night(night: str | dt.date) -> str:
-    """Normalise a night to ``YYYY-MM-DD`` (accepts a date)."""
-    if isinstance(night, dt.date):
-        return night.isoformat()
-    try:
-        return dt.date.fromisoformat(str(night)).isoformat()
-    except ValueError as exc:
-        raise ValueError(f"invalid night {night!r}: expected YYYY-MM-DD") from exc
-
 
 # --------------------------------------------------------------------------------------------- store
 
@@ -75,9 +60,13 @@ class Store:
     # -- plumbing
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
-        """The fsspec filesystem of the root, opened (with ``storage_options``) on first use."""
+        """The fsspec filesystem of the root, opened on first use: ``storage_options`` over the S3 retry defaults
+        (:mod:`anodet_core.store.s3`); :class:`~anodet_core.store.s3.BucketNotFound` when an S3 root's bucket is missing."""
         if self._fs is None:
-            self._fs, self._base = fsspec.core.url_to_fs(self.root, **(self.storage_options or {}))
+            fs, base = fsspec.core.url_to_fs(self.root, **s3.fs_options(self.root, self.storage_options))
+            s3.configure(fs)
+            s3.check_bucket(fs, base, self.root)
+            self._fs, self._base = fs, base
         return self._fs
 
     @property
@@ -100,10 +89,25 @@ class Store:
         self.__post_init__()
 
     def path(self, rel: str) -> str:
-        """Filesystem path (protocol stripped) of a path relative to the root; absolute URLs pass through."""
+        """Filesystem path (protocol stripped) of a path relative to the root; absolute URLs pass through.
+
+        A path must stay in the store, PermissionError ("... leaves the store") otherwise: no '..' segment, no NUL;
+        an absolute path (what :meth:`url` gives on a local store) only under the root; on a local store, its real
+        path (symlinks resolved) under the root's. URLs are the caller's to confine (:func:`check_uri`).
+        """
         if "://" in rel:
             return fsspec.core.strip_protocol(rel)
-        return posixpath.join(self.base, rel)
+        if ".." in rel.split("/") or "\x00" in rel:
+            raise PermissionError(f"store path {rel!r} leaves the store")
+        absolute = rel.startswith("/")
+        p = rel if absolute else posixpath.join(self.base, rel)
+        if self.is_local:
+            root = os.path.realpath(self.base)
+            if os.path.commonpath([root, os.path.realpath(p)]) != root:
+                raise PermissionError(f"store path {rel!r} leaves the store {printable(self.root)} (a link or an absolute path)")
+        elif absolute and not p.startswith(self.base.rstrip("/") + "/"):
+            raise PermissionError(f"store path {rel!r} leaves the store {printable(self.root)}")
+        return p
 
     def url(self, rel: str) -> str:
         """Full URL of a relative path (what users and other tools can open)."""
@@ -112,12 +116,13 @@ class Store:
         return self.fs.unstrip_protocol(self.path(rel)) if not self.is_local else self.path(rel)
 
     def exists(self, rel: str) -> bool:
-        """Whether a relative path (or absolute URL) exists."""
+        """Whether a relative path (or absolute URL) exists; PermissionError for one that leaves the store (:meth:`path`)."""
         return self.fs.exists(self.path(rel))
 
     def read_bytes(self, rel: str) -> bytes:
-        """Contents of a file; FileNotFoundError when missing."""
-        return self.fs.cat_file(self.path(rel))
+        """Contents of a file; FileNotFoundError when missing, PermissionError when it leaves the store (:meth:`path`)."""
+        # S3: "not found", a missing bucket, an OSError after the retries, a broken-off body fetched again
+        return s3.read(self.url(rel), lambda: self.fs.cat_file(self.path(rel)))
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write a file, creating its folders; an existing file is replaced."""
@@ -174,11 +179,29 @@ class Store:
         return table
 
     def read_manifest(self, depot: str, night: str) -> pd.DataFrame:
-        """A night's manifest as a DataFrame of :data:`MANIFEST_SCHEMA`; FileNotFoundError when there is none."""
+        """A night's manifest as a DataFrame of :data:`MANIFEST_SCHEMA` (:meth:`check_manifest`'s rows: a value that
+        cannot be read as its column's type is null); FileNotFoundError when there is none, ManifestError when it
+        cannot be read at all."""
+        return self.check_manifest(depot, night).rows
+
+    def check_manifest(self, depot: str, night: str, allowed_uri_prefixes: Sequence[str] = ()) -> CheckedManifest:
+        """A night's manifest validated against :data:`MANIFEST_SCHEMA`, the one place manifests are checked.
+
+        Structural faults stop here: FileNotFoundError when there is none, ManifestError (naming the manifest's
+        URL, and the column) when it is unreadable, lacks or repeats a column, or has a column of a type that
+        cannot be cast. Row faults do not: :attr:`CheckedManifest.invalid` says for each row what is wrong with
+        it (see :func:`anodet_core.store.manifest.row_problems`; uris are checked with ``allowed_uri_prefixes``).
+        """
         rel = self.manifest_rel(depot, night)
-        if not self.exists(rel):
-            raise FileNotFoundError(f"no manifest for depot {depot!r} night {night}: {self.url(rel)}")
-        return self.read_table(rel, MANIFEST_SCHEMA).to_pandas()
+        where = self.url(rel)
+        try:
+            with self.fs.open(self.path(rel), "rb") as fh:
+                table = pq.read_table(fh)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no manifest for depot {depot!r} night {night}: {where}") from None
+        except (OSError, pa.ArrowException) as exc:
+            raise ManifestError(f"manifest {where} is unreadable: {printable(exc)}") from exc
+        return check_table(table, where, allowed_uri_prefixes)
 
     def depots(self) -> list[str]:
         """Depots that have a manifest folder, sorted."""
@@ -219,9 +242,17 @@ class Store:
 
     # -- maps
     @staticmethod
-    def maps_rel(depot: str, night: str) -> str:
-        """Relative path of a night's Zarr group of anomaly maps; ValueError for an invalid name or night."""
-        return f"maps/{check_name(depot, 'depot')}/{check_night(night)}.zarr"
+    def maps_rel(depot: str, night: str, generation: str | None = None) -> str:
+        """Relative path of a night's Zarr group of anomaly maps: of one generation of the night
+        (:mod:`anodet_core.store.publish`), or without one the legacy path of nights written before generations."""
+        if generation is None:
+            return f"maps/{check_name(depot, 'depot')}/{check_night(night)}.zarr"
+        return f"{Store.maps_generations_rel(depot, night)}/{check_name(generation, 'generation')}.zarr"
+
+    @staticmethod
+    def maps_generations_rel(depot: str, night: str) -> str:
+        """Relative folder holding the map groups of a night's generations."""
+        return f"maps/{check_name(depot, 'depot')}/{check_night(night)}"
 
     # -- reports
     @staticmethod
@@ -231,37 +262,69 @@ class Store:
             raise ValueError(f"unknown report table {table!r}; expected one of {sorted(REPORT_SCHEMAS)}")
         return f"reports/{table}/depot={check_name(depot, 'depot')}/night={check_night(night)}"
 
-    def write_report(self, table: str, depot: str, night: str, rows: Iterable[dict[str, Any]] | pa.Table) -> str:
-        """Replace the (depot, night) partition of a report table; re-running a night overwrites, never appends."""
-        part = self.report_partition_rel(table, depot, night)  # ValueError for an unknown table
-        schema = REPORT_SCHEMAS[table]
-        data = rows if isinstance(rows, pa.Table) else table_from_rows(rows, schema)
-        data = data.select(schema.names).cast(schema)
-        tmp = f"{part}/.part-0.parquet.tmp"
-        self.write_table(tmp, data)
-        # drop older files of the partition, then move the new one in place: readers never see two copies
-        for name in self.ls(part):
-            if name.endswith(".parquet"):
-                self.fs.rm(self.path(f"{part}/{name}"))
-        self.fs.mv(self.path(tmp), self.path(f"{part}/part-0.parquet"))
-        return self.url(f"{part}/part-0.parquet")
+    @staticmethod
+    def report_part_rel(table: str, depot: str, night: str, generation: str) -> str:
+        """Relative path of one generation's file in the (depot, night) partition of a report table."""
+        return f"{Store.report_partition_rel(table, depot, night)}/part-{check_name(generation, 'generation')}.parquet"
 
-    def report_dataset(self, table: str) -> pads.Dataset | None:
-        """The whole report table as a hive-partitioned pyarrow dataset (None when nothing was written)."""
+    COMMITS_REL = "reports/_nights"  # "_": hive readers (pyarrow, Spark, DuckDB's hive_partitioning) skip it
+
+    @staticmethod
+    def commit_rel(depot: str, night: str) -> str:
+        """Relative path of a night's commit (:mod:`anodet_core.store.publish`)."""
+        return f"{Store.COMMITS_REL}/depot={check_name(depot, 'depot')}/night={check_night(night)}.json"
+
+    def write_report(self, table: str, depot: str, night: str, rows: Iterable[object] | pa.Table) -> str:
+        """Replace the (depot, night) partition of one report table, published atomically with the night's other
+        table as committed (:func:`anodet_core.store.publish.publish_night`); returns the file's URL."""
+        from .publish import publish_night
+
         if table not in REPORT_SCHEMAS:
             raise ValueError(f"unknown report table {table!r}; expected one of {sorted(REPORT_SCHEMAS)}")
-        rel = f"reports/{table}"
-        if not self.exists(rel):
+        schema = REPORT_SCHEMAS[table]
+        data = rows if isinstance(rows, pa.Table) else table_from_rows(rows, schema)
+        commit = publish_night(self, depot, night, {table: data.select(schema.names).cast(schema)})
+        return self.url(commit.files[table])
+
+    def report_files(self, table: str) -> list[str]:
+        """The Parquet files (filesystem paths) readers see for a report table: per night, the committed file; for
+        nights written before commits, every visible ``*.parquet`` of the partition."""
+        from .publish import all_commits
+
+        base = self.path(f"reports/{table}")
+        if not self.fs.exists(base):
+            return []
+        commits = all_commits(self)
+        keep = {self.path(c.files[table]) for c in commits.values() if table in c.files}
+        out = []
+        for p in sorted(self.fs.find(base)):
+            name = posixpath.basename(p)
+            if not name.endswith(".parquet") or name.startswith((".", "_")):
+                continue
+            parts = dict(seg.split("=", 1) for seg in posixpath.dirname(p).split("/") if "=" in seg)
+            if (parts.get("depot"), parts.get("night")) in commits:
+                if p in keep:
+                    out.append(p)
+            else:
+                out.append(p)
+        return out
+
+    def report_dataset(self, table: str) -> pads.Dataset | None:
+        """The whole report table as a hive-partitioned pyarrow dataset of :meth:`report_files` (None when empty)."""
+        if table not in REPORT_SCHEMAS:
+            raise ValueError(f"unknown report table {table!r}; expected one of {sorted(REPORT_SCHEMAS)}")
+        files = self.report_files(table)
+        if not files:
             return None
         schema = pa.unify_schemas([REPORT_SCHEMAS[table], PARTITION_SCHEMA])
         return pads.dataset(
-            self.path(rel),
+            files,
             filesystem=self.fs,
             format="parquet",
             schema=schema,
             partitioning=pads.partitioning(PARTITION_SCHEMA, flavor="hive"),
+            partition_base_dir=self.path(f"reports/{table}"),
             exclude_invalid_files=False,
-            ignore_prefixes=[".", "_"],
         )
 
     def read_report(self, table: str, filter: Any = None) -> pd.DataFrame:  # noqa: A002 (pyarrow's word)

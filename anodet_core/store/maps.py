@@ -1,4 +1,7 @@
-"""Anomaly maps of one depot-night in one Zarr v3 group (``maps/<depot>/<night>.zarr``).
+"""Anomaly maps of one depot-night in one Zarr v3 group per run (``maps/<depot>/<night>/<generation>.zarr``).
+
+Each run of a night writes a new group, which readers see once the night is published
+(:mod:`anodet_core.store.publish`); nights from before generations have ``maps/<depot>/<night>.zarr``.
 
 Arrays of the group:
     maps         (n, H, W) uint8 (score * 255, rounded) or float16; one chunk per capture, zstd-compressed.
@@ -25,13 +28,17 @@ import zarr
 from zarr.codecs import ZstdCodec
 from zarr.storage import FsspecStore, LocalStore
 
+from . import s3
 from .layout import Store
 
 
 def _zarr_store(store: Store, rel: str, read_only: bool) -> Any:
     if store.is_local:
         return LocalStore(store.path(rel), read_only=read_only)
-    return FsspecStore.from_url(store.url(rel), storage_options=store.storage_options or {}, read_only=read_only)
+    url = store.url(rel)
+    zstore = FsspecStore.from_url(url, storage_options=s3.fs_options(url, store.storage_options), read_only=read_only)
+    s3.configure(zstore.fs)  # the same single retry layer as the store's own filesystem
+    return zstore
 
 
 def create_night_maps(
@@ -43,14 +50,18 @@ def create_night_maps(
     *,
     dtype: str = "uint8",
     attrs: dict[str, Any] | None = None,
+    generation: str | None = None,
 ) -> str:
-    """Create (or replace) the night's group with empty rows; returns its URL. ``sizes`` are (width, height)."""
+    """Create (or replace) the group of one generation of the night with empty rows; returns its URL.
+
+    ``sizes`` are (width, height). Without ``generation`` the legacy group ``maps/<depot>/<night>.zarr``.
+    """
     if dtype not in ("uint8", "float16"):
         raise ValueError(f"map dtype must be uint8 or float16, not {dtype!r}")
     n = len(capture_ids)
     if n != len(sizes):
         raise ValueError("capture_ids and sizes differ in length")
-    rel = store.maps_rel(depot, night)
+    rel = store.maps_rel(depot, night, generation)
     h = max((s[1] for s in sizes), default=1)
     w = max((s[0] for s in sizes), default=1)
     g = zarr.open_group(_zarr_store(store, rel, read_only=False), mode="w", zarr_format=3)
@@ -89,10 +100,13 @@ class MapWriter:
     back by zarr (tests check it). Arrays with any other layout fall back to zarr.
     """
 
-    def __init__(self, store: Store, depot: str, night: str):
+    def __init__(self, store: Store, depot: str, night: str, rel: str | None = None):
         import numcodecs
 
-        self.group = open_night_maps(store, depot, night, writable=True)
+        from .publish import latest_maps_rel
+
+        self.rel = rel or latest_maps_rel(store, depot, night)  # the group this run created (store-relative)
+        self.group = open_night_maps(store, depot, night, writable=True, rel=self.rel)
         arr: Any = self.group["maps"]  # zarr types members Array | Group, metadata JSON; the layout fixes them
         meta = arr.metadata.to_dict()
         codecs = meta.get("codecs", [])
@@ -110,7 +124,7 @@ class MapWriter:
             self._zstd = numcodecs.Zstd(level=int(codecs[1].get("configuration", {}).get("level", 3)))
             self._fs = store.fs
             self._local = store.is_local  # local folders need the chunk's parent folders; object stores do not
-            self._base = store.path(store.maps_rel(depot, night))
+            self._base = store.path(self.rel)
         self.shape = arr.shape
         self.dtype = arr.dtype
         flags: Any = self.group["written"]
@@ -182,7 +196,12 @@ def read_map(store: Store, depot: str, night: str, capture_id: str) -> np.ndarra
     return dequantize(np.asarray(g["maps"][i, :h, :w]))
 
 
-def open_night_maps(store: Store, depot: str, night: str, *, writable: bool = False) -> zarr.Group:
-    """Open an existing night group (read-only unless ``writable``); zarr raises when the group does not exist."""
-    rel = store.maps_rel(depot, night)
+def open_night_maps(store: Store, depot: str, night: str, *, writable: bool = False, rel: str | None = None) -> zarr.Group:
+    """Open an existing night group (read-only unless ``writable``); zarr raises when the group does not exist.
+
+    Without ``rel`` (a store-relative group) the published one (:func:`anodet_core.store.publish.committed_maps_rel`).
+    """
+    from .publish import committed_maps_rel
+
+    rel = rel or committed_maps_rel(store, depot, night)
     return zarr.open_group(_zarr_store(store, rel, read_only=not writable), mode="r+" if writable else "r")

@@ -1,4 +1,9 @@
-"""SQL over the reports with DuckDB: views ``captures`` and ``findings`` over the hive-partitioned Parquet."""
+"""SQL over the reports with DuckDB: views ``captures`` and ``findings`` over the hive-partitioned Parquet.
+
+Read-only: once the views exist the connection has no file system, extensions or settings of its own (see
+:func:`connect`), so a query cannot write a file (``COPY ... TO``), read one outside the reports
+(``read_csv('/etc/passwd')``), attach a database, load an extension or switch any of that back on.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,18 @@ from .schemas import PARTITION_SCHEMA, REPORT_SCHEMAS
 if TYPE_CHECKING:
     import duckdb
 
+_REFUSED = "anodet query only reads the views captures and findings: no files, extensions or settings"
+
 
 def connect(store: Store) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with one view per report table (empty views when nothing was written yet).
 
     Reads go through the store's fsspec filesystem (DuckDB's httpfs extension would need the internet to
     install), so s3:// stores work the same as local folders.
+
+    The views scan registered pyarrow datasets, which read through pyarrow and fsspec, never through DuckDB's
+    own file system; so external access is switched off entirely (no ``allowed_directories`` needed) and the
+    configuration locked, which refuses every later ``SET``/``RESET``/``PRAGMA`` that changes a setting.
     """
     import duckdb
     import pyarrow as pa
@@ -31,11 +42,19 @@ def connect(store: Store) -> duckdb.DuckDBPyConnection:
         else:
             con.register(f"_{table}", ds)  # pyarrow dataset: filters and projections are pushed down
         con.execute(f"create view {table} as select * from _{table}")
+    con.execute("set enable_external_access = false")
+    con.execute("set lock_configuration = true")  # last: from here on no setting can change
     return con
 
 
+def _refused(exc: Exception) -> ValueError:
+    """One line: what is refused and DuckDB's reason (its first line; the rest points into the SQL)."""
+    return ValueError(f"query refused ({_REFUSED}): {str(exc).splitlines()[0]}")
+
+
 def run_query(store: Store, sql: str) -> pd.DataFrame:
-    """Run DuckDB SQL over the ``captures`` and ``findings`` views; ValueError for an empty or failing query."""
+    """Run DuckDB SQL over the ``captures`` and ``findings`` views; ValueError for an empty, failing or refused query
+    (one that reaches for files, extensions or settings)."""
     if not sql.strip():
         raise ValueError("empty query")
     import duckdb
@@ -43,7 +62,11 @@ def run_query(store: Store, sql: str) -> pd.DataFrame:
     con = connect(store)
     try:
         return con.execute(sql).df()
+    except duckdb.PermissionException as exc:
+        raise _refused(exc) from None
     except duckdb.Error as exc:  # SQL mistakes are bad input: a clear message, not a traceback
+        if "configuration has been locked" in str(exc):  # DuckDB's wording; its type is a plain InvalidInputException
+            raise _refused(exc) from None
         raise ValueError(f"query failed: {exc}") from exc
     finally:
         con.close()

@@ -2,7 +2,7 @@
 
 Manifests and labels are written by the robot's side (:data:`MANIFEST_SCHEMA`, :data:`LABELS_SCHEMA`). A night
 writes one :class:`CaptureRow` per capture of its manifest and one :class:`FindingRow` per finding, to
-``reports/<table>/depot=<depot>/night=<night>/part-0.parquet`` (:meth:`anodet_core.store.layout.Store.write_report`).
+``reports/<table>/depot=<depot>/night=<night>/part-<generation>.parquet`` (:mod:`anodet_core.store.publish`).
 Each report field carries its Arrow type, so the row type and the schema cannot drift apart; the column order of
 the Parquet files is the field order. Columns are only ever added (nullable), so every night written before stays
 readable: readers see a missing column as null.
@@ -125,7 +125,7 @@ class CaptureRow:
     second_model: str | None = _col(pa.string())  # NAME:VERSION
     second_score: float | None = _col(pa.float32())  # image score in that model's units
     second_anomalous: bool | None = _col(pa.bool_())  # second_score above the model card's image threshold
-    map_uri: str | None = _col(pa.string())  # Zarr group URL
+    map_uri: str | None = _col(pa.string())  # Zarr group, store-relative (a URL in nights written before generations)
     map_index: int | None = _col(pa.int32())  # row of the capture in the group's `maps` array
     t_decode_ms: float | None = _col(pa.float32())  # CPU ms of the preparing thread (helpers run beside the model)
     t_register_ms: float | None = _col(pa.float32())  # CPU ms, idem

@@ -71,12 +71,14 @@ def prepare_arrays(
     """Decode, register and resize every pair exactly as the nightly run does."""
     from tqdm import tqdm
 
+    from ..progress import bars_enabled
+
     n = len(pairs)
     cur = np.zeros((n, MODEL_SIZE, MODEL_SIZE, 3), np.uint8)
     his = np.zeros_like(cur)
     mask = np.zeros((n, MODEL_SIZE, MODEL_SIZE), np.uint8)
     sizes: list[tuple[int, int]] = []
-    for i, p in enumerate(tqdm(pairs, desc="preparing pairs", disable=not progress)):
+    for i, p in enumerate(tqdm(pairs, desc="preparing pairs", disable=not bars_enabled(progress))):
         prep = prepare_pair(read(p.cur_uri), read(p.his_uri), registration=registration)
         cur[i], his[i] = prep.cur, prep.his
         sizes.append(prep.native_size)

@@ -45,6 +45,8 @@ def train_pairs(
     """
     from tqdm import tqdm
 
+    from ..progress import bars_enabled
+
     if len(train) == 0:
         raise ValueError("no training pairs")
     torch.manual_seed(cfg.seed)
@@ -80,7 +82,8 @@ def train_pairs(
         model.train()
         order = torch.randperm(n, generator=gen).tolist()
         losses = []
-        bar = tqdm(range(0, n, cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        bar = tqdm(range(0, n, cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not bars_enabled(progress),
+                   leave=False)
         for s in bar:
             idx = order[s : s + cfg.batch_size]
             if len(idx) < 2 and n >= 2:  # BatchNorm needs > 1 sample; the leftover joins the next epoch

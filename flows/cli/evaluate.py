@@ -7,6 +7,8 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
+from anodet_core.text import printable
+
 from ._common import SINGLE_IMAGE_ARCHS, _bf16, _device, _json_object, _settings, _store
 
 if TYPE_CHECKING:
@@ -20,6 +22,17 @@ EVAL_KEYS = ("precision", "recall", "oa", "f1", "iou", "auc", "eer", "image_auro
 
 SINGLE_IMAGE_EVAL_KEYS = ("image_auroc", "recall", "pixel_auroc")
 
+# exit status of predict and evaluate when no pair at all could be scored (the pairs that failed are listed)
+NOTHING_SCORED = 1
+SCORED_EXIT = (f"exit status 0 when at least one pair was scored (each pair that could not be is named with its reason), "
+               f"{NOTHING_SCORED} when none could be, 2 for a missing or bad argument")
+
+
+def _report_unscored(verb: str, unscored: list[tuple[str, str]]) -> None:
+    """One stderr line per pair that could not be scored: its id and reason, escaped for the terminal."""
+    for pid, reason in unscored:
+        print(f"{verb} {printable(pid)}: {printable(reason)}", file=sys.stderr)
+
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """``anodet predict``: score unlabelled pair folders into map PNGs and a scores table."""
@@ -27,15 +40,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     out = predict_folders(_store(settings), args.model, args.pairs, args.out, settings)
-    print(f"wrote {out['n']} maps and {out['table']}")
-    return 0
+    _report_unscored("failed", out["failed"])
+    print(f"pairs: {out['n']} scored, {out['errors']} failed; wrote {out['n']} map PNGs and {out['table']}")
+    return 0 if out["n"] else NOTHING_SCORED
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``anodet evaluate``: metrics of a paired model on a labelled folder dataset (or of a single-image model)."""
     import math
 
-    from anodet_core.evaluation.evaluate import dataset_split, evaluate_pairs
+    from anodet_core.evaluation.evaluate import NothingScored, dataset_split, evaluate_pairs, unpaired_folders
     from anodet_core.registry.model_store import load
     from anodet_core.scoring.postprocess import operating_point
     from anodet_core.scoring.predictor import Predictor
@@ -55,19 +69,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"--anomalous-dir, not --data", file=sys.stderr)
         return 2
     op = operating_point(card, settings)  # the night's: ANODET_THRESHOLD / ANODET_MIN_FINDING_AREA over the card's
-    res = evaluate_pairs(Predictor(model, device, fast=settings.fast), pairs, op, registration=settings.registration,
-                         batch_size=settings.batch_size, map_dtype=settings.map_dtype)
+    try:
+        res = evaluate_pairs(Predictor(model, device, fast=settings.fast), pairs, op, registration=settings.registration,
+                             batch_size=settings.batch_size, map_dtype=settings.map_dtype)
+    except NothingScored as exc:
+        res = {**dict.fromkeys(EVAL_KEYS, math.nan), "threshold": op.threshold, "min_area": op.min_area, "n_samples": 0,
+               "skipped": exc.skipped}
+    skipped = sorted(unpaired_folders(path, pairs) + res["skipped"])
+    _report_unscored("skipped", skipped)
+    status = 0 if res["n_samples"] else NOTHING_SCORED
 
     def num(v: float | int) -> float | int | None:
         return v if isinstance(v, int) else (None if math.isnan(v) else float(v))
 
     if args.json:
-        print(json.dumps({k: num(res[k]) for k in EVAL_KEYS}))
-        return 0
+        print(json.dumps({**{k: num(res[k]) for k in EVAL_KEYS}, "n_scored": res["n_samples"], "n_skipped": len(skipped),
+                          "skipped": [{"pair_id": pid, "reason": reason} for pid, reason in skipped]}))
+        return status
+    if not res["n_samples"]:
+        print(f"pairs: 0 scored, {len(skipped)} skipped; nothing to evaluate in {path}", file=sys.stderr)
+        return status
     name = f"{card.name}:{card.version}" if card.version else card.name
-    print(f"model {name} on {path}: {res['n_samples']} pairs ({res['n_anomalous']} anomalous), native resolution, "
-          f"the nightly post-processing; operating point: threshold {op.threshold:.3f}, min finding area "
-          f"{op.min_area} px")
+    print(f"model {name} on {path}: pairs: {res['n_samples']} scored ({res['n_anomalous']} anomalous), "
+          f"{len(skipped)} skipped; native resolution, the nightly post-processing; operating point: threshold "
+          f"{op.threshold:.3f}, min finding area {op.min_area} px")
     for title, keys in (("pixels at > 0.5 (paper), summed over all pixels", EVAL_KEYS[:7]),
                         ("pixels at the operating point's threshold", EVAL_KEYS[8:12]),
                         ("captures: AUROC of the map maximum; decisions at the operating point (anomalous iff a "
@@ -149,7 +174,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Subcommands) -> None:
     """Register ``predict``, ``evaluate`` and ``compare``."""
-    pr = sub.add_parser("predict", help="score unlabelled pair folders (DIR/<pair>/cur.*, his.*): map PNGs + scores.parquet")
+    pr = sub.add_parser("predict", help="score unlabelled pair folders (DIR/<pair>/cur.*, his.*): map PNGs + scores.parquet",
+                        description="Score unlabelled pair folders (DIR/<pair>/cur.*, his.*): a map PNG per pair and "
+                                    "scores.parquet (a row per folder, the reason in `error` for one that could not be "
+                                    f"scored); {SCORED_EXIT}.")
     pr.add_argument("--model", required=True, help="NAME, NAME:VERSION or a local model folder")
     pr.add_argument("--pairs", required=True)
     pr.add_argument("--out", required=True)
@@ -158,7 +186,11 @@ def add_parsers(sub: Subcommands) -> None:
     pr.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("evaluate", help="metrics of a paired model on a labelled folder dataset (DIR/<pair>/cur, his, mask), "
-                                        "or of a single-image model on --normal-dir vs --anomalous-dir")
+                                        "or of a single-image model on --normal-dir vs --anomalous-dir",
+                       description="Metrics of a paired model on a labelled folder dataset (DIR/<pair>/cur.*, his.*, "
+                                   "mask.*), or of a single-image model on --normal-dir vs --anomalous-dir. --data: a pair "
+                                   "whose cur, his or mask cannot be read or decoded is skipped; "
+                                   f"{SCORED_EXIT}.")
     e.add_argument("--model", required=True, help="NAME (production version), NAME:VERSION or a local model folder")
     e.add_argument("--data", help="paired folder dataset; its test/ split when present")
     e.add_argument("--normal-dir", help="single-image model: folder of normal images")
@@ -166,7 +198,8 @@ def add_parsers(sub: Subcommands) -> None:
     e.add_argument("--mask-dir", help="masks of the anomalous images, matched by file stem (<stem>.*), for pixel AUROC")
     e.add_argument("--split", help="evaluate this sub-folder (train, val, test) instead")
     e.add_argument("--json", action="store_true", help="one JSON object: " + ", ".join(EVAL_KEYS)
-                   + " (single-image: " + ", ".join(SINGLE_IMAGE_EVAL_KEYS) + "; NaN as null)")
+                   + ", n_scored, n_skipped, skipped ([{pair_id, reason}]) (single-image: "
+                   + ", ".join(SINGLE_IMAGE_EVAL_KEYS) + "; NaN as null)")
     e.add_argument("--batch-size", type=int)
     e.add_argument("--device", help="auto | cpu | cuda")
     e.set_defaults(func=cmd_evaluate)

@@ -13,16 +13,17 @@ if TYPE_CHECKING:
 
 def cmd_run_night(args: argparse.Namespace) -> int:
     """``anodet run-night``: run the nightly inspection flow for one depot-night and print its summary."""
-    from anodet_core.store.layout import check_night
+    from anodet_core.store.names import check_night
+    from anodet_core.text import printable
     from flows.nightly import run_night
 
     settings = _settings(args)
     store = _store(settings)
     night = check_night(args.night)
     if not store.exists(store.manifest_rel(args.depot, night)):  # say it plainly before starting Prefect
-        raise FileNotFoundError(f"no manifest for depot {args.depot!r} night {night} in {settings.store}")
+        raise FileNotFoundError(f"no manifest for depot {args.depot!r} night {night} in {printable(settings.store)}")
     summary = run_night(settings, args.depot, night)
-    print(summary.markdown())
+    print(summary.markdown())  # its ids and messages are escaped (NightSummary.markdown)
     return 0
 
 

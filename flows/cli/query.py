@@ -32,7 +32,11 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Subcommands) -> None:
     """Register ``query``."""
-    q = sub.add_parser("query", help="SQL (DuckDB) over the reports: tables `captures` and `findings`")
+    q = sub.add_parser("query", help="SQL (DuckDB) over the reports: tables `captures` and `findings`",
+                       description="SQL (DuckDB) over the reports, read-only: tables `captures` and `findings`. A query "
+                                   "that reaches for anything else (COPY ... TO, read_csv or read_parquet of a file, "
+                                   "ATTACH, INSTALL/LOAD, SET or a PRAGMA that changes a setting) is refused with a "
+                                   "one-line error, exit status 2.")
     q.add_argument("sql")
     q.add_argument("--format", choices=["table", "csv", "json"], default="table")
     q.add_argument("--max-rows", type=int, default=200)

@@ -141,13 +141,14 @@ def test_evaluate_json_on_a_paired_folder(tiny_store, tmp_path, capsys):
     res = json.loads(out[0])
     assert list(res) == ["precision", "recall", "oa", "f1", "iou", "auc", "eer", "image_auroc", "precision_at_op",
                          "recall_at_op", "f1_at_op", "iou_at_op", "threshold", "min_area", "decision_precision",
-                         "decision_recall", "false_alarms"]
+                         "decision_recall", "false_alarms", "n_scored", "n_skipped", "skipped"]
+    assert (res["n_scored"], res["n_skipped"], res["skipped"]) == (4, 0, [])
     assert isinstance(res["min_area"], int) and res["min_area"] >= 1 and isinstance(res["false_alarms"], int)
     assert 0 <= res["false_alarms"] <= 4
-    assert all(v is None or 0.0 <= v <= 1.0 for k, v in res.items() if k not in ("min_area", "false_alarms"))
+    assert all(v is None or 0.0 <= v <= 1.0 for k, v in res.items() if k not in ("min_area", "false_alarms", "n_scored", "n_skipped", "skipped"))
     assert main(["--store", tiny_store, "evaluate", "--model", "anodfdnet:1", "--data", str(data)]) == 0
     table = capsys.readouterr().out
-    assert "4 pairs" in table and "| precision |" in table
+    assert "pairs: 4 scored" in table and "| precision |" in table
     assert main(["--store", tiny_store, "evaluate", "--model", "anodfdnet:1", "--data", str(tmp_path / "none")]) == 2
 
 

@@ -32,7 +32,7 @@ def night_store(tmp_path_factory, prefect_harness):
     nights = store.nights(SPEC.depot)
     # region R04 loses its reference: no history on night 1, and still none on night 2
     store.fs.rm(store.path(store.reference_rel("T001", 1, "R04")))
-    # a capture of night 2 changed after the manifest was written: reported as an error, not dropped
+    # a capture of night 2 changed after the manifest was written: reported as a checksum mismatch, not dropped
     man2 = store.read_manifest(SPEC.depot, nights[1])
     broken = man2[man2.region_id == "R03"].iloc[0]
     store.write_bytes(broken.uri, store.read_bytes(broken.uri)[:-100])
@@ -58,7 +58,7 @@ def test_every_capture_has_one_row_with_the_right_status(night_store):
         assert sorted(got.capture_id) == sorted(man.capture_id)
         assert (got.depot == SPEC.depot).all()
     status = dict(zip(caps.capture_id, caps.status))
-    assert status[broken] == "error"
+    assert status[broken] == "checksum_mismatch"
     assert "sha256" in caps.set_index("capture_id").loc[broken, "error"]
     r04 = caps[caps.region_id == "R04"]
     assert (r04.status == "no_history").all() and r04.decision.isna().all()

@@ -203,9 +203,11 @@ def test_s3_night_maps_and_reports_agree(s3_bucket, monkeypatch, dtype):
     assert not store.is_local
     _build(store)
     plan = _run_night(store, _settings(store.root, monkeypatch, dtype))
-    assert plan.maps_url == f"s3://{s3_bucket}/store/maps/{DEPOT}/{NIGHT}.zarr"
+    gen = plan.generation
+    assert plan.maps_rel == f"maps/{DEPOT}/{NIGHT}/{gen}.zarr" and plan.maps_url == f"s3://{s3_bucket}/store/{plan.maps_rel}"
     client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL_S3"], region_name="us-east-1")
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, Prefix="store/")["Contents"]}
-    assert f"store/maps/{DEPOT}/{NIGHT}.zarr/maps/c/0/0/0" in keys  # the map rows really are objects in the bucket
-    assert f"store/reports/findings/depot={DEPOT}/night={NIGHT}/part-0.parquet" in keys
+    assert f"store/{plan.maps_rel}/maps/c/0/0/0" in keys  # the map rows really are objects in the bucket
+    assert f"store/reports/findings/depot={DEPOT}/night={NIGHT}/part-{gen}.parquet" in keys
+    assert f"store/reports/_nights/depot={DEPOT}/night={NIGHT}.json" in keys  # the night's commit
     _check_night(store, dtype)

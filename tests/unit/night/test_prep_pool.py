@@ -44,7 +44,7 @@ def small_night(tmp_path_factory):
 
 def test_helpers_give_the_rows_and_maps_that_threads_give(small_night):
     store, root, night, plan = small_night
-    # one sub-batch of bytes changes after the manifest: an error row either way
+    # one sub-batch of bytes changes after the manifest: a checksum_mismatch row either way (PrepError pickles back)
     broken = plan.jobs[3].capture["uri"]
     original = store.read_bytes(broken)
     store.write_bytes(broken, original[:-50])
@@ -55,7 +55,7 @@ def test_helpers_give_the_rows_and_maps_that_threads_give(small_night):
             assert prep_processes(s) == n
             plan = plan_night(store, SPEC.depot, night, "anodfdnet")  # a fresh, empty map group each time
             res = process_batch(store, SPEC.depot, night, plan.jobs, plan.model_ref, s, "run")
-            maps = np.asarray(open_night_maps(store, SPEC.depot, night)["maps"][:])
+            maps = np.asarray(open_night_maps(store, SPEC.depot, night, rel=plan.maps_rel)["maps"][:])
             out[n] = ({r.capture_id: row_dict(r) for r in res.captures}, maps)
     finally:
         store.write_bytes(broken, original)
@@ -63,14 +63,15 @@ def test_helpers_give_the_rows_and_maps_that_threads_give(small_night):
     rows2, maps2 = out[2]
     rows0, maps0 = out[0]
     assert rows2.keys() == rows0.keys() and len(rows2) == len(plan.jobs)
-    timing = {"t_decode_ms", "t_register_ms", "t_infer_ms", "t_write_ms", "processed_at"}
+    # timings, and the map group: each plan is a new generation of the night with its own group
+    timing = {"t_decode_ms", "t_register_ms", "t_infer_ms", "t_write_ms", "processed_at", "map_uri"}
     for cid, row in rows2.items():
         assert row.keys() == rows0[cid].keys()
         for k in row.keys() - timing:  # registration figures may differ in the last bit between processes
             a, b = row[k], rows0[cid][k]
             assert (a == pytest.approx(b, rel=1e-9, nan_ok=True)) if isinstance(a, float) else a == b, (cid, k, a, b)
-    assert sorted(r["status"] for r in rows2.values()).count("error") == 1
-    assert "sha256" in next(r["error"] for r in rows2.values() if r["status"] == "error")
+    assert sorted(r["status"] for r in rows2.values()).count("checksum_mismatch") == 1
+    assert "sha256" in next(r["error"] for r in rows2.values() if r["status"] == "checksum_mismatch")
     assert np.array_equal(maps2, maps0) and maps2.any()
 
 

@@ -82,7 +82,7 @@ def test_night_and_evaluate_give_the_same_maps_findings_and_decisions(depot):
     settings = Settings(store=store.root, model="diffmap", batch_size=2, prep_processes=0, fast=False, single_image="")
     plan = plan_night_task.fn(store, "d", NIGHT, settings, "run")
     assert (plan.threshold, plan.min_finding_area) == (0.5, CARD_MIN_AREA)  # the card's operating point, pinned
-    g = open_night_maps(store, "d", NIGHT)
+    g = open_night_maps(store, "d", NIGHT, rel=plan.maps_rel)
     assert (g.attrs["threshold"], g.attrs["min_finding_area"]) == (0.5, CARD_MIN_AREA)
     night_settings = settings.with_(threshold=plan.threshold, min_finding_area=plan.min_finding_area)  # as the flow
     res = pipeline.process_batch(store, "d", NIGHT, plan.jobs, plan.model_ref, night_settings, "run")
@@ -96,7 +96,7 @@ def test_night_and_evaluate_give_the_same_maps_findings_and_decisions(depot):
                          batch_size=3, read=store.read_bytes, on_scored=lambda p, s: scored.__setitem__(p.key, s))
     assert sorted(scored) == sorted(rows)
 
-    g = open_night_maps(store, "d", NIGHT)
+    g = open_night_maps(store, "d", NIGHT, rel=plan.maps_rel)
     ids = list(g["capture_ids"][:])
     for cid, row in rows.items():
         s = scored[cid]

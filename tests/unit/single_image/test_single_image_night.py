@@ -175,7 +175,7 @@ def test_disabled_single_image_keeps_no_history(night, monkeypatch):
     settings = Settings.from_env(store=root)
     assert settings.single_image == ""
     plan = plan_night_task.fn(store, "d", NIGHT, settings, "run")  # in process: no flow, no cluster
-    assert plan.single_models == {} and dict(open_night_maps(store, "d", NIGHT).attrs["single_models"]) == {}
+    assert plan.single_models == {} and dict(open_night_maps(store, "d", NIGHT, rel=plan.maps_rel).attrs["single_models"]) == {}
     jobs = [j for j in plan.jobs if not j.history_uri]
     assert sorted(j.capture["region_id"] for j in jobs) == ["R2", "R2", "R2", "R3"]
     res = process_batch(store, "d", NIGHT, jobs, plan.model_ref, settings.with_(threshold=plan.threshold), "run",

@@ -242,9 +242,10 @@ def test_copies_are_validated_frozen_and_picklable(env):
 
 
 def test_status_and_decision_values():
-    assert [m.value for m in Status] == ["ok", "registration_failed", "no_history", "error"]
+    assert [m.value for m in Status] == ["ok", "registration_failed", "no_history", "invalid_manifest", "missing", "io_error",
+                                         "checksum_mismatch", "invalid_image", "error"]
     assert [m.value for m in Decision] == ["normal", "anomalous"]
-    assert (STATUS_OK, STATUS_REGISTRATION_FAILED, STATUS_NO_HISTORY, STATUS_ERROR) == tuple(Status)
+    assert (STATUS_OK, STATUS_REGISTRATION_FAILED, STATUS_NO_HISTORY, STATUS_ERROR) == tuple(Status)[:3] + (Status.ERROR,)
     assert (DECISION_NORMAL, DECISION_ANOMALOUS) == tuple(Decision)
     assert STATUS_OK is Status.OK and DECISION_ANOMALOUS is Decision.ANOMALOUS
 
