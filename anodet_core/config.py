@@ -5,13 +5,15 @@ CLI flags override these; everything else reads a :class:`Settings` instead of `
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import re
-from typing import Annotated, Any, Literal, get_args
+import zoneinfo
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .text import printable
 
@@ -21,6 +23,8 @@ ENV_PREFIX = "ANODET_"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
+# storage option names holding a credential, besides names ending in "key" (key, account_key, SSECustomerKey)
+_SECRET_WORDS = ("secret", "token", "passw", "credential")
 
 # The registered single-image architectures, spelled out so that reading the settings imports no model code
 # (tests check them against the model registry, anodet_core.models.single_image_models()).
@@ -93,6 +97,45 @@ def _check_device(value: str) -> str:
     return value
 
 
+def _parse_storage_options(value: Any) -> Any:
+    # a JSON object (NoDecode: bad text is this setting's error, not a SettingsError); blank means none
+    if not isinstance(value, str):
+        return value
+    if not value.strip():
+        return {}
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        raise ValueError('not JSON: use a JSON object, e.g. {"endpoint_url": "https://s3.example.com"}') from None
+    if not isinstance(parsed, dict):
+        raise ValueError("not a JSON object")
+    return parsed
+
+
+def _secret_keys(value: Any, where: str = "") -> list[str]:
+    """Dotted paths of the keys in ``value`` (at any depth) that name a credential: key, secret, token, password..."""
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _secret_keys(v, f"{where}{i}.")]
+    if not isinstance(value, dict):
+        return []
+    found = []
+    for k, v in value.items():
+        name = str(k).lower()
+        if name.endswith("key") or name == "aws_access_key_id" or any(w in name for w in _SECRET_WORDS):
+            found.append(f"{where}{k}")
+        found += _secret_keys(v, f"{where}{k}.")
+    return found
+
+
+def _check_storage_options(value: dict[str, Any]) -> dict[str, Any]:
+    # settings travel as flow-run parameters (Prefect's database) and to every worker: no credentials in them
+    secret = _secret_keys(value)
+    if secret:
+        raise ValueError(f"credentials do not belong in the store's options ({', '.join(secret)}): give them as "
+                         "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile or the pod's identity (IRSA)")
+    return value
+
+
 # field types that read environment text as they always have (Python's int()/float(), the boolean words above)
 _Bool = Annotated[bool, BeforeValidator(_parse_bool)]
 _Int = Annotated[int, BeforeValidator(_parse_int)]
@@ -100,19 +143,140 @@ _OptionalInt = Annotated[int | None, BeforeValidator(_parse_optional_int)]
 _OptionalFloat = Annotated[float | None, BeforeValidator(_parse_optional_float)]
 _Device = Annotated[str, AfterValidator(_check_device)]
 _Prefixes = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_parse_prefixes), AfterValidator(_check_prefixes)]
+_StorageOptions = Annotated[dict[str, Any], NoDecode, BeforeValidator(_parse_storage_options),
+                            AfterValidator(_check_storage_options)]
 
-# fields that the environment never sets
-_NOT_FROM_ENV = frozenset({"storage_options"})
+
+def _parse_resources(value: Any) -> Any:
+    # `dask worker --resources` syntax: NAME=AMOUNT pairs separated by commas or blanks ("GPU=1", "GPU=1,MEM=8e9")
+    if not isinstance(value, str):
+        return value
+    resources = {}
+    for pair in value.replace(",", " ").split():
+        name, sep, amount = pair.partition("=")
+        if not sep or not name or printable(name) != name:
+            raise ValueError(f"{pair!r}: use NAME=AMOUNT pairs, as `dask worker --resources` takes them (GPU=1)")
+        resources[name] = _parse_float(amount)
+    return resources
 
 
-class _Environment(EnvSettingsSource):
-    """The ``ANODET_*`` variables, less the fields in :data:`_NOT_FROM_ENV`."""
+def _check_resources(value: dict[str, float]) -> dict[str, float]:
+    if any(not amount > 0 for amount in value.values()):  # not > 0 also catches NaN
+        raise ValueError("each resource amount must be a number > 0")
+    return value
 
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        """The variable's raw text for ``field_name``, None for a field the environment does not set."""
-        if field_name in _NOT_FROM_ENV:
-            return None, field_name, False
-        return super().get_field_value(field, field_name)
+
+_Resources = Annotated[dict[str, float], NoDecode, BeforeValidator(_parse_resources), AfterValidator(_check_resources)]
+
+
+# ------------------------------------------------------------------ schedules of `anodet serve` (flows/deployments.py)
+# Cron is checked here, without Prefect (the core never imports it), as a subset of what Prefect's croniter takes
+# (tests/unit/flows/test_deployments.py checks the two agree): five fields of numbers, names, a-b ranges, steps and
+# lists, or an @alias. croniter's extras (seconds and year fields, L, #, wrapping ranges) are refused.
+_CRON_ALIASES = frozenset({"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"})
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+# (lowest, highest, names) of minute, hour, day of month, month, day of week (0 and 7 are Sunday)
+_CRON_FIELDS: tuple[tuple[int, int, tuple[str, ...]], ...] = (
+    (0, 59, ()), (0, 23, ()), (1, 31, ()), (1, 12, _MONTHS), (0, 7, _WEEKDAYS))
+_CRON_ITEM_RE = re.compile(r"(\*|[0-9a-z]+)(?:-([0-9a-z]+))?(?:/([0-9]+))?")
+_CRON_HELP = ("not a cron expression: use five fields (minute hour day month weekday) of numbers, names, ranges, steps and "
+              "lists, as in '30 1 * * mon-fri', or @daily, @weekly, ...")
+
+
+def _cron_value(text: str, lowest: int, highest: int, names: tuple[str, ...]) -> int:
+    if text in names:
+        return lowest + names.index(text)  # jan is 1, sun is 0
+    if not re.fullmatch(r"[0-9]{1,2}", text) or not lowest <= int(text) <= highest:
+        raise ValueError(text)
+    return int(text)
+
+
+def _check_cron(value: str) -> str:
+    fields = value.lower().split()
+    if len(fields) == 1 and fields[0] in _CRON_ALIASES:
+        return value
+    try:
+        if len(fields) != len(_CRON_FIELDS):
+            raise ValueError(value)
+        for field, (lowest, highest, names) in zip(fields, _CRON_FIELDS):
+            for item in field.split(","):
+                m = _CRON_ITEM_RE.fullmatch(item)
+                if not m or (m[1] == "*" and m[2]) or (m[3] is not None and int(m[3]) == 0):
+                    raise ValueError(item)
+                if m[1] != "*":
+                    start = _cron_value(m[1], lowest, highest, names)
+                    if m[2] and _cron_value(m[2], lowest, highest, names) < start:
+                        raise ValueError(item)
+    except ValueError:
+        raise ValueError(_CRON_HELP) from None
+    return value
+
+
+def _is_cron(text: str) -> bool:
+    try:
+        _check_cron(text.strip())
+    except ValueError:
+        return False
+    return True
+
+
+class DepotCron(NamedTuple):
+    """One entry of ``ANODET_DEPOTS``: a depot and its own nightly cron, "" where ``ANODET_NIGHTLY_CRON`` applies."""
+
+    depot: str
+    cron: str = ""
+
+
+def _parse_depots(value: Any) -> Any:
+    # "north,south@30 1 * * *"; a comma that continues a depot's own cron belongs to it ("south@0,30 1 * * *")
+    if not isinstance(value, str):
+        return value
+    entries: list[str] = []
+    for piece in value.split(","):
+        last = entries[-1] if entries else ""
+        if "@" in last and (not _is_cron(last.partition("@")[2]) or _is_cron(f"{last},{piece}".partition("@")[2])):
+            entries[-1] = f"{last},{piece}"
+        else:
+            entries.append(piece)
+    out = []
+    for entry in filter(str.strip, entries):
+        depot, at, cron = entry.partition("@")
+        if at and not cron.strip():
+            raise ValueError(f"{entry.strip()!r}: no cron after '@'")
+        out.append(DepotCron(depot.strip(), cron.strip()))
+    return tuple(out)
+
+
+def _check_depots(value: tuple[DepotCron, ...]) -> tuple[DepotCron, ...]:
+    from .store.names import check_name  # depot names become store paths
+
+    for entry in value:
+        check_name(entry.depot, "depot")
+        if entry.cron and not _is_cron(entry.cron):
+            raise ValueError(f"depot {entry.depot}: {entry.cron!r} is {_CRON_HELP}")
+    names = [e.depot for e in value]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a depot is listed twice: {sorted({n for n in names if names.count(n) > 1})}")
+    return value
+
+
+@functools.cache
+def _iana_zones() -> frozenset[str]:
+    # ~20 ms a call, and Settings are validated often; Factory and localtime are files of the zone folder, not zones
+    return frozenset(zoneinfo.available_timezones()) - {"Factory", "localtime"}
+
+
+def _check_timezone(value: str) -> str:
+    # the names Prefect takes for a schedule's timezone; "" is this machine's (local_timezone())
+    if value and value not in _iana_zones():
+        raise ValueError("not an IANA time zone name (Europe/Paris, UTC, America/New_York); empty: this machine's")
+    return value
+
+
+_Cron = Annotated[str, AfterValidator(_check_cron)]
+_Depots = Annotated[tuple[DepotCron, ...], NoDecode, BeforeValidator(_parse_depots), AfterValidator(_check_depots)]
+_Timezone = Annotated[str, AfterValidator(_check_timezone)]
 
 
 class Settings(BaseSettings):
@@ -151,7 +315,19 @@ class Settings(BaseSettings):
     allowed_uri_prefixes: _Prefixes = Field(
         (), description="comma-separated URL prefixes a manifest uri may point under outside the store "
                         "(s3://robot-uploads/, file:///mnt/captures/); empty: every uri must be relative to the store")
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options of the store (not from the environment)")
+    inference_resources: _Resources = Field(
+        default_factory=dict, description="Dask worker resources a score-batch task needs (GPU=1: only workers started "
+                                          "with --resources GPU=1 run them); empty: any worker")
+    storage_options: _StorageOptions = Field(
+        default_factory=dict, description='fsspec options of the store, a JSON object ({"endpoint_url": ...}); no credentials')
+    # schedules of `anodet serve` (flows/deployments.py)
+    depots: _Depots = Field(
+        (), description='comma-separated depots, each with its own nightly cron after "@" if it has one: '
+                        '"north,south@30 1 * * *"; empty: the depots found in the store, else "demo"')
+    nightly_cron: _Cron = Field("0 2 * * *", description="cron of the nightly run of depots without their own")
+    retrain_cron: _Cron = Field("0 4 * * 0", description="cron of each depot's retraining (weekly)")
+    timezone: _Timezone = Field(
+        "", description="IANA time zone of the crons (and of a scheduled run's night); empty: this machine's")
 
     def __init__(self, **values: Any) -> None:
         """Validate ``values`` over the environment over the defaults (see the class docstring for the errors)."""
@@ -173,7 +349,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Keyword arguments over ``ANODET_*`` variables over the defaults; no ``.env`` file, no secrets folder."""
-        return init_settings, _Environment(settings_cls)
+        return init_settings, env_settings
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -183,7 +359,7 @@ class Settings(BaseSettings):
     @classmethod
     def env_names(cls) -> dict[str, str]:
         """Field -> the ``ANODET_*`` variable that sets it, for every field the environment sets."""
-        return {name: env_name(name) for name in cls.model_fields if name not in _NOT_FROM_ENV}
+        return {name: env_name(name) for name in cls.model_fields}
 
     @classmethod
     def default(cls, name: str) -> Any:
@@ -208,7 +384,8 @@ def _explain(exc: ValidationError, given: set[str]) -> str:
         field = str(err["loc"][0]) if err["loc"] else "?"
         name = field if field in given else env_name(field)
         msg = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
-        parts.append(f"{name}={err['input']!r}: {msg}")
+        shown = "" if field == "storage_options" else f"={err['input']!r}"  # the options may hold a credential
+        parts.append(f"{name}{shown}: {msg}")
     return "; ".join(parts)
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import time
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -17,14 +17,14 @@ from anodet_core.store.layout import Store
 from anodet_core.store.schemas import CaptureRow, FindingRow
 from tasks.inspection import Sealed, plan_night_task, score_batch_task, write_reports_task
 
-from .runners import SettingsTaskRunner, build_task_runner, ephemeral_run_settings
+from .runners import SettingsTaskRunner, build_task_runner, ephemeral_run_settings, inference_placement
 
 
 def last_night(now: dt.datetime | None = None) -> str:
     """The night a run at ``now`` (default: now, in ANODET_TIMEZONE or local time) should process."""
     from zoneinfo import ZoneInfo
 
-    tz = ZoneInfo(os.environ.get("ANODET_TIMEZONE") or local_timezone())
+    tz = ZoneInfo(Settings.from_env().timezone or local_timezone())
     now = (now or dt.datetime.now(tz)).astimezone(tz)
     return (now - dt.timedelta(hours=12)).date().isoformat()
 
@@ -42,6 +42,7 @@ def nightly_inspection(
     task_pairs: int | None = None,
     second_opinion: bool | None = None,
     device: str | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> NightSummary:
     """Score every capture of one depot-night against its history with the depot's production model.
 
@@ -50,10 +51,12 @@ def nightly_inspection(
     replaces its maps and report partitions. Captures without history are scored by their region's production
     single-image model (``<arch>-<region_id>``, arch from ANODET_SINGLE_IMAGE, "" disables) when it exists, else
     reported ``no_history``. ``second_opinion`` (ANODET_SECOND_OPINION) also scores captures with history by that
-    model (report columns ``second_*``).
+    model (report columns ``second_*``). ``storage_options`` (ANODET_STORAGE_OPTIONS): the store's fsspec options,
+    kept with the run's parameters, so never credentials (Settings refuses them).
     """
     settings = Settings.from_env(store=store, model=model, batch_size=batch_size, threshold=threshold,
-                                 task_pairs=task_pairs, second_opinion=second_opinion, device=device)
+                                 task_pairs=task_pairs, second_opinion=second_opinion, device=device,
+                                 storage_options=storage_options)
     night = night or last_night()
     st = Store(settings.store, settings.storage_options or None)
     logger = get_run_logger()
@@ -64,11 +67,12 @@ def nightly_inspection(
     logger.info("night %s/%s: %d captures, model %s", plan.depot, plan.night, len(plan.jobs), plan.model_ref)
     if plan.single_models:
         logger.info("captures without history scored by single-image models: %s", plan.single_models)
-    futures = [
-        score_batch_task.submit(st, plan.depot, plan.night, Sealed(batch), plan.model_ref, settings, run_id, plan.single_models,
-                                plan.maps_rel)
-        for batch in split_jobs(plan.jobs, settings.task_pairs)
-    ]
+    with inference_placement(settings):  # only on workers offering ANODET_INFERENCE_RESOURCES, when set
+        futures = [
+            score_batch_task.submit(st, plan.depot, plan.night, Sealed(batch), plan.model_ref, settings, run_id,
+                                    plan.single_models, plan.maps_rel)
+            for batch in split_jobs(plan.jobs, settings.task_pairs)
+        ]
     captures: list[CaptureRow] = []
     findings: list[FindingRow] = []
     for fut in futures:
@@ -89,4 +93,4 @@ def run_night(settings: Settings, depot: str, night: str) -> NightSummary:
     flow = nightly_inspection.with_options(task_runner=build_task_runner(settings))  # type: ignore[arg-type]  # as above
     with temporary_settings(updates=ephemeral_run_settings(settings)):
         return flow(depot=depot, night=night, store=settings.store, model=settings.model, batch_size=settings.batch_size,
-                    second_opinion=settings.second_opinion, device=settings.device)
+                    second_opinion=settings.second_opinion, device=settings.device, storage_options=settings.storage_options)

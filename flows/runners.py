@@ -3,9 +3,18 @@ Prefect API server the runs report to when none is configured."""
 
 from __future__ import annotations
 
+import logging
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any
+
 from prefect_dask import DaskTaskRunner
 
 from anodet_core.config import Settings
+
+if TYPE_CHECKING:
+    from distributed import Worker
+
+log = logging.getLogger(__name__)
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
@@ -74,15 +83,75 @@ def local_cluster_kwargs(settings: Settings) -> dict:
         # the scheduler's HTTP server (health, metrics; no dashboard: bokeh is not installed) on a free port: the
         # default 8787 collides with a second cluster on the same host (the bench runs two)
         "dashboard_address": ":0",
+        # the local workers offer what score-batch tasks ask for (inference_placement), else those would wait forever
+        **({"resources": dict(settings.inference_resources)} if settings.inference_resources else {}),
     }
+
+
+def inference_placement(settings: Settings) -> AbstractContextManager[None]:
+    """Context for submitting score-batch tasks: Dask resource restrictions ``settings.inference_resources``.
+
+    ``dask.annotate`` rather than a runner option: prefect-dask's ``DaskTaskRunner.submit`` passes no
+    ``resources`` to ``Client.submit``, which merges the annotations of the submitting context
+    (``dask.get_annotations()``) into the graph it sends to the scheduler. The scheduler then holds each task
+    until a worker offering the resources (``dask worker --resources GPU=1``) is free; none: it waits.
+    """
+    if not settings.inference_resources:
+        return nullcontext()
+    import dask
+
+    return dask.annotate(resources=dict(settings.inference_resources))
+
+
+async def settle_worker(dask_worker: Worker, timeout: float = 5.0) -> bool:
+    """In each Dask worker's event loop at the end of a flow run (:class:`FlowDaskTaskRunner`), API still up.
+
+    Prefect's events and API-log services in the worker would otherwise keep their queue and their connection to
+    the run's API server past the run: an ephemeral server is gone with its flow process, and at SIGTERM the
+    worker's exit drain then retried it for seconds ("EventsWorker - Still processing items") until the nanny
+    killed the worker (it waits 8 s). Drained here, they are stopped and forgotten; the next task run starts
+    fresh ones. Skipped (False) while the worker executes tasks, of another flow run on the same cluster, say:
+    stopping the services under those would fail their sends; that run's own end drains them.
+
+    Also freezes the worker's objects at its interpreter exit (once): the final garbage collections over the
+    torch and Prefect objects took most of the worker's exit (seconds; about 1 s with them frozen).
+    """
+    import atexit
+    import gc
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    if not getattr(settle_worker, "exit_frozen", False):
+        atexit.register(gc.freeze)  # atexit runs after the services' own exit drains (threading's atexit)
+        settle_worker.exit_frozen = True  # type: ignore[attr-defined]
+    if dask_worker.state.executing_count:
+        return False
+    for service in (APILogWorker, EventsWorker):  # logs first: the events worker may still log
+        await service.drain_all(timeout=timeout, at_exit=False)  # type: ignore[misc]  # awaitable on a running loop
+    return True
+
+
+class FlowDaskTaskRunner(DaskTaskRunner):
+    """``DaskTaskRunner`` that settles every worker (:func:`settle_worker`) before its client closes at a run's end."""
+
+    def __exit__(self, *args: Any) -> None:
+        """Settle the workers while the run's API server is up, then close as ``DaskTaskRunner`` does."""
+        try:
+            if self._client is not None:
+                self._client.run(settle_worker)
+        except Exception as exc:  # a worker lost at the end of the run must not fail a finished run
+            log.warning("could not settle the Dask workers after the flow run: %s", exc)
+        finally:
+            super().__exit__(*args)
 
 
 def build_task_runner(settings: Settings) -> DaskTaskRunner:
     """A Dask task runner: on ``settings.dask_address`` when set, else on a new ``LocalCluster`` per flow run."""
     if settings.dask_address:
-        return DaskTaskRunner(address=settings.dask_address)
+        return FlowDaskTaskRunner(address=settings.dask_address)
     configure_worker_env(settings)
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs(settings))
+    return FlowDaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs(settings))
 
 
 class SettingsTaskRunner(DaskTaskRunner):

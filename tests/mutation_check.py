@@ -7,7 +7,8 @@ its tests fail ("killed"); one that passes them all ("survived") is a hole in th
     .venv/bin/python tests/mutation_check.py            # every mutant (~10 min on 2 cores)
     .venv/bin/python tests/mutation_check.py -k quantize # those whose name holds "quantize"
 
-Not part of ``make test``: it reruns tests many times. Exit status 1 when a mutant survives, 2 when the
+Not part of ``make test``: it reruns tests many times. Exit status 1 unless every mutant is killed by a
+failing assertion (a mutant that breaks the import is "broken", not killed), 2 when the
 control (the same tests on an unchanged copy) fails.
 """
 
@@ -48,14 +49,14 @@ MUTANTS = [
            "out.sort(key=lambda f: -f.peak_score)", "out.sort(key=lambda f: f.peak_score)",
            (f"{S}::test_find_regions_boxes_connectivity_min_area_and_order",)),
     Mutant("capture_score_search", "anodet_core/scoring/postprocess.py",
-           "            lo = mid\n", "            lo = mid - 1 if mid > lo + 1 else mid\n",
+           "    return float(levels[lo])\n", "    return float(levels[max(lo - 1, 0)])\n",
            (f"{S}::test_capture_score_ignores_specks_smaller_than_a_finding", f"{S}::test_capture_score_agrees_with_the_decision")),
     Mutant("evaluate_min_area_1", "anodet_core/evaluation/evaluate.py",
            "scored = postprocess(m, q.native_size, op, map_dtype)", "scored = postprocess(m, q.native_size, type(op)(op.threshold, 1), map_dtype)",
            (f"{S}::test_night_and_evaluate_give_the_same_maps_findings_and_decisions",)),
     Mutant("quantize_floor", "anodet_core/store/maps.py",
            "np.clip(np.rint(score * 255.0), 0, 255)", "np.clip(np.floor(score * 255.0), 0, 255)",
-           (S, J)),
+           (S, J, "tests/unit/store/test_maps.py")),
     Mutant("map_padding_bottom_right", "anodet_core/store/maps.py",
            "row[:h, :w] = stored", "row[-h:, -w:] = stored",
            (f"{J}::test_local_night_maps_and_reports_agree",)),
@@ -106,14 +107,15 @@ def _copy_tree(dest: Path) -> None:
             shutil.copy2(src, dest / part)
 
 
-def run(m: Mutant, timeout: int) -> tuple[str, float]:
-    """'killed', 'survived' or 'invalid' (the snippet is not in the file exactly once), and the seconds taken.
+def run(m: Mutant, timeout: int) -> tuple[str, float, str]:
+    """'killed', 'survived', 'broken' (the tests did not even run: an import or collection error) or 'invalid'
+    (the snippet is not in the file exactly once), the seconds taken and the first failing test.
 
     The control (``m.old == m.new``) runs the tests on an unchanged copy: it must "survive".
     """
     text = (ROOT / m.file).read_text()
     if m.old and text.count(m.old) != 1:
-        return "invalid", 0.0
+        return "invalid", 0.0, ""
     with tempfile.TemporaryDirectory(prefix=f"mutant-{m.name}-") as tmp:
         dest = Path(tmp)
         _copy_tree(dest)
@@ -123,10 +125,14 @@ def run(m: Mutant, timeout: int) -> tuple[str, float]:
         try:
             res = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *m.tests],
                                  cwd=dest, env=env, capture_output=True, text=True, timeout=timeout)
-            code = res.returncode
+            code, out = res.returncode, res.stdout
         except subprocess.TimeoutExpired:
-            code = -1  # a mutant that hangs a test is caught by the suite's timeouts: count it as killed
-        return ("survived" if code == 0 else "killed"), time.perf_counter() - t0
+            code, out = -1, "FAILED (timeout)"  # a hanging test is caught by the suite's timeouts: killed
+        secs = time.perf_counter() - t0
+        failed = next((ln.split(" - ")[0] for ln in out.splitlines() if ln.startswith("FAILED")), "")
+        if code == 0:
+            return "survived", secs, ""
+        return ("killed" if failed else "broken"), secs, failed.removeprefix("FAILED ")
 
 
 def main() -> int:
@@ -138,18 +144,18 @@ def main() -> int:
     chosen = [m for m in MUTANTS if args.k in m.name]
     if not args.no_control:  # the same tests on an unchanged copy must pass, or a "kill" proves nothing
         tests = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
-        verdict, secs = run(Mutant("control", chosen[0].file, "", "", tests), args.timeout * 2)
+        verdict, secs, _ = run(Mutant("control", chosen[0].file, "", "", tests), args.timeout * 2)
         print(f"control   {secs:6.1f} s  the mutants' tests on an unchanged copy: {'pass' if verdict == 'survived' else 'FAIL'}")
         if verdict != "survived":
             return 2
     results = []
     for m in chosen:
-        verdict, secs = run(m, args.timeout)
+        verdict, secs, failed = run(m, args.timeout)
         results.append((m, verdict))
-        print(f"{verdict:9s} {secs:6.1f} s  {m.name}  ({m.file})", flush=True)
+        print(f"{verdict:9s} {secs:6.1f} s  {m.name}  ({m.file})  {failed}", flush=True)
     killed = sum(v == "killed" for _, v in results)
     print(f"mutants: {len(results)}, killed {killed}, survived {sum(v == 'survived' for _, v in results)}, "
-          f"invalid {sum(v == 'invalid' for _, v in results)}")
+          f"broken {sum(v == 'broken' for _, v in results)}, invalid {sum(v == 'invalid' for _, v in results)}")
     return 0 if killed == len(results) else 1
 
 

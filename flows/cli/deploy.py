@@ -13,16 +13,16 @@ if TYPE_CHECKING:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``anodet serve``: serve the nightly and retraining deployments on their schedules."""
-    from flows.deployments import build_deployments, schedules_from_env
+    from flows.deployments import build_deployments, schedules
 
-    schedules = schedules_from_env(_settings(args))
-    for s in schedules:
+    planned = schedules(_settings(args))
+    for s in planned:
         print(f"depot {s.depot}: nightly '{s.nightly_cron}', retrain '{s.retrain_cron}' ({s.timezone})")
     if args.dry_run:
         return 0
     from prefect import serve
 
-    serve(*build_deployments(schedules))  # runs until interrupted; each run uses ANODET_DASK_ADDRESS or a LocalCluster
+    serve(*build_deployments(planned))  # runs until interrupted; each run uses ANODET_DASK_ADDRESS or a LocalCluster
     return 0
 
 

@@ -1,4 +1,4 @@
-"""``anodet run-night``: the nightly inspection flow for one depot-night."""
+"""``anodet run-night`` and ``anodet backfill``: the nightly inspection flow for one depot-night, or for a range of nights."""
 
 from __future__ import annotations
 
@@ -27,8 +27,29 @@ def cmd_run_night(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    """``anodet backfill``: the nightly flow over a depot's nights in a range; 1 when a night failed, 130 when interrupted."""
+    from anodet_core.text import printable
+    from flows.backfill import FAILED, backfill_nights, pin_model, run_backfill
+
+    settings = _settings(args)
+    store = _store(settings)
+    nights = backfill_nights(store, args.depot, args.night_from, args.night_to)
+    if not nights:  # say it plainly before starting Prefect
+        raise FileNotFoundError(f"no manifest for depot {args.depot!r} from {args.night_from} to {args.night_to} in "
+                                f"{printable(settings.store)}")
+    ref, _, _ = pin_model(store, settings.model)  # NAME's production version, once: every night uses it
+    try:
+        result = run_backfill(settings.with_(model=ref), args.depot, args.night_from, args.night_to, force=args.force)
+    except KeyboardInterrupt:
+        # published nights are complete and a half-run one is invisible: the same command resumes
+        print(f"interrupted; rerun the same command to resume (nights reported with {printable(ref)} are skipped)")
+        return 130
+    return 1 if result.count(FAILED) else 0
+
+
 def add_parsers(sub: Subcommands) -> None:
-    """Register ``run-night``."""
+    """Register ``run-night`` and ``backfill``."""
     r = sub.add_parser("run-night", help="run the nightly inspection flow for one depot-night")
     r.add_argument("--depot", required=True)
     r.add_argument("--night", required=True, help="YYYY-MM-DD")
@@ -39,3 +60,18 @@ def add_parsers(sub: Subcommands) -> None:
                    help="also score captures with history by their region's single-image model (report columns "
                         "second_*; env ANODET_SECOND_OPINION)")
     r.set_defaults(func=cmd_run_night)
+
+    b = sub.add_parser("backfill", help="run the nightly flow for every night of a depot with a manifest in a range, "
+                                        "oldest first, skipping nights already reported with the same model version")
+    b.add_argument("--depot", required=True)
+    b.add_argument("--from", dest="night_from", required=True, metavar="YYYY-MM-DD", help="first night (inclusive)")
+    b.add_argument("--to", dest="night_to", required=True, metavar="YYYY-MM-DD", help="last night (inclusive)")
+    b.add_argument("--model", help="model reference: NAME (its production version, resolved once at the start), "
+                                   "NAME:VERSION or a local folder")
+    b.add_argument("--force", action="store_true", help="rerun nights already reported with this model version")
+    b.add_argument("--batch-size", type=int)
+    b.add_argument("--device", help="auto | cpu | cuda")
+    b.add_argument("--second-opinion", action="store_true", default=None,
+                   help="also score captures with history by their region's single-image model (report columns "
+                        "second_*; env ANODET_SECOND_OPINION)")
+    b.set_defaults(func=cmd_backfill)

@@ -28,7 +28,7 @@ def test_help_lists_the_commands(capsys):
         build_parser().parse_args(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ["demo", "demo-data", "train", "run-night", "predict", "query"]:
+    for cmd in ["demo", "demo-data", "train", "run-night", "backfill", "predict", "query", "evaluate", "serve", "bench"]:
         assert cmd in out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -38,7 +39,7 @@ def _load_bootstrap():
 def _settings_env_names() -> set[str]:
     from anodet_core.config import Settings
 
-    return set(Settings.env_names().values())  # storage_options is not read from the environment
+    return set(Settings.env_names().values())
 
 
 # ------------------------------------------------------------------------------------------ S3 bootstrap
@@ -255,9 +256,10 @@ def test_k8s_matches_settings_and_itself(monkeypatch):
 
     deployments = by_kind["Deployment"]
     assert {"prefect-server", "dask-scheduler", "dask-worker", "anodet-serve"} <= set(deployments)
-    for svc in services.values():  # every Service selects some Deployment's pods
+    workloads = [*deployments.values(), *by_kind["StatefulSet"].values()]
+    for svc in services.values():  # every Service selects some Deployment's or StatefulSet's pods
         sel = svc["spec"]["selector"]
-        assert any(sel.items() <= d["spec"]["template"]["metadata"]["labels"].items() for d in deployments.values())
+        assert any(sel.items() <= d["spec"]["template"]["metadata"]["labels"].items() for d in workloads)
     for name, dep in deployments.items():
         spec = dep["spec"]
         assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items(), name
@@ -267,14 +269,15 @@ def test_k8s_matches_settings_and_itself(monkeypatch):
             for ref in c.get("envFrom", []):
                 if "configMapRef" in ref:
                     assert ref["configMapRef"]["name"] in by_kind["ConfigMap"]
-                if "secretRef" in ref:  # the secret is created by hand from the template
-                    assert ref["secretRef"]["name"] == "anodet-s3" and ref["secretRef"].get("optional") is True
+                if "secretRef" in ref:  # created by hand from a template, and required
+                    assert ref["secretRef"]["name"] in {"anodet-s3", "prefect-auth"}, name
+                    assert not ref["secretRef"].get("optional"), f"{name}: {ref['secretRef']['name']} is optional"
     template = yaml.safe_load((K8S / "secret-s3.example.yaml").read_text())
     assert template["kind"] == "Secret" and template["metadata"]["name"] == "anodet-s3"
     assert set(template["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     worker = deployments["dask-worker"]["spec"]["template"]["spec"]["containers"][0]
     assert int(config["ANODET_TORCH_THREADS"]) == int(worker["resources"]["limits"]["cpu"])
-    assert (K8S / "dask-worker.yaml").read_text().count("# nvidia.com/gpu: 1") >= 1
+    assert "nvidia.com/gpu" not in str(worker["resources"]), "the base stays CPU: GPUs come from infra/overlays/gpu"
 
 
 def _anodet_commands() -> dict[str, str]:
@@ -310,7 +313,8 @@ def test_dockerfile_matches_repository():
     text = (INFRA / "Dockerfile").read_text()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     assert lines[0] == "FROM python:3.11-slim"
-    assert 'ENTRYPOINT ["anodet"]' in lines
+    assert 'ENTRYPOINT ["tini", "--", "anodet"]' in lines  # an init process as PID 1
+    assert any("apt-get install" in ln and " tini" in ln for ln in lines)
     users = [ln.split()[1] for ln in lines if ln.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in {"0", "root"}
     assert any("pip install -c constraints.txt ." in ln for ln in lines)
@@ -360,3 +364,327 @@ def test_external_workers_get_the_local_clusters_worker_setup():
             assert get(cfg, key) == value, f"{name}: {key}"
         spawn = {k: str(v) for k, v in get(cfg, "distributed.nanny.pre-spawn-environ").items()}
         assert spawn == expected_malloc, name
+
+
+# ------------------------------------------------------------------------------------------ hardening
+
+OVERLAY = INFRA / "overlays" / "gpu"
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_PLACEHOLDER = "sha256:<digest>"  # the project image's digest, filled in by whoever pushes it (kustomization.yaml)
+
+
+def _by_kind() -> dict[str, dict[str, dict]]:
+    out: dict[str, dict[str, dict]] = {}
+    for d in _k8s_docs():
+        if d["kind"] != "Secret":  # the *.example.yaml templates
+            out.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+    return out
+
+
+def _workloads() -> dict[str, dict]:
+    """{name: pod template spec} of every Deployment, StatefulSet and Job of the base."""
+    kinds = _by_kind()
+    return {name: d["spec"]["template"] for kind in ("Deployment", "StatefulSet", "Job")
+            for name, d in kinds.get(kind, {}).items()}
+
+
+def _flag(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
+
+
+def test_every_pod_is_locked_down_and_probed():
+    workloads = _workloads()
+    assert {"prefect-server", "prefect-postgres", "dask-scheduler", "dask-worker", "anodet-serve",
+            "bootstrap-storage"} <= set(workloads)
+    jobs = set(_by_kind().get("Job", {}))
+    claims = {name: {t["metadata"]["name"] for t in d["spec"].get("volumeClaimTemplates", [])}
+              for name, d in _by_kind().get("StatefulSet", {}).items()}
+    for name, template in workloads.items():
+        pod = template["spec"]
+        psc = pod.get("securityContext", {})
+        assert psc.get("runAsNonRoot") is True and psc.get("runAsUser", 0) != 0, name
+        assert psc.get("seccompProfile") == {"type": "RuntimeDefault"}, name
+        assert not pod.get("hostNetwork") and not pod.get("hostPID"), name
+        mounts_ok = {v["name"] for v in pod.get("volumes", [])} | claims.get(name, set())
+        for c in pod["containers"]:
+            sc = c.get("securityContext", {})
+            assert sc.get("allowPrivilegeEscalation") is False, f"{name}/{c['name']}"
+            assert sc.get("readOnlyRootFilesystem") is True, f"{name}/{c['name']}"
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"], f"{name}/{c['name']}"
+            assert not sc.get("privileged"), f"{name}/{c['name']}"
+            assert {m["name"] for m in c.get("volumeMounts", [])} <= mounts_ok, name
+            assert "/tmp" in {m["mountPath"] for m in c.get("volumeMounts", [])}, f"{name}: a read-only root needs /tmp"
+            if c["image"] == "anodet":  # tini as PID 1: the image's ENTRYPOINT, or first in a command replacing it
+                assert "command" not in c or c["command"][:2] == ["tini", "--"], f"{name}: {c.get('command')}"
+            for ref in c.get("envFrom", []):
+                assert not ref.get("secretRef", {}).get("optional"), f"{name}: optional secret"
+            for e in c.get("env", []):
+                key_ref = e.get("valueFrom", {}).get("secretKeyRef")
+                assert not (key_ref or {}).get("optional"), f"{name}: {e['name']} from an optional secret"
+            if name in jobs:
+                continue
+            assert "livenessProbe" in c, f"{name}: no liveness probe"
+            assert "readinessProbe" in c or "startupProbe" in c, f"{name}: no readiness/startup probe"
+            ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+            for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
+                probe = c.get(kind)
+                if probe and "httpGet" in probe:
+                    assert probe["httpGet"]["port"] in ports, f"{name} {kind}: port is not a container port"
+                if probe and "exec" in probe:
+                    assert probe["exec"]["command"], name
+
+
+def test_dask_and_prefect_probes_hit_real_health_endpoints():
+    workloads = _workloads()
+
+    def container(name: str) -> dict:
+        return workloads[name]["spec"]["containers"][0]
+
+    for name, flag in (("dask-scheduler", "--dashboard-address"), ("dask-worker", "--dashboard-address")):
+        c = container(name)
+        http = next(p["containerPort"] for p in c["ports"] if p["name"] == "http")
+        assert _flag(c["command"], flag) == f":{http}", name  # the HTTP server (/health) listens there
+        for kind in ("livenessProbe", "readinessProbe"):
+            assert c[kind]["httpGet"] == {"path": "/health", "port": "http"}, f"{name} {kind}"
+    server = container("prefect-server")
+    assert server["livenessProbe"]["httpGet"]["path"] == "/api/health"
+    assert server["readinessProbe"]["httpGet"]["path"] in {"/api/health", "/api/ready"}
+    # anodet-serve: Prefect's runner health server (503 once the runner stops polling), local to the pod
+    serve = container("anodet-serve")
+    env = {e["name"]: e.get("value") for e in serve["env"]}
+    assert env["PREFECT_RUNNER_SERVER_ENABLE"] == "true" and env["PREFECT_RUNNER_SERVER_HOST"] == "127.0.0.1"
+    probe = " ".join(serve["livenessProbe"]["exec"]["command"])
+    assert f"http://127.0.0.1:{env['PREFECT_RUNNER_SERVER_PORT']}/health" in probe
+    from prefect.runner.server import perform_health_check  # the route the probe reads exists in this Prefect
+
+    assert callable(perform_health_check)
+
+
+def test_prefect_settings_names_are_the_installed_prefects(monkeypatch):
+    """The variables the files set are settings of the installed Prefect (server auth, client auth, DB, runner)."""
+    from prefect.settings import Settings as PrefectSettings
+
+    for k in [k for k in os.environ if k.startswith("PREFECT_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("PREFECT_SERVER_API_AUTH_STRING", "u:server")
+    monkeypatch.setenv("PREFECT_API_AUTH_STRING", "u:client")
+    monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", "postgresql+asyncpg://prefect:pw@prefect-postgres:5432/prefect")
+    monkeypatch.setenv("PREFECT_RUNNER_SERVER_ENABLE", "true")
+    monkeypatch.setenv("PREFECT_RUNNER_SERVER_HOST", "127.0.0.1")
+    monkeypatch.setenv("PREFECT_RUNNER_SERVER_PORT", "8080")
+    monkeypatch.setenv("PREFECT_RUNNER_SERVER_MISSED_POLLS_TOLERANCE", "30")
+    s = PrefectSettings()
+    assert s.server.api.auth_string.get_secret_value() == "u:server"
+    assert s.api.auth_string.get_secret_value() == "u:client"
+    assert s.server.database.connection_url.get_secret_value().startswith("postgresql+asyncpg://")
+    assert s.runner.server.enable is True and s.runner.server.host == "127.0.0.1"
+    assert s.runner.server.port == 8080 and s.runner.server.missed_polls_tolerance == 30
+
+
+def test_prefect_auth_and_postgres_secrets_are_required_refs():
+    import importlib.util as ilu
+
+    from sqlalchemy.engine import make_url
+
+    workloads = _workloads()
+    templates = {d["metadata"]["name"]: d for p in K8S.glob("secret-*.example.yaml")
+                 for d in yaml.safe_load_all(p.read_text()) if d}
+    assert {"anodet-s3", "prefect-postgres", "prefect-auth"} <= set(templates)
+
+    def secret_env(name: str) -> dict[str, dict]:
+        c = workloads[name]["spec"]["containers"][0]
+        return {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+
+    def secret_refs(name: str) -> set[str]:
+        c = workloads[name]["spec"]["containers"][0]
+        return {r["secretRef"]["name"] for r in c.get("envFrom", []) if "secretRef" in r}
+
+    server = secret_env("prefect-server")
+    assert server["PREFECT_API_DATABASE_CONNECTION_URL"]["name"] == "prefect-postgres"
+    assert server["PREFECT_SERVER_API_AUTH_STRING"]["name"] == "prefect-auth"
+    assert secret_env("prefect-postgres")["POSTGRES_PASSWORD"]["name"] == "prefect-postgres"
+    for ref in [*server.values(), *secret_env("prefect-postgres").values()]:
+        assert ref["key"] in templates[ref["name"]]["stringData"] and not ref.get("optional"), ref
+    for name in ("anodet-serve", "dask-worker"):  # the Prefect clients: flow process and tasks on the workers
+        assert {"anodet-s3", "prefect-auth"} <= secret_refs(name), name
+    assert "PREFECT_API_AUTH_STRING" in templates["prefect-auth"]["stringData"]
+    assert "anodet-s3" in secret_refs("bootstrap-storage")
+    # the URL in the template points at the Postgres Service, user and database as the StatefulSet creates them
+    url = make_url(templates["prefect-postgres"]["stringData"]["PREFECT_API_DATABASE_CONNECTION_URL"])
+    pg = workloads["prefect-postgres"]["spec"]["containers"][0]
+    pg_env = {e["name"]: e.get("value") for e in pg["env"]}
+    service = _by_kind()["Service"]["prefect-postgres"]
+    assert url.drivername == "postgresql+asyncpg" and ilu.find_spec("asyncpg") is not None
+    assert url.host == "prefect-postgres" and url.port in {p["port"] for p in service["spec"]["ports"]}
+    assert url.username == pg_env["POSTGRES_USER"] and url.database == pg_env["POSTGRES_DB"]
+    # no SQLite volume left on the server; compose keeps SQLite unless compose.postgres.yaml is added
+    assert not _by_kind().get("PersistentVolumeClaim")
+    override = yaml.safe_load((INFRA / "compose.postgres.yaml").read_text())["services"]
+    compose_url = make_url(_service_env(override["prefect-server"])["PREFECT_API_DATABASE_CONNECTION_URL"])
+    pg_compose = _service_env(override["postgres"])
+    assert compose_url.host == "postgres" and compose_url.password == pg_compose["POSTGRES_PASSWORD"]
+    assert "PREFECT_API_DATABASE_CONNECTION_URL" not in _service_env(_compose()["services"]["prefect-server"])
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    return selector.get("matchLabels", {}).items() <= labels.items() and not selector.get("matchExpressions")
+
+
+def test_networkpolicy_lets_only_the_flow_process_and_workers_reach_dask():
+    kinds = _by_kind()
+    policies = list(kinds["NetworkPolicy"].values())
+    workloads = _workloads()
+    labels = {name: t["metadata"]["labels"] for name, t in workloads.items()}
+
+    def policies_for(name: str) -> list[dict]:
+        return [p for p in policies if _selects(p["spec"]["podSelector"], labels[name])]
+
+    def ingress_sources(name: str, port: int) -> set[str]:
+        """Workloads some policy lets in on ``port`` (k8s: allowed iff any selecting policy allows)."""
+        allowed = set()
+        for pol in policies_for(name):
+            for rule in pol["spec"].get("ingress", []):
+                assert rule.get("from"), f"{pol['metadata']['name']}: an ingress rule open to every source"
+                if "ports" in rule and port not in {p["port"] for p in rule["ports"]}:
+                    continue
+                for peer in rule["from"]:
+                    assert set(peer) == {"podSelector"}, f"{pol['metadata']['name']}: {peer}"
+                    allowed |= {w for w, lab in labels.items() if _selects(peer["podSelector"], lab)}
+        return allowed
+
+    for name in ("dask-scheduler", "dask-worker", "anodet-serve", "prefect-postgres"):
+        pols = policies_for(name)
+        assert pols and any("Ingress" in p["spec"]["policyTypes"] for p in pols), f"no policy selects {name}"
+    scheduler = workloads["dask-scheduler"]["spec"]["containers"][0]["command"]
+    worker = workloads["dask-worker"]["spec"]["containers"][0]["command"]
+    assert _flag(scheduler, "--port") == "8786"
+    assert ingress_sources("dask-scheduler", 8786) == {"anodet-serve", "dask-worker"}
+    for flag in ("--worker-port", "--nanny-port"):
+        assert ingress_sources("dask-worker", int(_flag(worker, flag))) == {"dask-scheduler", "dask-worker"}, flag
+    assert ingress_sources("dask-worker", 4200) == set()  # nothing else reaches a worker
+    assert ingress_sources("anodet-serve", 8080) == set()
+    assert ingress_sources("prefect-postgres", 5432) == {"prefect-server"}
+    # the workers may connect to the scheduler, the Prefect API and the object store
+    egress = [r for p in policies_for("dask-worker") for r in p["spec"].get("egress", [])]
+
+    def egress_to(target: str, port: int) -> bool:
+        for r in egress:
+            if "ports" in r and port not in {p["port"] for p in r["ports"]}:
+                continue
+            if "to" not in r or any(_selects(peer.get("podSelector", {"matchExpressions": [1]}), labels[target])
+                                    for peer in r["to"]):
+                return True
+        return False
+
+    assert egress_to("dask-scheduler", 8786) and egress_to("prefect-server", 4200)
+    assert any("to" not in r and 443 in {p["port"] for p in r["ports"]} for r in egress)  # S3 (address unknown)
+
+
+def _kustomization(folder: Path) -> dict:
+    return yaml.safe_load((folder / "kustomization.yaml").read_text())
+
+
+def test_images_are_pinned_by_digest():
+    """No image floats by tag: k8s images by digest through kustomize `images:`, compose images by digest."""
+    kust = _kustomization(K8S)
+    entries = {e["name"]: e for e in kust["images"]}
+    used = {c["image"] for t in _workloads().values() for c in t["spec"]["containers"] + t["spec"].get("initContainers", [])}
+    assert used <= set(entries), f"images without a kustomization entry: {used - set(entries)}"
+    for name in used:
+        assert "@" not in name and ":" not in name, f"{name}: pin it in kustomization.yaml images:, not in place"
+        digest = entries[name].get("digest", "")
+        if name == "anodet":  # the project image: its digest exists once it is pushed (README, kustomization.yaml)
+            assert digest == _PLACEHOLDER or _DIGEST.match(digest), digest
+        else:
+            assert _DIGEST.match(digest), f"{name}: {digest!r}"
+    for path in (INFRA / "compose.yaml", INFRA / "compose.postgres.yaml"):
+        for svc_name, svc in yaml.safe_load(path.read_text())["services"].items():
+            image = svc.get("image")
+            if image is None or "build" in svc:  # built here from infra/Dockerfile
+                continue
+            ref, _, digest = image.partition("@")
+            assert _DIGEST.match(digest), f"{path.name} {svc_name}: {image} is not pinned by digest"
+    minio = _compose()["services"]["minio"]["image"]
+    assert minio.startswith("quay.io/minio/minio:"), "Docker Hub's minio/minio is no longer updated"
+    assert _compose()["x-anodet"].get("init") is True
+
+
+def test_gpu_overlay_patches_what_the_base_has(monkeypatch):
+    """As far as it goes without kustomize: resources, patch targets and JSON patch paths exist in the base."""
+    from anodet_core.config import Settings
+
+    kust = _kustomization(OVERLAY)
+    assert kust["kind"] == "Kustomization"
+    assert [(OVERLAY / r).resolve() for r in kust["resources"]] == [K8S.resolve()]
+    assert K8S.resolve() not in OVERLAY.resolve().parents  # kustomize refuses an overlay inside its base
+    base = _by_kind()
+    seen = {}
+    for patch in kust["patches"]:
+        target = patch["target"]
+        doc = base[target["kind"]][target["name"]]
+        assert doc["apiVersion"] == "/".join(p for p in (target.get("group"), target["version"]) if p), target
+        if "path" in patch:
+            body = yaml.safe_load((OVERLAY / patch["path"]).read_text())
+            assert (body["kind"], body["metadata"]["name"]) == (target["kind"], target["name"])
+            seen[target["kind"]] = body
+        else:
+            for op in yaml.safe_load(patch["patch"]):
+                assert op["op"] == "add" and op["path"].endswith("/-")
+                node: object = doc
+                for part in op["path"].strip("/").split("/")[:-1]:
+                    node = node[int(part)] if isinstance(node, list) else node[part]  # type: ignore[index]
+                assert isinstance(node, list)
+                node.append(op["value"])  # applied to this copy of the base
+    worker = base["Deployment"]["dask-worker"]["spec"]["template"]
+    command = worker["spec"]["containers"][0]["command"]
+    assert _flag(command, "--resources") == "GPU=1" and _flag(command, "--nworkers") == "1"
+    pod = seen["Deployment"]["spec"]["template"]["spec"]
+    gpu = pod["containers"][0]
+    assert gpu["name"] == worker["spec"]["containers"][0]["name"]  # strategic merge by container name
+    assert gpu["resources"]["limits"]["nvidia.com/gpu"] == gpu["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    spread = pod["topologySpreadConstraints"][0]
+    assert _selects(spread["labelSelector"], worker["metadata"]["labels"])
+    # the flow process asks for what the GPU workers offer; the value parses as Settings reads it
+    config = {**base["ConfigMap"]["anodet-config"]["data"], **seen["ConfigMap"]["data"]}
+    assert set(seen["ConfigMap"]["data"]) <= _settings_env_names()
+    for k in [k for k in os.environ if k.startswith("ANODET_")]:
+        monkeypatch.delenv(k)
+    for k, v in config.items():
+        monkeypatch.setenv(k, str(v))
+    assert Settings.from_env().inference_resources == {"GPU": 1.0}
+
+
+@pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl (kustomize) not installed")
+@pytest.mark.parametrize("folder", [K8S, OVERLAY], ids=["base", "gpu"])
+def test_kustomize_builds(folder):
+    r = subprocess.run(["kubectl", "kustomize", str(folder)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    docs = [d for d in yaml.safe_load_all(r.stdout) if d]
+    images = [c["image"] for d in docs if "template" in d.get("spec", {})
+              for c in d["spec"]["template"]["spec"]["containers"]]
+    assert images and all("@sha256:" in i for i in images), images
+    worker = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "dask-worker")
+    c = worker["spec"]["template"]["spec"]["containers"][0]
+    on_gpu = folder == OVERLAY
+    assert ("nvidia.com/gpu" in c["resources"]["limits"]) is on_gpu
+    assert (c["command"][-2:] == ["--resources", "GPU=1"]) is on_gpu
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"anodet"}
+
+
+def test_schedules_are_set_in_both_and_agree(monkeypatch):
+    """compose and k8s serve the same schedules, written out (no host-dependent default such as the local zone)."""
+    from anodet_core.config import Settings
+    from flows.deployments import schedules
+
+    names = {"ANODET_DEPOTS", "ANODET_NIGHTLY_CRON", "ANODET_RETRAIN_CRON", "ANODET_TIMEZONE"}
+    compose = _service_env(_compose()["services"]["anodet-serve"])
+    config = next(d for d in _k8s_docs() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "anodet-config")["data"]
+    assert names <= set(compose) and names <= set(config)
+    assert {k: compose[k] for k in names} == {k: str(config[k]) for k in names}
+    for k in [k for k in os.environ if k.startswith("ANODET_")]:
+        monkeypatch.delenv(k)
+    for k in names:
+        monkeypatch.setenv(k, compose[k])
+    planned = schedules(Settings.from_env())  # the depots are listed: the store is not read
+    assert planned and all(s.timezone == compose["ANODET_TIMEZONE"] for s in planned)

@@ -119,7 +119,7 @@ def test_each_type_is_parsed_from_the_environment(env):
                  "prep_processes"):
         assert type(getattr(s, name)) is int, name
     assert type(s.threshold) is float and type(s.fast) is bool and type(s.second_opinion) is bool
-    assert s.storage_options == {}  # never from the environment
+    assert s.storage_options == {}  # not set here: ANODET_STORAGE_OPTIONS is tested below
 
 
 @pytest.mark.parametrize("raw", ["1", "true", "True", "YES", "on", " on "])
@@ -215,12 +215,18 @@ def test_default_then_environment_then_override(env, name, default, from_env, ov
     assert getattr(Settings.from_env(**{name: override}), name) == getattr(Settings(**{name: override}), name) == override
 
 
-def test_environment_sets_neither_storage_options_nor_unknown_names(env):
-    env(storage_options='{"anon": true}', timezone="Europe/Berlin", depots="north")  # the latter two: flows' own
-    assert Settings.from_env() == Settings() and Settings.from_env().storage_options == {}
-    env(storage_options="not json")
-    assert Settings.from_env().storage_options == {}
-    assert "ANODET_STORAGE_OPTIONS" not in Settings.env_names().values()
+def test_storage_options_from_the_environment_are_json_without_credentials(env):
+    env(storage_options='{"anon": true, "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}')
+    assert Settings.from_env().storage_options == {"anon": True, "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}
+    for raw in ("not json", "[1]"):
+        env(storage_options=raw)
+        with pytest.raises(InvalidSetting, match="^ANODET_STORAGE_OPTIONS: not"):
+            Settings.from_env()
+    env(storage_options='{"client_kwargs": {"aws_secret_access_key": "S3CRET"}}')
+    with pytest.raises(InvalidSetting, match="credential") as err:
+        Settings.from_env()
+    assert "S3CRET" not in str(err.value)  # a refused secret is never echoed
+    assert Settings.env_names()["storage_options"] == "ANODET_STORAGE_OPTIONS"
     assert Settings.env_names()["min_finding_area"] == "ANODET_MIN_FINDING_AREA"
 
 
@@ -302,3 +308,13 @@ def test_cli_help_states_the_settings_defaults():
     assert helps["store"].endswith(f"default {Settings.default('store')})")
     assert helps["batch_size"].endswith(f"(default {Settings.default('batch_size')})")
     assert helps["model"].endswith(f"(default: production {Settings.default('model')})")
+
+
+def test_inference_resources_in_dask_worker_syntax(env):
+    assert Settings.from_env().inference_resources == {}
+    env(inference_resources="GPU=1,MEM=8e9")
+    assert Settings.from_env().inference_resources == {"GPU": 1.0, "MEM": 8e9}
+    for raw in ("GPU", "GPU=x", "GPU=0", "GPU=-1"):
+        env(inference_resources=raw)
+        with pytest.raises(InvalidSetting, match="^ANODET_INFERENCE_RESOURCES"):
+            Settings.from_env()
