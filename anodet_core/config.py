@@ -5,16 +5,15 @@ CLI flags override these; everything else reads a :class:`Settings` instead of `
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
-import zoneinfo
-from typing import Annotated, Any, Literal, NamedTuple, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .config_schedules import Cron, Depots, Timezone
 from .text import printable
 
 __all__ = ["SINGLE_IMAGE_ARCHS", "InvalidSetting", "Settings", "available_cores", "local_timezone", "resolve_device"]
@@ -169,116 +168,6 @@ def _check_resources(value: dict[str, float]) -> dict[str, float]:
 _Resources = Annotated[dict[str, float], NoDecode, BeforeValidator(_parse_resources), AfterValidator(_check_resources)]
 
 
-# ------------------------------------------------------------------ schedules of `anodet serve` (flows/deployments.py)
-# Cron is checked here, without Prefect (the core never imports it), as a subset of what Prefect's croniter takes
-# (tests/unit/flows/test_deployments.py checks the two agree): five fields of numbers, names, a-b ranges, steps and
-# lists, or an @alias. croniter's extras (seconds and year fields, L, #, wrapping ranges) are refused.
-_CRON_ALIASES = frozenset({"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"})
-_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
-_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-# (lowest, highest, names) of minute, hour, day of month, month, day of week (0 and 7 are Sunday)
-_CRON_FIELDS: tuple[tuple[int, int, tuple[str, ...]], ...] = (
-    (0, 59, ()), (0, 23, ()), (1, 31, ()), (1, 12, _MONTHS), (0, 7, _WEEKDAYS))
-_CRON_ITEM_RE = re.compile(r"(\*|[0-9a-z]+)(?:-([0-9a-z]+))?(?:/([0-9]+))?")
-_CRON_HELP = ("not a cron expression: use five fields (minute hour day month weekday) of numbers, names, ranges, steps and "
-              "lists, as in '30 1 * * mon-fri', or @daily, @weekly, ...")
-
-
-def _cron_value(text: str, lowest: int, highest: int, names: tuple[str, ...]) -> int:
-    if text in names:
-        return lowest + names.index(text)  # jan is 1, sun is 0
-    if not re.fullmatch(r"[0-9]{1,2}", text) or not lowest <= int(text) <= highest:
-        raise ValueError(text)
-    return int(text)
-
-
-def _check_cron(value: str) -> str:
-    fields = value.lower().split()
-    if len(fields) == 1 and fields[0] in _CRON_ALIASES:
-        return value
-    try:
-        if len(fields) != len(_CRON_FIELDS):
-            raise ValueError(value)
-        for field, (lowest, highest, names) in zip(fields, _CRON_FIELDS):
-            for item in field.split(","):
-                m = _CRON_ITEM_RE.fullmatch(item)
-                if not m or (m[1] == "*" and m[2]) or (m[3] is not None and int(m[3]) == 0):
-                    raise ValueError(item)
-                if m[1] != "*":
-                    start = _cron_value(m[1], lowest, highest, names)
-                    if m[2] and _cron_value(m[2], lowest, highest, names) < start:
-                        raise ValueError(item)
-    except ValueError:
-        raise ValueError(_CRON_HELP) from None
-    return value
-
-
-def _is_cron(text: str) -> bool:
-    try:
-        _check_cron(text.strip())
-    except ValueError:
-        return False
-    return True
-
-
-class DepotCron(NamedTuple):
-    """One entry of ``ANODET_DEPOTS``: a depot and its own nightly cron, "" where ``ANODET_NIGHTLY_CRON`` applies."""
-
-    depot: str
-    cron: str = ""
-
-
-def _parse_depots(value: Any) -> Any:
-    # "north,south@30 1 * * *"; a comma that continues a depot's own cron belongs to it ("south@0,30 1 * * *")
-    if not isinstance(value, str):
-        return value
-    entries: list[str] = []
-    for piece in value.split(","):
-        last = entries[-1] if entries else ""
-        if "@" in last and (not _is_cron(last.partition("@")[2]) or _is_cron(f"{last},{piece}".partition("@")[2])):
-            entries[-1] = f"{last},{piece}"
-        else:
-            entries.append(piece)
-    out = []
-    for entry in filter(str.strip, entries):
-        depot, at, cron = entry.partition("@")
-        if at and not cron.strip():
-            raise ValueError(f"{entry.strip()!r}: no cron after '@'")
-        out.append(DepotCron(depot.strip(), cron.strip()))
-    return tuple(out)
-
-
-def _check_depots(value: tuple[DepotCron, ...]) -> tuple[DepotCron, ...]:
-    from .store.names import check_name  # depot names become store paths
-
-    for entry in value:
-        check_name(entry.depot, "depot")
-        if entry.cron and not _is_cron(entry.cron):
-            raise ValueError(f"depot {entry.depot}: {entry.cron!r} is {_CRON_HELP}")
-    names = [e.depot for e in value]
-    if len(set(names)) != len(names):
-        raise ValueError(f"a depot is listed twice: {sorted({n for n in names if names.count(n) > 1})}")
-    return value
-
-
-@functools.cache
-def _iana_zones() -> frozenset[str]:
-    # ~20 ms a call, and Settings are validated often; Factory and localtime are files of the zone folder, not zones
-    return frozenset(zoneinfo.available_timezones()) - {"Factory", "localtime"}
-
-
-def _check_timezone(value: str) -> str:
-    # the names Prefect takes for a schedule's timezone; "" is this machine's (local_timezone())
-    if value and value not in _iana_zones():
-        raise ValueError("not an IANA time zone name (Europe/Paris, UTC, America/New_York); empty: this machine's")
-    return value
-
-
-_Cron = Annotated[str, AfterValidator(_check_cron)]
-_Depots = Annotated[tuple[DepotCron, ...], NoDecode, BeforeValidator(_parse_depots), AfterValidator(_check_depots)]
-_Timezone = Annotated[str, AfterValidator(_check_timezone)]
-
-
 class Settings(BaseSettings):
     """All knobs of a run: a keyword argument, else ``ANODET_<FIELD>`` (upper case), else the field's default.
 
@@ -321,12 +210,12 @@ class Settings(BaseSettings):
     storage_options: _StorageOptions = Field(
         default_factory=dict, description='fsspec options of the store, a JSON object ({"endpoint_url": ...}); no credentials')
     # schedules of `anodet serve` (flows/deployments.py)
-    depots: _Depots = Field(
+    depots: Depots = Field(
         (), description='comma-separated depots, each with its own nightly cron after "@" if it has one: '
                         '"north,south@30 1 * * *"; empty: the depots found in the store, else "demo"')
-    nightly_cron: _Cron = Field("0 2 * * *", description="cron of the nightly run of depots without their own")
-    retrain_cron: _Cron = Field("0 4 * * 0", description="cron of each depot's retraining (weekly)")
-    timezone: _Timezone = Field(
+    nightly_cron: Cron = Field("0 2 * * *", description="cron of the nightly run of depots without their own")
+    retrain_cron: Cron = Field("0 4 * * 0", description="cron of each depot's retraining (weekly)")
+    timezone: Timezone = Field(
         "", description="IANA time zone of the crons (and of a scheduled run's night); empty: this machine's")
 
     def __init__(self, **values: Any) -> None:
