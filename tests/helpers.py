@@ -58,3 +58,23 @@ def die_once(x: int, marker: str) -> int:
         open(marker, "w").close()
         os._exit(1)
     return 10 * x
+
+
+def save_lite_production(store: Store, threshold: float = 0.5, seed: int = 0):
+    """A seeded random-init lite AnoDFDNet (one Transformer layer) saved as the store's production ``anodfdnet``.
+
+    An untrained model scores about 0.5 everywhere: a threshold of 0.9 makes every scored capture normal (so the
+    next night takes these captures as histories), 0.5 gives a mix. Returns the saved card.
+    """
+    import torch
+
+    from anodet_core.models import create_model
+    from anodet_core.registry import model_store
+    from anodet_core.registry.model_store import ModelCard
+
+    torch.manual_seed(seed)
+    model = create_model("anodfdnet", preset="lite", depth=1)
+    card = model_store.save_version(store, model, ModelCard(name="anodfdnet", arch="anodfdnet", preset="lite",
+                                                            config={"depth": 1}, threshold=threshold))
+    model_store.set_alias(store, "anodfdnet", card.version)
+    return card

@@ -8,14 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from anodet_core.demo_data import DemoSpec, generate_depot
-from anodet_core.models import create_model
-from anodet_core.registry import model_store
-from anodet_core.registry.model_store import ModelCard
 from anodet_core.store import publish
 from anodet_core.store.layout import Store
+
+from helpers import save_lite_production
 
 pytestmark = pytest.mark.slow
 
@@ -58,11 +56,7 @@ def test_backfill_killed_resumes_skips_and_forces(tmp_path):
     store = Store(root)
     generate_depot(store, SPEC)
     nights = store.nights(SPEC.depot)
-    torch.manual_seed(0)
-    model = create_model("anodfdnet", preset="lite", depth=1)
-    card = model_store.save_version(store, model, ModelCard(name="anodfdnet", arch="anodfdnet", preset="lite",
-                                                            config={"depth": 1}, threshold=0.5))
-    model_store.set_alias(store, "anodfdnet", card.version)
+    save_lite_production(store, threshold=0.5)
     env = _env(root, tmp_path)
 
     # kill -9 of the whole process group (flow, Prefect server, Dask workers) once the first night is published

@@ -17,13 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from anodet_core.demo_data import DemoSpec, generate_depot
-from anodet_core.models import create_model
-from anodet_core.registry import model_store
-from anodet_core.registry.model_store import ModelCard
 from anodet_core.store.layout import Store
+
+from helpers import save_lite_production
 
 pytestmark = pytest.mark.slow
 
@@ -114,11 +112,7 @@ def test_served_nightly_deployment_runs_a_night_triggered_through_the_api(api, t
     store = Store(root)
     generate_depot(store, SPEC)
     (night,) = store.nights(SPEC.depot)
-    torch.manual_seed(0)
-    model = create_model("anodfdnet", preset="lite", depth=1)
-    card = model_store.save_version(store, model, ModelCard(name="anodfdnet", arch="anodfdnet", preset="lite",
-                                                            config={"depth": 1}, threshold=0.9))
-    model_store.set_alias(store, "anodfdnet", card.version)
+    save_lite_production(store, threshold=0.9)
 
     env = _base_env(tmp_path / "serve-home")
     env.update(PREFECT_API_URL=api, PREFECT_RUNNER_POLL_FREQUENCY="1", DASK_TEMPORARY_DIRECTORY=str(tmp_path / "dask"),

@@ -9,15 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from anodet_core.demo_data import DemoSpec, generate_depot
-from anodet_core.models import create_model
-from anodet_core.registry import model_store
-from anodet_core.registry.model_store import ModelCard
 from anodet_core.store import publish
 from anodet_core.store.layout import Store
 from anodet_core.store.maps import read_map
+
+from helpers import save_lite_production
 
 pytestmark = [pytest.mark.slow, pytest.mark.fault("kill_during_rerun")]
 
@@ -46,11 +44,7 @@ def test_kill_during_rerun_keeps_the_previous_night(tmp_path):
     store = Store(root)
     generate_depot(store, SPEC)
     (night,) = store.nights(SPEC.depot)
-    torch.manual_seed(0)
-    model = create_model("anodfdnet", preset="lite", depth=1)
-    card = model_store.save_version(store, model, ModelCard(name="anodfdnet", arch="anodfdnet", preset="lite",
-                                                            config={"depth": 1}, threshold=0.5))
-    model_store.set_alias(store, "anodfdnet", card.version)
+    save_lite_production(store, threshold=0.5)
     env = _env(root, tmp_path)
     cmd = [ANODET, "run-night", "--depot", SPEC.depot, "--night", night, "--model", "anodfdnet"]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
