@@ -207,6 +207,9 @@ class Settings(BaseSettings):
     inference_resources: _Resources = Field(
         default_factory=dict, description="Dask worker resources a score-batch task needs (GPU=1: only workers started "
                                           "with --resources GPU=1 run them); empty: any worker")
+    training_resources: _Resources = Field(
+        default_factory=dict, description="Dask worker resources a training task of the retraining flow needs (GPU=1: "
+                                          "only GPU workers train); empty: any worker, never the serving process")
     storage_options: _StorageOptions = Field(
         default_factory=dict, description='fsspec options of the store, a JSON object ({"endpoint_url": ...}); no credentials')
     # schedules of `anodet serve` (flows/deployments.py)

@@ -2,40 +2,65 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 import re
+import socket
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
 from anodet_core.config import Settings, resolve_device
+from anodet_core.registry.promotion import Promotion
 from anodet_core.registry.retraining import register_and_maybe_promote
 from anodet_core.scoring.predictor import bf16_supported
 from anodet_core.single_image import RegionRetrain, labelled_captures, retrain_region_model, single_image_regions
 from anodet_core.store.layout import Store
-from anodet_core.training import Candidate, TrainConfig, train_candidate
+from anodet_core.training import TrainConfig, train_candidate
+from flows.runners import SettingsTaskRunner, training_placement
+
+
+def _trained_on(device: str) -> dict[str, str | int]:
+    """Where a training task ran (kept in the candidate's card): host, process, device."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "device": device}
 
 
 @task(name="train-candidate", cache_policy=NONE)
-def train_candidate_task(store: Store, depot: str, train_nights: list[str], test_nights: list[str], name: str,
-                         preset: str, overrides: dict, cfg: TrainConfig, registration: str,
-                         init: str | None = None) -> Candidate:
-    """Prefect task: :func:`anodet_core.training.train_candidate` for an ``anodfdnet`` candidate (not cached)."""
-    return train_candidate(store, depot, train_nights, test_nights, name=name, arch="anodfdnet", preset=preset,
+def train_and_compare_task(store: Store, depot: str, train_nights: list[str], test_nights: list[str], name: str,
+                           preset: str, overrides: dict, cfg: TrainConfig, registration: str, init: str | None,
+                           metric: str, margin: float, device_setting: str
+                           ) -> tuple[Promotion, dict[str, float], dict[str, float] | None]:
+    """Prefect task, in a Dask worker (a GPU worker with ANODET_TRAINING_RESOURCES), never the serving process:
+    train an ``anodfdnet`` candidate (:func:`anodet_core.training.train_candidate`), save it, compare it with
+    production on its held-out split and promote it or not (:func:`register_and_maybe_promote`). Not cached.
+
+    The device is resolved here, on the worker (``device_setting``: auto | cpu | cuda), not where the flow runs.
+    """
+    device = resolve_device(device_setting)
+    cfg = dataclasses.replace(cfg, device=device, bf16=bf16_supported(device))
+    cand = train_candidate(store, depot, train_nights, test_nights, name=name, arch="anodfdnet", preset=preset,
                            overrides=overrides, cfg=cfg, registration=registration, init=init)
+    if cand.test is None or len(cand.test) == 0:  # the comparison with production needs held-out pairs
+        raise ValueError("the candidate has no held-out test split to compare on")
+    cand.card.extra["trained_on"] = _trained_on(device)
+    return register_and_maybe_promote(store, cand, metric=metric, margin=margin, device=device)
 
 
 @task(name="train-single-image", cache_policy=NONE)
 def train_single_image_task(store: Store, depot: str, region_id: str, train, test, arch: str, overrides: dict,
-                            epochs: int, max_seconds: float, seed: int, device: str, margin: float) -> RegionRetrain:
-    """Prefect task: :func:`anodet_core.single_image.retrain_region_model` for one region (not cached)."""
+                            epochs: int, max_seconds: float, seed: int, device_setting: str, margin: float) -> RegionRetrain:
+    """Prefect task, in a Dask worker like :func:`train_and_compare_task`:
+    :func:`anodet_core.single_image.retrain_region_model` for one region (not cached)."""
     return retrain_region_model(store, depot, region_id, train, test, arch=arch, overrides=overrides, epochs=epochs,
-                                max_seconds=max_seconds, seed=seed, device=device, margin=margin)
+                                max_seconds=max_seconds, seed=seed, device=resolve_device(device_setting), margin=margin)
 
 
-@flow(name="retrain", log_prints=False)
+# training runs as Dask tasks (SettingsTaskRunner, built when a run starts): on the cluster's workers, GPU ones
+# with ANODET_TRAINING_RESOURCES, never inside the process that serves the deployments
+@flow(name="retrain", task_runner=SettingsTaskRunner(), log_prints=False)  # type: ignore[arg-type]  # see flows.nightly
 def retrain(
     depot: str,
     store: str | None = None,
@@ -89,11 +114,10 @@ def retrain(
     cfg = TrainConfig(epochs=epochs, max_seconds=max_minutes * 60 if max_minutes > 0 else math.inf, lr=lr, seed=seed,
                       device=device, bf16=bf16_supported(device), max_steps=steps,
                       lr_schedule="cosine" if init else "constant", channels_last=bool(init))
-    cand = train_candidate_task(st, depot, train_nights, test_nights, model, preset, overrides or {}, cfg,
-                                settings.registration, init)
-    if cand.test is None or len(cand.test) == 0:  # the comparison with production needs held-out pairs
-        raise ValueError("the candidate has no held-out test split to compare on")
-    promo, cand_m, prod_m = register_and_maybe_promote(st, cand, metric=metric, margin=margin, device=device)
+    with training_placement(settings):
+        trained = train_and_compare_task.submit(st, depot, train_nights, test_nights, model, preset, overrides or {}, cfg,
+                                                settings.registration, init, metric, margin, settings.device)
+    promo, cand_m, prod_m = trained.result()
     logger.info("%s:%s %s: %s", promo.name, promo.candidate_version, "promoted" if promo.promoted else "not promoted", promo.reason)
     key = re.sub(r"[^a-z0-9-]+", "-", f"retrain-{promo.name}-{depot}".lower())
     create_table_artifact(promo.rows(cand_m, prod_m), key=key,
@@ -107,9 +131,12 @@ def retrain(
         test_caps = labelled_captures(st, depot, test_nights)
         max_s = single_image_max_minutes * 60 if single_image_max_minutes > 0 else math.inf
         results = []
-        for region in single_image_regions(train_caps):
-            res = train_single_image_task(st, depot, region, train_caps, test_caps, single_image,
-                                          single_image_overrides or {}, single_image_epochs, max_s, seed, device, margin)
+        with training_placement(settings):
+            futures = [train_single_image_task.submit(st, depot, region, train_caps, test_caps, single_image,
+                                                      single_image_overrides or {}, single_image_epochs, max_s, seed,
+                                                      settings.device, margin)
+                       for region in single_image_regions(train_caps)]
+        for res in (f.result() for f in futures):
             logger.info("%s:%s %s: %s", res.name, res.candidate_version, "promoted" if res.promoted else "not promoted", res.reason)
             results.append(res)
         out["single_image"] = [r.as_dict() for r in results]

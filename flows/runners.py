@@ -84,7 +84,8 @@ def local_cluster_kwargs(settings: Settings) -> dict:
         # default 8787 collides with a second cluster on the same host (the bench runs two)
         "dashboard_address": ":0",
         # the local workers offer what score-batch tasks ask for (inference_placement), else those would wait forever
-        **({"resources": dict(settings.inference_resources)} if settings.inference_resources else {}),
+        **({"resources": {**settings.training_resources, **settings.inference_resources}}
+           if settings.inference_resources or settings.training_resources else {}),
     }
 
 
@@ -96,11 +97,20 @@ def inference_placement(settings: Settings) -> AbstractContextManager[None]:
     (``dask.get_annotations()``) into the graph it sends to the scheduler. The scheduler then holds each task
     until a worker offering the resources (``dask worker --resources GPU=1``) is free; none: it waits.
     """
-    if not settings.inference_resources:
+    return _placement(settings.inference_resources)
+
+
+def training_placement(settings: Settings) -> AbstractContextManager[None]:
+    """Like :func:`inference_placement` for the retraining flow's training tasks (``settings.training_resources``)."""
+    return _placement(settings.training_resources)
+
+
+def _placement(resources: dict[str, float]) -> AbstractContextManager[None]:
+    if not resources:
         return nullcontext()
     import dask
 
-    return dask.annotate(resources=dict(settings.inference_resources))
+    return dask.annotate(resources=dict(resources))
 
 
 async def settle_worker(dask_worker: Worker, timeout: float = 5.0) -> bool:

@@ -17,6 +17,17 @@ TINY = {"depth": 0, "widths": [8, 8, 8, 8], "latent_dim": 16, "token_dim": 16, "
 NIGHTS = ["2026-03-01", "2026-03-02", "2026-03-03"]
 
 
+@pytest.fixture
+def in_process_cluster(monkeypatch):
+    """The flows' Dask tasks in this process (ANODET_DASK_ADDRESS of a thread-based cluster): what the tests
+    monkeypatch then holds where the training task runs; in production it runs on a worker process."""
+    from distributed import LocalCluster
+
+    with LocalCluster(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster:
+        monkeypatch.setenv("ANODET_DASK_ADDRESS", cluster.scheduler_address)
+        yield cluster
+
+
 
 def _easy_depot(store: Store, regions: int = 8) -> None:
     """Smooth textured regions; anomalies are bright squares (a tiny model learns them in seconds)."""
@@ -58,9 +69,13 @@ def test_a_fine_tune_that_learned_nothing_does_not_replace_the_shipped_base(tmp_
     assert model_store.get_alias(store, "anodfdnet") is None  # the nights keep using anodfdnet:base
     card = model_store.resolve(store, "anodfdnet:1")[1]
     assert card.extra["init"]["ref"] == "anodfdnet:base"
+    import os
+
+    # trained in a Dask worker process (the flow's LocalCluster), not in the process that runs the flow
+    assert card.extra["trained_on"]["pid"] != os.getpid() and card.extra["trained_on"]["device"] == "cpu"
 
 
-def test_worse_candidate_is_kept_but_not_promoted_better_one_is(tmp_path, prefect_harness, monkeypatch):
+def test_worse_candidate_is_kept_but_not_promoted_better_one_is(tmp_path, prefect_harness, monkeypatch, in_process_cluster):
     from flows.nightly import nightly_inspection
     from flows.retrain import retrain
 
