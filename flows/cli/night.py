@@ -48,17 +48,22 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return 1 if result.count(FAILED) else 0
 
 
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    """The settings flags every command that runs the nightly flow takes."""
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--second-opinion", action="store_true", default=None,
+                   help="also score captures with history by their region's single-image model (report columns "
+                        "second_*; env ANODET_SECOND_OPINION)")
+
+
 def add_parsers(sub: Subcommands) -> None:
     """Register ``run-night`` and ``backfill``."""
     r = sub.add_parser("run-night", help="run the nightly inspection flow for one depot-night")
     r.add_argument("--depot", required=True)
     r.add_argument("--night", required=True, help="YYYY-MM-DD")
     r.add_argument("--model", help="model reference: NAME (its production version), NAME:VERSION or a local folder")
-    r.add_argument("--batch-size", type=int)
-    r.add_argument("--device", help="auto | cpu | cuda")
-    r.add_argument("--second-opinion", action="store_true", default=None,
-                   help="also score captures with history by their region's single-image model (report columns "
-                        "second_*; env ANODET_SECOND_OPINION)")
+    _run_flags(r)
     r.set_defaults(func=cmd_run_night)
 
     b = sub.add_parser("backfill", help="run the nightly flow for every night of a depot with a manifest in a range, "
@@ -69,9 +74,5 @@ def add_parsers(sub: Subcommands) -> None:
     b.add_argument("--model", help="model reference: NAME (its production version, resolved once at the start), "
                                    "NAME:VERSION or a local folder")
     b.add_argument("--force", action="store_true", help="rerun nights already reported with this model version")
-    b.add_argument("--batch-size", type=int)
-    b.add_argument("--device", help="auto | cpu | cuda")
-    b.add_argument("--second-opinion", action="store_true", default=None,
-                   help="also score captures with history by their region's single-image model (report columns "
-                        "second_*; env ANODET_SECOND_OPINION)")
+    _run_flags(b)
     b.set_defaults(func=cmd_backfill)
