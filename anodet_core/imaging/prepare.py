@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from .io import MAX_PIXELS, DecodedImage, ImageError, decode, decode_image, resize
 from .registration import Registration, register
@@ -21,6 +22,9 @@ MODEL_SIZE = 256
 # A history has no manifest row of its own here: it may have up to this many times cur's pixels (a reference
 # taken at twice the linear resolution of the same view), and never more than MAX_PIXELS.
 HISTORY_PIXEL_FACTOR = 4
+# Where the warped history does not cover cur, cur fills in; across this many pixels (of the decoded cur) the
+# history fades into that fill, so a lighting difference between the two is a smooth ramp, not an edge.
+FEATHER_FRACTION = 1 / 16
 
 
 @dataclass
@@ -64,6 +68,23 @@ def warp_pil(his: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int]) -> tu
     return warped, valid
 
 
+def fill_uncovered(cur: np.ndarray, warped: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``warped`` with cur in the pixels it does not cover, faded in over a band of ``FEATHER_FRACTION`` of cur.
+
+    Outside the history there is no evidence of a change, so the network must see none: filled with cur, the
+    difference is zero there. A hard fill leaves an edge along the border (the lighting of two nights differs,
+    and bilinear samples at the border mix in the black outside), which a change detector flags as a scratch;
+    the weight of the history ramps linearly from 0 on its first covered pixel to 1 a band's width inside.
+    """
+    band = max(2.0, FEATHER_FRACTION * max(cur.shape[:2]))
+    inside = ndimage.distance_transform_edt(valid)  # 1 on the first covered pixel, 0 outside
+    alpha = np.clip((inside - 1.0) / band, 0.0, 1.0)[..., None]
+    near = alpha[..., 0] < 1.0
+    out = np.array(warped)  # Pillow's buffer is read-only
+    out[near] = np.rint(alpha[near] * warped[near] + (1.0 - alpha[near]) * cur[near]).astype(np.uint8)
+    return out
+
+
 def prepare_image(data: bytes, size: int, *, expect_size: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """Encoded image -> (RGB uint8 (size, size, 3), native (width, height)), for single-image models.
 
@@ -104,7 +125,7 @@ def prepare_pair(
     image is refused and why. When one of the two has no colour (a gray camera, a gray reference), both are
     compared in grayscale: against colour, every hue would be a change. Pixels of cur that the warped history
     does not cover are filled with cur itself, so the network sees no difference there instead of a black
-    border it would flag.
+    border it would flag, and the history fades into that fill (:func:`fill_uncovered`).
     """
     t0 = time.thread_time()
     cur_img = _decode_as("capture", cur_bytes, size, expect_size, MAX_PIXELS)
@@ -124,9 +145,7 @@ def prepare_pair(
         reg = register(cur, his, model=transform, method=registration)
         warped, valid = warp_pil(his, reg.matrix, cur.shape[:2])
     if not valid.all():
-        outside = ~valid
-        warped = np.array(warped)  # Pillow's buffer is read-only; filling only the border is cheaper than np.where
-        warped[outside] = cur[outside]
+        warped = fill_uncovered(cur, warped, valid)
     t2 = time.thread_time()
     factor = native[0] / cur.shape[1]
     return PreparedPair(

@@ -89,6 +89,13 @@ class AnoDFDNetConfig:
     pos_embed: bool = True  # False: no absolute position embedding (translation-equivariant, any crop size)
     pixel_skip: bool = False  # timm encoder: the full-resolution image difference as the decoder's last skip
     decoder_widths: tuple[int, ...] = (128, 96, 64, 32, 16)  # timm encoder: one per skip, plus the last
+    # pyramid decoder: negative slope of the activation before the 1-channel head (0 = ReLU). With a ReLU the
+    # net can say "anomalous" by switching every hidden unit off, which caps the logit at the head's bias: half
+    # the anomalous pixels and the top captures then tie at one value. A small leak keeps them ordered.
+    head_slope: float = 0.0
+    # the map is sigmoid(logit / map_temperature): monotone, 0.5 at logit 0 whatever the temperature, so the
+    # paper's 0.5 and every decision at it stay; calibration picks it so the stored uint8 map keeps the ranking
+    map_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.feature_norm not in ("none", "l2"):
@@ -99,6 +106,10 @@ class AnoDFDNetConfig:
             raise ValueError(f"token_dim {self.token_dim} not divisible by num_heads {self.num_heads}")
         if self.depth < 0:
             raise ValueError(f"depth must be >= 0, got {self.depth}")
+        if not 0.0 <= self.head_slope < 1.0:
+            raise ValueError(f"head_slope must be in [0, 1), got {self.head_slope}")
+        if not self.map_temperature > 0.0:
+            raise ValueError(f"map_temperature must be > 0, got {self.map_temperature}")
         if self.img_size % _DOWNSAMPLE:
             raise ValueError(f"img_size must be a multiple of {_DOWNSAMPLE}, got {self.img_size}")
         object.__setattr__(self, "widths", tuple(self.widths))
@@ -116,7 +127,7 @@ PRESETS: dict[str, AnoDFDNetConfig] = {
     # no absolute position embedding, so it trains on crops and runs on any size that is a multiple of 16.
     "base": AnoDFDNetConfig(
         encoder="efficientnet_lite0", latent_dim=112, token_dim=192, num_heads=6, mlp_dim=384, depth=2,
-        pos_drop=0.1, pos_embed=False, pixel_skip=True, freeze_stages=1,
+        pos_drop=0.1, pos_embed=False, pixel_skip=True, freeze_stages=1, head_slope=0.01,
     ),
 }
 
@@ -311,7 +322,7 @@ class AnoDFDNet(nn.Module):
             raise ValueError(f"latent_dim {cfg.latent_dim} must equal the deepest {cfg.encoder} stage's channels {enc.channels[-1]}")
         self.transformer = DifferenceTransformer(cfg)
         self.decoder = PyramidDecoder(cfg.token_dim, enc.channels[::-1], cfg.decoder_widths,
-                                      cfg.in_chans if cfg.pixel_skip else 0, cfg.out_chans)
+                                      cfg.in_chans if cfg.pixel_skip else 0, cfg.out_chans, cfg.head_slope)
         self.decoder.apply(_init_weights)
         self.encoder = enc  # after the init: the ImageNet weights stay as loaded
 
@@ -343,8 +354,10 @@ class AnoDFDNet(nn.Module):
         return self.decoder(deep, diffs[::-1], pixel, cur.shape[-2:])
 
     def forward(self, cur: torch.Tensor, his: torch.Tensor) -> torch.Tensor:
-        """Anomaly probability map in [0, 1], (B, out_chans, H, W)."""
-        return torch.sigmoid(self.forward_logits(cur, his))
+        """Anomaly map in [0, 1], (B, out_chans, H, W): ``sigmoid(logit / map_temperature)``."""
+        logits = self.forward_logits(cur, his)
+        t = self.cfg.map_temperature
+        return torch.sigmoid(logits if t == 1.0 else logits / t)
 
 
 def _init_weights(m: nn.Module) -> None:

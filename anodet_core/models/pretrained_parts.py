@@ -76,7 +76,7 @@ class PyramidDecoder(nn.Module):
     """
 
     def __init__(self, deep_channels: int, skip_channels: Sequence[int], widths: Sequence[int], pixel_channels: int,
-                 out_chans: int = 1) -> None:
+                 out_chans: int = 1, head_slope: float = 0.0) -> None:
         super().__init__()
         if len(widths) != len(skip_channels) + 1:
             raise ValueError(f"need one width per skip plus one, got {len(widths)} widths for {len(skip_channels)} skips")
@@ -85,8 +85,10 @@ class PyramidDecoder(nn.Module):
         for skip, w in zip(skip_channels, widths):
             self.stages.append(nn.Sequential(conv_bn_relu(cin + skip, w), conv_bn_relu(w, w)))
             cin = w
-        self.last = nn.Sequential(conv_bn_relu(cin + pixel_channels, widths[-1]),
-                                  nn.Conv2d(widths[-1], out_chans, 3, 1, 1))
+        head = conv_bn_relu(cin + pixel_channels, widths[-1])
+        if head_slope:  # see AnoDFDNetConfig.head_slope; no parameters change, so ReLU-trained weights load
+            head[2] = nn.LeakyReLU(head_slope, inplace=True)
+        self.last = nn.Sequential(head, nn.Conv2d(widths[-1], out_chans, 3, 1, 1))
         self.pixel_channels = pixel_channels
 
     def forward(self, deep: torch.Tensor, skips: Sequence[torch.Tensor], pixel: torch.Tensor | None,

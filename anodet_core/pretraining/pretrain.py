@@ -114,7 +114,7 @@ def pretrain(
     result = train_pairs(model, train, val, cfg, progress=progress, checkpoint=checkpoint)
     cal = calibrate(model, val, cfg.device)
     card = ModelCard(
-        name=name, arch="anodfdnet", preset=preset, config=dict(overrides or {}), threshold=cal.threshold,
+        name=name, arch="anodfdnet", preset=preset, config={**(overrides or {}), **cal.config()}, threshold=cal.threshold,
         min_finding_area=cal.min_finding_area, data_fingerprint=record["fingerprint"], code_version=code_version(),
         extra={
             "pretraining": {

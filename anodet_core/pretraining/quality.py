@@ -92,7 +92,7 @@ def quality_table(corpus: str, steps: int, *, methods: Sequence[tuple[str, str, 
                           channels_last=True, synthetic=0.3, seed=seed, device=device, bf16=bf16)
         res = train_pairs(model, train, val, cfg)
         cal = calibrate(model, val, device)
-        card = ModelCard(name="anodfdnet", arch="anodfdnet", preset=preset, config=dict(overrides),
+        card = ModelCard(name="anodfdnet", arch="anodfdnet", preset=preset, config={**overrides, **cal.config()},
                          threshold=cal.threshold, min_finding_area=cal.min_finding_area)
         score(name, model, card, steps, res.seconds)
     return rows

@@ -1,6 +1,11 @@
 """The operating point of a paired model, chosen on its validation split and kept in its card.
 
-Two numbers: the map threshold and the minimum finding area. The threshold stays the paper's 0.5 unless
+First, for models whose map is ``sigmoid(logit / map_temperature)`` (AnoDFDNet), the temperature: the one of
+``TEMPERATURES`` whose uint8-quantized validation maps rank pixels best (pixel AUC; ties to the smaller). A
+BCE-trained net puts most background logits far below zero, where ``sigmoid`` is below half a uint8 step, so
+the stored map would tie them all at 0 with the anomalies it scores low; a temperature spreads them over the
+levels. It is monotone and keeps 0.5 at logit 0, so decisions at 0.5 do not change. Then two numbers: the map
+threshold and the minimum finding area. The threshold stays the paper's 0.5 unless
 validation pixel F1 is clearly better elsewhere in [0.25, 0.75] (small validation splits are noisy). The
 minimum area is the one whose capture decisions ("anomalous" iff a region above the threshold is at least
 that large) have the best F1 on validation, ties to the smaller area (a missed foreign body costs more
@@ -10,8 +15,9 @@ of ``ANODET_MIN_FINDING_AREA`` and of the night's findings.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,8 +29,9 @@ from .predictor import to_input
 if TYPE_CHECKING:  # training imports this module (calibrate), on call
     from ..training import PairArrays
 
-__all__ = ["Calibration", "calibrate", "AREA_CANDIDATES"]
+__all__ = ["Calibration", "calibrate", "AREA_CANDIDATES", "TEMPERATURES", "fit_map_temperature"]
 
+TEMPERATURES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 AREA_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)  # model-grid px (256 x 256)
 _THRESHOLD_RANGE = (0.25, 0.75)
 _THRESHOLD_GAIN = 0.02
@@ -43,6 +50,11 @@ class Calibration:
     decision_precision: float
     decision_recall: float
     n_val: int
+    map_temperature: float | None = None  # set on the model and kept in its card's config; None: no temperature
+
+    def config(self) -> dict[str, float]:
+        """What the card's ``config`` must add so the rebuilt model stores the maps calibrated here."""
+        return {} if self.map_temperature is None else {"map_temperature": self.map_temperature}
 
 
 @torch.inference_mode()
@@ -53,6 +65,30 @@ def _maps(model: torch.nn.Module, data: PairArrays, device: str, batch_size: int
         sl = slice(s, s + batch_size)
         out.append(model(to_input(data.cur[sl], device, False), to_input(data.his[sl], device, False))[:, 0].float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0,) + data.mask.shape[1:], np.float32)
+
+
+def _has_temperature(model: torch.nn.Module) -> bool:
+    return hasattr(model, "forward_logits") and hasattr(getattr(model, "cfg", None), "map_temperature")
+
+
+@torch.inference_mode()
+def fit_map_temperature(model: torch.nn.Module, val: PairArrays, device: str = "cpu", batch_size: int = 16) -> float:
+    """The temperature of ``TEMPERATURES`` whose uint8 validation maps have the best pixel AUC (see module doc)."""
+    model.eval()
+    logits = [model.forward_logits(to_input(val.cur[s:s + batch_size], device, False),  # type: ignore[operator]
+                                   to_input(val.his[s:s + batch_size], device, False))[:, 0].float()
+              for s in range(0, len(val), batch_size)]
+    z = torch.cat(logits).cpu()
+    if not val.mask.any() or val.mask.all():
+        return 1.0
+    best, best_auc = 1.0, -1.0
+    for t in TEMPERATURES:
+        pm = PixelMetrics(threshold=0.5, bins=256)
+        pm.update(torch.round(torch.sigmoid(z / t) * 255).numpy() / 255.0, val.mask)  # the stored map's levels
+        auc = float(pm.compute()["auc"])
+        if auc > best_auc + 1e-4:
+            best, best_auc = t, auc
+    return best
 
 
 def _largest_region(score: np.ndarray, threshold: float) -> int:
@@ -77,6 +113,11 @@ def calibrate(model: torch.nn.Module, val: PairArrays, device: str = "cpu") -> C
     """Threshold and minimum finding area from validation pairs (see the module docstring)."""
     if len(val) == 0:
         raise ValueError("calibration needs validation pairs")
+    temperature = None
+    if _has_temperature(model):  # first: the threshold is chosen on the maps the night will store
+        temperature = fit_map_temperature(model, val, device)
+        cfg: Any = model.cfg
+        model.cfg = dataclasses.replace(cfg, map_temperature=temperature)
     maps = _maps(model, val, device)
     pm = PixelMetrics(threshold=0.5)
     pm.update(maps, val.mask)
@@ -98,4 +139,5 @@ def calibrate(model: torch.nn.Module, val: PairArrays, device: str = "cpu") -> C
     per_model_px = native_px / float(maps.shape[1] * maps.shape[2])
     return Calibration(threshold=round(threshold, 4), min_area_model_px=best,
                        min_finding_area=max(1, int(round(best * per_model_px))), pixel_f1_at_05=f1_05, pixel_f1=f1,
-                       decision_f1=dec_f1, decision_precision=dec_p, decision_recall=dec_r, n_val=len(val))
+                       decision_f1=dec_f1, decision_precision=dec_p, decision_recall=dec_r, n_val=len(val),
+                       map_temperature=temperature)

@@ -83,7 +83,7 @@ def train_candidate(
         name=name,
         arch=arch,
         preset=preset,
-        config=dict(overrides or {}),
+        config={**(overrides or {}), **(cal.config() if cal else {})},  # + the calibrated map temperature
         metrics=metrics,
         threshold=threshold,
         min_finding_area=cal.min_finding_area if cal else None,

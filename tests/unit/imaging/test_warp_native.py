@@ -137,3 +137,23 @@ def test_prepare_pair_registration_is_in_native_cur_pixels(shift, rot_deg, scale
     unaligned = np.asarray(Image.open(io.BytesIO(his_bytes)).convert("RGB").resize((MODEL_SIZE, MODEL_SIZE)), float).mean(2)
     aligned = np.corrcoef(cur_g.ravel(), his_g.ravel())[0, 1]
     assert aligned > 0.97 and aligned > np.corrcoef(cur_g.ravel(), unaligned.ravel())[0, 1] + 0.1
+
+
+def test_uncovered_pixels_take_cur_and_the_history_fades_in_without_an_edge():
+    from anodet_core.imaging.prepare import FEATHER_FRACTION, fill_uncovered
+
+    h, w = 96, 128
+    cur = np.full((h, w, 3), 200, np.uint8)  # a bright night
+    warped = np.full((h, w, 3), 60, np.uint8)  # a dark one: the lighting differs by 140 levels
+    valid = np.zeros((h, w), bool)
+    valid[:, 40:] = True  # the history covers the right part only
+    out = fill_uncovered(cur, warped, valid)
+    band = max(2.0, FEATHER_FRACTION * w)
+    assert (out[~valid] == 200).all()  # no evidence outside the history: no difference there
+    deep = int(40 + band + 1)
+    assert (out[:, deep:] == 60).all()  # a band's width inside, the history is untouched
+    row = out[h // 2, :, 0].astype(int)
+    assert (np.diff(row[40:deep + 1]) <= 0).all()  # a monotone ramp from cur to the history
+    assert np.abs(np.diff(row)).max() <= 140 / band + 1  # no step anywhere: the edge a hard fill leaves is gone
+    hard = np.where(valid[..., None], warped, cur)[h // 2, :, 0].astype(int)
+    assert np.abs(np.diff(hard)).max() == 140  # (what the hard fill gave)
