@@ -8,6 +8,7 @@ moved.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import re
@@ -185,8 +186,13 @@ def test_every_infra_yaml_parses():
     files = _yaml_files()
     names = {p.relative_to(INFRA).as_posix() for p in files}
     assert {"compose.yaml", "k8s/kustomization.yaml"} <= names
+    json_patches = {(INFRA / "overlays" / "gpu" / "dask-worker-gpu.yaml").resolve()}  # RFC 6902 ops: a list
     for p in files:
         docs = list(yaml.safe_load_all(p.read_text()))
+        if p.resolve() in json_patches:
+            assert len(docs) == 1 and docs[0] and all(isinstance(op, dict) and {"op", "path"} <= set(op)
+                                                      for op in docs[0]), p
+            continue
         assert docs and all(isinstance(d, dict) for d in docs), p
 
 
@@ -248,22 +254,26 @@ def test_k8s_matches_settings_and_itself(monkeypatch):
     for k, v in config.items():
         monkeypatch.setenv(k, str(v))
     settings = Settings.from_env()  # every value parses
-    services = by_kind["Service"]
+    cluster = _dask_cluster()
+    operator_pods = _operator_pods(cluster)
+    services = {**by_kind["Service"], **_operator_services(cluster)}  # + the scheduler Service the operator creates
     for url in (settings.dask_address, config["PREFECT_API_URL"]):
         u = urlparse(url)
         assert u.hostname in services, url
         assert u.port in {p["port"] for p in services[u.hostname]["spec"]["ports"]}, url
 
     deployments = by_kind["Deployment"]
-    assert {"prefect-server", "dask-scheduler", "dask-worker", "anodet-serve"} <= set(deployments)
-    workloads = [*deployments.values(), *by_kind["StatefulSet"].values()]
-    for svc in services.values():  # every Service selects some Deployment's or StatefulSet's pods
+    assert {"prefect-server", "anodet-serve"} <= set(deployments)
+    templates = [*(d["spec"]["template"] for d in [*deployments.values(), *by_kind["StatefulSet"].values()]),
+                 *operator_pods.values()]
+    for svc in services.values():  # every Service selects some Deployment's, StatefulSet's or operator's pods
         sel = svc["spec"]["selector"]
-        assert any(sel.items() <= d["spec"]["template"]["metadata"]["labels"].items() for d in workloads)
+        assert any(sel.items() <= t["metadata"]["labels"].items() for t in templates), svc
     for name, dep in deployments.items():
         spec = dep["spec"]
         assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items(), name
-        for c in spec["template"]["spec"]["containers"]:
+    for name, pod_template in [*((n, d["spec"]["template"]) for n, d in deployments.items()), *operator_pods.items()]:
+        for c in pod_template["spec"]["containers"]:
             assert c["image"] == "anodet", f"{name}: the kustomization's images: entry names `anodet`"
             assert {e["name"] for e in c.get("env", []) if e["name"].startswith("ANODET_")} <= _settings_env_names()
             for ref in c.get("envFrom", []):
@@ -275,7 +285,7 @@ def test_k8s_matches_settings_and_itself(monkeypatch):
     template = yaml.safe_load((K8S / "secret-s3.example.yaml").read_text())
     assert template["kind"] == "Secret" and template["metadata"]["name"] == "anodet-s3"
     assert set(template["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
-    worker = deployments["dask-worker"]["spec"]["template"]["spec"]["containers"][0]
+    worker = operator_pods["dask-worker"]["spec"]["containers"][0]
     assert int(config["ANODET_TORCH_THREADS"]) == int(worker["resources"]["limits"]["cpu"])
     assert "nvidia.com/gpu" not in str(worker["resources"]), "the base stays CPU: GPUs come from infra/overlays/gpu"
 
@@ -355,8 +365,8 @@ def test_external_workers_get_the_local_clusters_worker_setup():
         return dask.config.get(dotted, config=cfg)
 
     compose_env = _service_env(_compose()["services"]["dask-worker"])
-    worker = next(d for d in _k8s_docs() if d["kind"] == "Deployment" and d["metadata"]["name"] == "dask-worker")
-    k8s_env = {e["name"]: str(e["value"]) for e in worker["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+    worker = _operator_pods(_dask_cluster())["dask-worker"]
+    k8s_env = {e["name"]: str(e["value"]) for e in worker["spec"]["containers"][0].get("env", [])}
     expected_malloc = {k: v for k, v in worker_env(Settings()).items() if k.startswith("MALLOC_") or k in ("OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY")}
     for name, env in (("compose", compose_env), ("k8s", k8s_env)):
         cfg = _dask_config_from_env(env)
@@ -381,11 +391,52 @@ def _by_kind() -> dict[str, dict[str, dict]]:
     return out
 
 
+DASK_API = "kubernetes.dask.org/v1"  # the Dask Kubernetes operator's resources (dask-kubernetes 2025.x CRDs)
+
+
+def _dask_cluster(docs: list[dict] | None = None) -> dict:
+    """The one DaskCluster of ``docs`` (default: the base's files)."""
+    clusters = [d for d in (_k8s_docs() if docs is None else docs) if d["kind"] == "DaskCluster"]
+    assert len(clusters) == 1, f"{len(clusters)} DaskClusters"
+    assert clusters[0]["apiVersion"] == DASK_API
+    return clusters[0]
+
+
+def _operator_pods(cluster: dict) -> dict[str, dict]:
+    """{"dask-scheduler" | "dask-worker": pod template} as the Dask operator makes them from ``cluster``.
+
+    Labels as dask-kubernetes' controller sets them (controller.py, build_scheduler_deployment_spec and
+    build_worker_deployment_spec): the DaskCluster's labels, then ``spec.<scheduler|worker>.metadata.labels``, then
+    its own ``dask.org/*`` labels, which override both. The pod spec is ``spec.<scheduler|worker>.spec`` as is.
+    """
+    name = cluster["metadata"]["name"]
+    out = {}
+    for part in ("scheduler", "worker"):
+        sub = cluster["spec"][part]
+        labels = {**cluster["metadata"].get("labels", {}), **sub.get("metadata", {}).get("labels", {}),
+                  "dask.org/cluster-name": name, "dask.org/component": part}
+        if part == "worker":
+            labels["dask.org/workergroup-name"] = f"{name}-default"
+        out[f"dask-{part}"] = {"metadata": {"labels": labels}, "spec": sub["spec"]}
+    return out
+
+
+def _operator_services(cluster: dict) -> dict[str, dict]:
+    """The Service the operator makes from ``spec.scheduler.service`` (a ServiceSpec as is): ``<name>-scheduler``."""
+    name = f"{cluster['metadata']['name']}-scheduler"
+    return {name: {"metadata": {"name": name}, "spec": cluster["spec"]["scheduler"]["service"]}}
+
+
 def _workloads() -> dict[str, dict]:
-    """{name: pod template spec} of every Deployment, StatefulSet and Job of the base."""
+    """{name: pod template spec} of every Deployment, StatefulSet and Job of the base, and of the operator's pods."""
     kinds = _by_kind()
-    return {name: d["spec"]["template"] for kind in ("Deployment", "StatefulSet", "Job")
-            for name, d in kinds.get(kind, {}).items()}
+    out = {name: d["spec"]["template"] for kind in ("Deployment", "StatefulSet", "Job")
+           for name, d in kinds.get(kind, {}).items()}
+    for cluster in kinds.get("DaskCluster", {}).values():
+        clash = set(out) & {"dask-scheduler", "dask-worker"}
+        assert not clash, f"workloads named like the operator's Dask pods: {sorted(clash)}"
+        out.update(_operator_pods(cluster))
+    return out
 
 
 def _flag(command: list[str], flag: str) -> str:
@@ -440,12 +491,14 @@ def test_dask_and_prefect_probes_hit_real_health_endpoints():
     def container(name: str) -> dict:
         return workloads[name]["spec"]["containers"][0]
 
-    for name, flag in (("dask-scheduler", "--dashboard-address"), ("dask-worker", "--dashboard-address")):
+    for name, port in (("dask-scheduler", 8787), ("dask-worker", 8788)):  # the operator's pods (DaskCluster)
         c = container(name)
-        http = next(p["containerPort"] for p in c["ports"] if p["name"] == "http")
-        assert _flag(c["command"], flag) == f":{http}", name  # the HTTP server (/health) listens there
         for kind in ("livenessProbe", "readinessProbe"):
-            assert c[kind]["httpGet"] == {"path": "/health", "port": "http"}, f"{name} {kind}"
+            probe = c[kind]["httpGet"]
+            assert probe["path"] == "/health", f"{name} {kind}"
+            http = next(p["containerPort"] for p in c["ports"] if p["name"] == probe["port"])
+            assert http == port, f"{name} {kind}"
+            assert _flag(c["command"], "--dashboard-address") == f":{http}", name  # the HTTP server listens there
     server = container("prefect-server")
     assert server["livenessProbe"]["httpGet"]["path"] == "/api/health"
     assert server["readinessProbe"]["httpGet"]["path"] in {"/api/health", "/api/ready"}
@@ -530,6 +583,35 @@ def _selects(selector: dict, labels: dict) -> bool:
     return selector.get("matchLabels", {}).items() <= labels.items() and not selector.get("matchExpressions")
 
 
+# the Dask operator's controller pods: namespace of the README's `helm install -n dask-operator`, pod label
+# app.kubernetes.io/name = the chart's name (dask-kubernetes-operator helm chart, _helpers.tpl selectorLabels)
+_OPERATOR_PEER = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "dask-operator"}},
+                  "podSelector": {"matchLabels": {"app.kubernetes.io/name": "dask-kubernetes-operator"}}}
+
+
+def test_networkpolicy_selects_the_operators_dask_pods():
+    """The Dask policies select the pods by the labels the operator gives them, and nothing else."""
+    policies = _by_kind()["NetworkPolicy"]
+    cluster = _dask_cluster()
+    pods = _operator_pods(cluster)
+    labels = {name: t["metadata"]["labels"] for name, t in _workloads().items()}
+    for policy, component in (("dask-scheduler", "scheduler"), ("dask-worker", "worker")):
+        selector = policies[policy]["spec"]["podSelector"]
+        assert selector == {"matchLabels": {"dask.org/cluster-name": cluster["metadata"]["name"],
+                                            "dask.org/component": component}}, policy
+        assert {w for w, lab in labels.items() if _selects(selector, lab)} == {f"dask-{component}"}, policy
+    for pol in policies.values():  # no selector that matches no pod (labels that drifted from the operator's)
+        assert any(_selects(pol["spec"]["podSelector"], lab) for lab in labels.values()), pol["metadata"]["name"]
+        rules = [*pol["spec"].get("ingress", []), *pol["spec"].get("egress", [])]
+        for peer in [p for r in rules for p in r.get("from", []) + r.get("to", [])]:
+            if "namespaceSelector" in peer:
+                assert peer == _OPERATOR_PEER, f"{pol['metadata']['name']}: {peer}"
+            elif "podSelector" in peer:
+                assert any(_selects(peer["podSelector"], lab) for lab in labels.values()), peer
+    # the operator's own labels are on the pods, whatever the DaskCluster's metadata says
+    assert pods["dask-worker"]["metadata"]["labels"]["dask.org/component"] == "worker"
+
+
 def test_networkpolicy_lets_only_the_flow_process_and_workers_reach_dask():
     kinds = _by_kind()
     policies = list(kinds["NetworkPolicy"].values())
@@ -548,6 +630,9 @@ def test_networkpolicy_lets_only_the_flow_process_and_workers_reach_dask():
                 if "ports" in rule and port not in {p["port"] for p in rule["ports"]}:
                     continue
                 for peer in rule["from"]:
+                    if peer == _OPERATOR_PEER:  # another namespace: the operator's controller
+                        allowed.add("dask-operator")
+                        continue
                     assert set(peer) == {"podSelector"}, f"{pol['metadata']['name']}: {peer}"
                     allowed |= {w for w, lab in labels.items() if _selects(peer["podSelector"], lab)}
         return allowed
@@ -558,7 +643,10 @@ def test_networkpolicy_lets_only_the_flow_process_and_workers_reach_dask():
     scheduler = workloads["dask-scheduler"]["spec"]["containers"][0]["command"]
     worker = workloads["dask-worker"]["spec"]["containers"][0]["command"]
     assert _flag(scheduler, "--port") == "8786"
-    assert ingress_sources("dask-scheduler", 8786) == {"anodet-serve", "dask-worker"}
+    assert ingress_sources("dask-scheduler", 8786) == {"anodet-serve", "dask-worker", "dask-operator"}
+    # Dask's HTTP API (/api/v1/adaptive_target, retire_workers: no auth) for the operator only; probes come from the node
+    assert _flag(scheduler, "--dashboard-address") == ":8787"
+    assert ingress_sources("dask-scheduler", 8787) == {"dask-operator"}
     for flag in ("--worker-port", "--nanny-port"):
         assert ingress_sources("dask-worker", int(_flag(worker, flag))) == {"dask-scheduler", "dask-worker"}, flag
     assert ingress_sources("dask-worker", 4200) == set()  # nothing else reaches a worker
@@ -609,8 +697,43 @@ def test_images_are_pinned_by_digest():
     assert _compose()["x-anodet"].get("init") is True
 
 
+def _json_patch(doc: dict, ops: list[dict]) -> None:
+    """Apply RFC 6902 ``add`` ops (the only op the overlay uses) to ``doc`` in place, as kustomize does: the parent
+    must exist, ``-`` appends to a list, ``~1``/``~0`` in a path are ``/``/``~``."""
+    for op in ops:
+        assert op["op"] == "add" and set(op) == {"op", "path", "value"}, op
+        *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].lstrip("/").split("/")]
+        node: object = doc
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]  # type: ignore[index]
+        if isinstance(node, list):
+            node.insert(len(node) if last == "-" else int(last), copy.deepcopy(op["value"]))
+        else:
+            assert isinstance(node, dict), op["path"]
+            node[last] = copy.deepcopy(op["value"])
+
+
+def _overlay(base: dict[str, dict[str, dict]], kust: dict, folder: Path) -> dict[str, list[dict]]:
+    """Apply the ``patches`` of ``kust`` to ``base`` (by kind, by name) in place; returns {kind: patch bodies}."""
+    bodies: dict[str, list[dict]] = {}
+    for patch in kust["patches"]:
+        target = patch["target"]
+        doc = base[target["kind"]][target["name"]]
+        assert doc["apiVersion"] == "/".join(p for p in (target.get("group"), target["version"]) if p), target
+        body = yaml.safe_load((folder / patch["path"]).read_text() if "path" in patch else patch["patch"])
+        if isinstance(body, list):
+            _json_patch(doc, body)
+        else:  # a strategic merge patch: kustomize merges lists of custom resources as a whole, so built-ins only
+            assert target["kind"] in {"ConfigMap", "Deployment", "StatefulSet", "Job"}, f"merge patch of {target}"
+            assert (body["kind"], body["metadata"]["name"]) == (target["kind"], target["name"])
+            assert set(body) <= {"apiVersion", "kind", "metadata", "data"}, "only ConfigMap data is merged here"
+            doc.setdefault("data", {}).update(body.get("data", {}))
+        bodies.setdefault(target["kind"], []).append(body)
+    return bodies
+
+
 def test_gpu_overlay_patches_what_the_base_has(monkeypatch):
-    """As far as it goes without kustomize: resources, patch targets and JSON patch paths exist in the base."""
+    """Without kustomize: the overlay's patches applied to a copy of the base give GPU workers, CPU control pods."""
     from anodet_core.config import Settings
 
     kust = _kustomization(OVERLAY)
@@ -618,58 +741,162 @@ def test_gpu_overlay_patches_what_the_base_has(monkeypatch):
     assert [(OVERLAY / r).resolve() for r in kust["resources"]] == [K8S.resolve()]
     assert K8S.resolve() not in OVERLAY.resolve().parents  # kustomize refuses an overlay inside its base
     base = _by_kind()
-    seen = {}
-    for patch in kust["patches"]:
-        target = patch["target"]
-        doc = base[target["kind"]][target["name"]]
-        assert doc["apiVersion"] == "/".join(p for p in (target.get("group"), target["version"]) if p), target
-        if "path" in patch:
-            body = yaml.safe_load((OVERLAY / patch["path"]).read_text())
-            assert (body["kind"], body["metadata"]["name"]) == (target["kind"], target["name"])
-            seen[target["kind"]] = body
-        else:
-            for op in yaml.safe_load(patch["patch"]):
-                assert op["op"] == "add" and op["path"].endswith("/-")
-                node: object = doc
-                for part in op["path"].strip("/").split("/")[:-1]:
-                    node = node[int(part)] if isinstance(node, list) else node[part]  # type: ignore[index]
-                assert isinstance(node, list)
-                node.append(op["value"])  # applied to this copy of the base
-    worker = base["Deployment"]["dask-worker"]["spec"]["template"]
-    command = worker["spec"]["containers"][0]["command"]
-    assert _flag(command, "--resources") == "GPU=1" and _flag(command, "--nworkers") == "1"
-    pod = seen["Deployment"]["spec"]["template"]["spec"]
+    unpatched = copy.deepcopy(base)
+    bodies = _overlay(base, kust, OVERLAY)
+    # the worker patch targets the operator's resource (a custom resource: group, version and kind named)
+    dask_targets = [p["target"] for p in kust["patches"] if p["target"]["kind"] in {"DaskCluster", "DaskWorkerGroup"}]
+    assert dask_targets, "no patch targets the DaskCluster / a DaskWorkerGroup"
+    for target in dask_targets:
+        assert (target["group"], target["version"]) == tuple(DASK_API.split("/")), target
+    assert not any(p["target"]["kind"] == "Deployment" and "dask" in p["target"]["name"] for p in kust["patches"])
+    # the autoscaler scales the default worker group only: GPU workers are the DaskCluster's spec.worker
+    cluster = base["DaskCluster"][_dask_cluster()["metadata"]["name"]]
+    assert {t["kind"] for t in dask_targets} == {"DaskCluster"}
+    pods = _operator_pods(cluster)
+    worker = pods["dask-worker"]
+    pod = worker["spec"]
     gpu = pod["containers"][0]
-    assert gpu["name"] == worker["spec"]["containers"][0]["name"]  # strategic merge by container name
+    assert len(pod["containers"]) == 1 and gpu["image"] == "anodet"  # patched in place, not replaced
+    command = gpu["command"]
+    assert command[:2] == ["tini", "--"] and command[2:4] == ["dask", "worker"]
+    assert _flag(command, "--resources") == "GPU=1" and _flag(command, "--nworkers") == "1"
     assert gpu["resources"]["limits"]["nvidia.com/gpu"] == gpu["resources"]["requests"]["nvidia.com/gpu"] == 1
-    assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    base_worker = _operator_pods(unpatched["DaskCluster"][cluster["metadata"]["name"]])["dask-worker"]["spec"]
+    for key in ("cpu", "memory"):  # the base's CPU and memory stay
+        assert gpu["resources"]["limits"][key] == base_worker["containers"][0]["resources"]["limits"][key]
+    assert gpu["securityContext"] == base_worker["containers"][0]["securityContext"]
+    assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" and t["effect"] == "NoSchedule"
+                                       for t in pod["tolerations"])
     spread = pod["topologySpreadConstraints"][0]
     assert _selects(spread["labelSelector"], worker["metadata"]["labels"])
+    assert not _selects(spread["labelSelector"], pods["dask-scheduler"]["metadata"]["labels"])
+    # the scheduler (and every other pod) stays off the GPU nodes: no toleration, no GPU
+    scheduler = pods["dask-scheduler"]["spec"]
+    assert "tolerations" not in scheduler and "nvidia.com/gpu" not in str(scheduler)
+    assert base["DaskAutoscaler"] == unpatched["DaskAutoscaler"]  # the same autoscaling, now of GPU workers
     # the flow process asks for what the GPU workers offer; the value parses as Settings reads it
-    config = {**base["ConfigMap"]["anodet-config"]["data"], **seen["ConfigMap"]["data"]}
-    assert set(seen["ConfigMap"]["data"]) <= _settings_env_names()
+    config = base["ConfigMap"]["anodet-config"]["data"]
+    assert set(bodies["ConfigMap"][0]["data"]) <= _settings_env_names()
     for k in [k for k in os.environ if k.startswith("ANODET_")]:
         monkeypatch.delenv(k)
     for k, v in config.items():
         monkeypatch.setenv(k, str(v))
-    assert Settings.from_env().inference_resources == {"GPU": 1.0}
+    settings = Settings.from_env()
+    assert settings.inference_resources == {"GPU": 1.0}
+    assert settings.dask_address == f"tcp://{next(iter(_operator_services(cluster)))}:8786"
+
+
+def test_json_patch_helper_fails_like_kustomize():
+    """The helper the overlay test relies on refuses what kustomize refuses (a missing parent) and escapes ``~1``."""
+    doc = {"a": {"b": [1]}}
+    _json_patch(doc, [{"op": "add", "path": "/a/b/-", "value": 2}, {"op": "add", "path": "/a/x~1y", "value": 3}])
+    assert doc == {"a": {"b": [1, 2], "x/y": 3}}
+    with pytest.raises(KeyError):
+        _json_patch(doc, [{"op": "add", "path": "/a/missing/c", "value": 1}])
+
+
+def test_dask_runs_on_the_operator(monkeypatch):
+    """The base's Dask cluster is the operator's DaskCluster, autoscaled, and the flow process points at its Service."""
+    import dask.config
+    import distributed
+    from distributed.http.scheduler import api
+
+    from anodet_core.config import Settings
+
+    kinds = _by_kind()
+    listed = {d["kind"] for r in _kustomization(K8S)["resources"]
+              for d in yaml.safe_load_all((K8S / r).read_text()) if d}
+    assert {"DaskCluster", "DaskAutoscaler"} <= listed, "the kustomization lists no DaskCluster/DaskAutoscaler"
+    cluster = _dask_cluster()
+    name = cluster["metadata"]["name"]
+    # the operator's name rule (dask_kubernetes/constants.py VALID_CLUSTER_NAME): <name>-scheduler is a DNS label
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) and len(f"{name}-scheduler") <= 63, name
+    assert {"scheduler", "worker"} <= set(cluster["spec"]) and cluster["spec"].get("idleTimeout", 0) == 0
+    assert {"spec", "service"} <= set(cluster["spec"]["scheduler"]) and "spec" in cluster["spec"]["worker"]
+    # no plain Dask Deployment, StatefulSet or Service beside it
+    for kind in ("Deployment", "StatefulSet", "Service"):
+        plain = [n for n in kinds.get(kind, {}) if "dask" in n]
+        assert not plain, f"plain {kind}s left beside the DaskCluster: {plain}"
+    for kind in ("Deployment", "StatefulSet", "Job"):
+        for d in kinds.get(kind, {}).values():
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                line = [*c.get("command", []), *c.get("args", [])]
+                assert not ({"scheduler", "worker"} & set(line) and "dask" in line), f"{kind} runs Dask: {line}"
+    # the autoscaler: this cluster, 0 workers between nights, a ceiling while a night runs
+    autoscalers = list(kinds["DaskAutoscaler"].values())
+    assert len(autoscalers) == 1 and autoscalers[0]["apiVersion"] == DASK_API
+    spec = autoscalers[0]["spec"]
+    assert spec["cluster"] == name
+    assert isinstance(spec["minimum"], int) and isinstance(spec["maximum"], int)
+    assert spec["minimum"] == 0 < spec["maximum"], "workers (and their GPU nodes) must be freed between nights"
+    assert cluster["spec"]["worker"]["replicas"] == spec["minimum"]  # re-applying does not start idle workers
+    # the scheduler Service the operator creates, the ports it looks up by name, and the flow process's address
+    pods = _operator_pods(cluster)
+    scheduler = pods["dask-scheduler"]["spec"]["containers"][0]
+    service = cluster["spec"]["scheduler"]["service"]
+    assert service["selector"] == {"dask.org/cluster-name": name, "dask.org/component": "scheduler"}
+    assert _selects({"matchLabels": service["selector"]}, pods["dask-scheduler"]["metadata"]["labels"])
+    assert not _selects({"matchLabels": service["selector"]}, pods["dask-worker"]["metadata"]["labels"])
+    container_ports = {p["name"]: p["containerPort"] for p in scheduler["ports"]}
+    by_name = {p["name"]: p for p in service["ports"]}
+    assert len(by_name) == len(service["ports"])
+    assert {n: (p["port"], container_ports[p["targetPort"]]) for n, p in by_name.items()} == {
+        "tcp-comm": (8786, 8786), "http-dashboard": (8787, 8787)}
+    assert _flag(scheduler["command"], "--port") == "8786"
+    config = kinds["ConfigMap"]["anodet-config"]["data"]
+    assert config["ANODET_DASK_ADDRESS"] == f"tcp://{name}-scheduler:8786"
+    for k in [k for k in os.environ if k.startswith("ANODET_")]:
+        monkeypatch.delenv(k)
+    for k, v in config.items():
+        monkeypatch.setenv(k, str(v))
+    assert urlparse(Settings.from_env().dask_address).hostname in _operator_services(cluster)
+    # the scheduler serves Dask's HTTP API (which the operator asks first) besides the default routes (/health)
+    routes = dask.config.get("distributed.scheduler.http.routes",
+                             config=_dask_config_from_env({e["name"]: e["value"] for e in scheduler["env"]}))
+    defaults = yaml.safe_load((Path(distributed.__file__).parent / "distributed.yaml").read_text())
+    assert set(defaults["distributed"]["scheduler"]["http"]["routes"]) <= set(routes)
+    assert "distributed.http.scheduler.api" in routes
+    assert {"/api/v1/adaptive_target", "/api/v1/retire_workers"} <= {r[0] for r in api.routes}
+    # workers: the scheduler address and the name come from the operator (DASK_SCHEDULER_ADDRESS, DASK_WORKER_NAME);
+    # the name must be the worker Deployment's, which the operator deletes when the scheduler retires that worker
+    worker = pods["dask-worker"]["spec"]["containers"][0]
+    assert worker["command"][:4] == ["tini", "--", "dask", "worker"]
+    assert _flag(worker["command"], "--name") == "$(DASK_WORKER_NAME)"
+    assert _flag(worker["command"], "--nworkers") == "1"  # else dask suffixes the name (-0, -1, ...)
+    assert not any(a.startswith(("tcp://", "tls://")) for a in worker["command"])
+    assert not {"DASK_SCHEDULER_ADDRESS", "DASK_WORKER_NAME"} & {e["name"] for e in worker.get("env", [])}
+    assert dask.config.get("scheduler-address", config=_dask_config_from_env(
+        {"DASK_SCHEDULER_ADDRESS": f"tcp://{name}-scheduler.anodet.svc.cluster.local:8786"}))  # what dask worker reads
 
 
 @pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl (kustomize) not installed")
 @pytest.mark.parametrize("folder", [K8S, OVERLAY], ids=["base", "gpu"])
 def test_kustomize_builds(folder):
+    """With kubectl: what kustomize really makes of the base and the overlay (test_gpu_overlay_... does it without)."""
     r = subprocess.run(["kubectl", "kustomize", str(folder)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     docs = [d for d in yaml.safe_load_all(r.stdout) if d]
-    images = [c["image"] for d in docs if "template" in d.get("spec", {})
-              for c in d["spec"]["template"]["spec"]["containers"]]
-    assert images and all("@sha256:" in i for i in images), images
-    worker = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "dask-worker")
-    c = worker["spec"]["template"]["spec"]["containers"][0]
+    cluster = _dask_cluster(docs)
+    pods = _operator_pods(cluster)
+    templates = [d["spec"]["template"] for d in docs if "template" in d.get("spec", {})] + list(pods.values())
+    images = [c["image"] for t in templates for c in t["spec"]["containers"]]
+    assert images and all("@sha256:" in i for i in images), images  # kustomize's images: reaches the DaskCluster
+    assert not [d["metadata"]["name"] for d in docs if d["kind"] in {"Deployment", "Service"} and "dask" in d["metadata"]["name"]]
+    autoscaler = next(d for d in docs if d["kind"] == "DaskAutoscaler")
+    assert autoscaler["spec"]["cluster"] == cluster["metadata"]["name"] and autoscaler["spec"]["minimum"] == 0
+    c = pods["dask-worker"]["spec"]["containers"]
+    assert len(c) == 1
     on_gpu = folder == OVERLAY
-    assert ("nvidia.com/gpu" in c["resources"]["limits"]) is on_gpu
-    assert (c["command"][-2:] == ["--resources", "GPU=1"]) is on_gpu
+    assert ("nvidia.com/gpu" in c[0]["resources"]["limits"]) is on_gpu
+    assert (c[0]["command"][-2:] == ["--resources", "GPU=1"]) is on_gpu
+    assert any(t["key"] == "nvidia.com/gpu" for t in pods["dask-worker"]["spec"].get("tolerations", [])) is on_gpu
+    assert "tolerations" not in pods["dask-scheduler"]["spec"]
     assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"anodet"}
+    # kustomize's labels: reach the DaskCluster's metadata, which the operator copies onto its pods
+    assert pods["dask-worker"]["metadata"]["labels"]["app.kubernetes.io/part-of"] == "anodet"
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "anodet-config")["data"]
+    assert config["ANODET_DASK_ADDRESS"] == f"tcp://{cluster['metadata']['name']}-scheduler:8786"
+    assert (config.get("ANODET_INFERENCE_RESOURCES") == "GPU=1") is on_gpu
 
 
 def test_schedules_are_set_in_both_and_agree(monkeypatch):
