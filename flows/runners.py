@@ -143,12 +143,15 @@ async def settle_worker(dask_worker: Worker, timeout: float = 5.0) -> bool:
 
 
 class FlowDaskTaskRunner(DaskTaskRunner):
-    """``DaskTaskRunner`` that settles every worker (:func:`settle_worker`) before its client closes at a run's end."""
+    """``DaskTaskRunner`` that settles every worker (:func:`settle_worker`) before its client closes at a run's end
+    (not at a Ctrl-C's: see :meth:`__exit__`)."""
 
     def __exit__(self, *args: Any) -> None:
         """Settle the workers while the run's API server is up, then close as ``DaskTaskRunner`` does."""
         try:
-            if self._client is not None:
+            # not after a Ctrl-C: the terminal signalled the whole process group, local workers included, and
+            # waiting on those exiting workers took seconds (an interrupted run's workers settle at their next run's end)
+            if self._client is not None and not (args and isinstance(args[1], KeyboardInterrupt)):
                 self._client.run(settle_worker)
         except Exception as exc:  # a worker lost at the end of the run must not fail a finished run
             log.warning("could not settle the Dask workers after the flow run: %s", exc)
@@ -195,6 +198,8 @@ def ephemeral_run_settings(settings: Settings) -> dict:
         workers carry no URL): seconds of cold start per worker before its first task, and a uvicorn process each. So the
         ephemeral server is started here and its URL handed on; only when the workers can reach this host's
         loopback (a LocalCluster, or a scheduler on 127.0.0.1), else they keep their own servers.
+        That server runs in a session of its own (:mod:`flows.api_server`), so that a Ctrl-C of the CLI leaves it
+        up until the run has reported its end.
       * nothing outlives the run to act on a missing flow-run heartbeat (crash detection needs a lasting
         server), while the heartbeat thread, which sleeps in 1 s steps, is joined when the flow ends: up to 1 s
         of idle wall per run. Heartbeats are turned off.
@@ -205,9 +210,9 @@ def ephemeral_run_settings(settings: Settings) -> dict:
         return {}
     updates: dict = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
     if not settings.dask_address or _loopback(settings.dask_address):
-        from prefect.server.api.server import SubprocessASGIServer
+        from .api_server import DetachedASGIServer
 
-        server = SubprocessASGIServer()  # the instance Prefect's own clients use in this process
+        server = DetachedASGIServer()  # one per process, reused by its later runs; out of the terminal's Ctrl-C
         server.start()
         updates[PREFECT_API_URL] = server.api_url
     return updates

@@ -24,7 +24,7 @@ from ..config import available_cores
 from ..registry.model_store import CARD, WEIGHTS, ModelCard, code_version, save_version, set_alias
 from ..scoring.calibration import calibrate
 from ..store.layout import Store
-from ..training import PairArrays, TrainConfig, folder_pairs, prepare_arrays, split_indices, train_pairs
+from ..training import PairArrays, TrainConfig, TrainResult, folder_pairs, prepare_arrays, split_indices, train_pairs
 from .corpus import CORPUS_FILE
 
 __all__ = ["load_split", "pretrain", "export_packaged"]
@@ -86,11 +86,14 @@ def pretrain(
     progress: bool = False,
     evaluate_test: bool = True,
     init: str | None = None,
+    recalibrate: bool = False,
 ) -> ModelCard:
     """Train, calibrate, evaluate on the held-out photographs and save a version (see the module docstring).
 
     ``init`` (a model reference such as ``anodfdnet:base``) continues training that model instead of a fresh
     ``preset``: its preset and config are kept and the card adds its steps to this run's (``steps_total``).
+    ``recalibrate`` (with ``init``) trains nothing: the same weights get a new operating point (map
+    temperature, threshold, minimum area) and held-out figures from this code's scoring path, as a new version.
     """
     from ..models import create_model
     from ..registry.model_store import load
@@ -111,7 +114,13 @@ def pretrain(
                        "train_config": init_card.extra.get("train_config", {})}
     else:
         model = create_model("anodfdnet", preset=preset, **(overrides or {}))
-    result = train_pairs(model, train, val, cfg, progress=progress, checkpoint=checkpoint)
+    if recalibrate:
+        if not init:
+            raise ValueError("recalibrate needs init: the model whose operating point is chosen again")
+        overrides = {k: v for k, v in (overrides or {}).items() if k != "map_temperature"}  # chosen again below
+        result = TrainResult(model.state_dict(), 0, dict(init_card.extra.get("best_val") or {}), [], 0.0)
+    else:
+        result = train_pairs(model, train, val, cfg, progress=progress, checkpoint=checkpoint)
     cal = calibrate(model, val, cfg.device)
     card = ModelCard(
         name=name, arch="anodfdnet", preset=preset, config={**(overrides or {}), **cal.config()}, threshold=cal.threshold,
@@ -133,6 +142,9 @@ def pretrain(
             "history": result.history,
         },
     )
+    if recalibrate and init_record is not None:  # the init's training record (same weights); a new operating point
+        card.extra = {**init_card.extra, "calibration": asdict(cal),
+                      "recalibrated": {k: init_record[k] for k in ("ref", "version", "created_at", "code_version")}}
     if evaluate_test:
         from ..evaluation.evaluate import evaluate_model_on_pairs
 
@@ -147,11 +159,14 @@ def pretrain(
 
 
 def _continued(card: ModelCard) -> str:
-    """The model card's line on the model this one continued from (empty for a fresh run)."""
+    """The model card's lines on the model this one continued from, or was recalibrated from (empty for a fresh run)."""
+    re_ = card.extra.get("recalibrated")
+    again = (f"\n- Recalibrated by code {card.code_version} (same weights, no training): operating point and held-out "
+             f"figures of `{re_['ref']}` (code {re_.get('code_version')}) chosen again") if isinstance(re_, dict) else ""
     init = card.extra.get("init")
     if not isinstance(init, dict):
-        return ""
-    return (f"\n- Continued from `{init['ref']}` (created {init.get('created_at')}, {init.get('steps_total')} steps, "
+        return again
+    return again + (f"\n- Continued from `{init['ref']}` (created {init.get('created_at')}, {init.get('steps_total')} steps, "
             f"config `{json.dumps(init.get('train_config', {}), sort_keys=True)}`): "
             f"{card.extra.get('steps_total')} steps in all")
 

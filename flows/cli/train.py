@@ -157,9 +157,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
           f"(crops {args.crop or 256}px, cosine lr from {args.lr:g}, {device}); checkpoint {checkpoint}")
     card = pretrain(store, args.corpus, cfg, name=args.name, preset=args.preset, overrides=overrides,
                     checkpoint=checkpoint, promote=args.promote, progress=True, evaluate_test=not args.no_test,
-                    init=args.init)
+                    init=args.init, recalibrate=args.recalibrate)
     cal = card.extra["calibration"]
-    print(f"saved {card.name}:{card.version}: {card.extra['steps']} steps in {card.extra['train_seconds']:.0f} s; "
+    what = (f"the weights of {args.init}, recalibrated" if args.recalibrate
+            else f"{card.extra['steps']} steps in {card.extra['train_seconds']:.0f} s")
+    print(f"saved {card.name}:{card.version}: {what}; "
           f"validation F1 {cal['pixel_f1_at_05']:.3f} at 0.5; operating point threshold {card.threshold:.2f}, "
           f"min finding area {card.min_finding_area} px")
     if card.metrics:
@@ -244,6 +246,9 @@ def add_parsers(sub: Subcommands) -> None:
     pt.add_argument("--checkpoint", help="resumable checkpoint file (default: in the corpus folder)")
     pt.add_argument("--init", help="continue training this model reference (e.g. anodfdnet:base, the shipped one) "
                                    "instead of a fresh --preset")
+    pt.add_argument("--recalibrate", action="store_true",
+                    help="with --init: train nothing; choose the operating point (map temperature, threshold, minimum "
+                         "area) on validation again and re-evaluate on the held-out photographs, as a new version")
     pt.add_argument("--no-test", action="store_true", help="skip the held-out evaluation")
     pt.add_argument("--promote", action="store_true", help="make the version production")
     pt.add_argument("--export", help="copy the version into this folder (anodet_core/weights/anodfdnet-base ships it)")

@@ -186,7 +186,7 @@ def test_every_infra_yaml_parses():
     files = _yaml_files()
     names = {p.relative_to(INFRA).as_posix() for p in files}
     assert {"compose.yaml", "k8s/kustomization.yaml"} <= names
-    json_patches = {(INFRA / "overlays" / "gpu" / "dask-worker-gpu.yaml").resolve()}  # RFC 6902 ops: a list
+    json_patches = {(INFRA / "overlays" / "gpu" / n).resolve() for n in ("dask-worker-gpu.yaml", "train-job-gpu.yaml")}  # RFC 6902 ops
     for p in files:
         docs = list(yaml.safe_load_all(p.read_text()))
         if p.resolve() in json_patches:
@@ -301,7 +301,31 @@ def _anodet_commands() -> dict[str, str]:
             for c in d["spec"]["template"]["spec"]["containers"]:
                 if "command" not in c and c.get("args"):
                     out[f"k8s {d['metadata']['name']}"] = c["args"][0]
+        for argv in _k8s_anodet_argvs(d).values():
+            out[f"k8s {d['metadata']['name']}"] = argv[0]
     return out
+
+
+def _k8s_anodet_argvs(doc: dict) -> dict[str, list[str]]:
+    """{container: its ``anodet`` arguments} of a workload whose command replaces the image's ENTRYPOINT with
+    ``tini -- anodet ...`` (the Jobs), or that passes ``args`` to it (the ENTRYPOINT is ``tini -- anodet``)."""
+    out = {}
+    for c in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+        if c.get("command", [])[:3] == ["tini", "--", "anodet"]:
+            out[c["name"]] = c["command"][3:] + c.get("args", [])
+        elif "command" not in c and c.get("args") and c.get("image") == "anodet":
+            out[c["name"]] = list(c["args"])
+    return out
+
+
+def _parse_anodet(argv: list[str]):
+    """``argv`` parsed by the CLI's own parser; a flag it does not have fails the test (argparse exits)."""
+    from flows.cli import build_parser
+
+    try:
+        return build_parser().parse_args(argv)
+    except SystemExit as exc:
+        raise AssertionError(f"`anodet {' '.join(argv)}` is not a valid command line (argparse exit {exc.code})") from None
 
 
 def test_commands_exist():
@@ -317,6 +341,47 @@ def test_commands_exist():
             assert ep[1] in {"scheduler", "worker"}, name
     missing = {where: cmd for where, cmd in used.items() if cmd not in sub.choices}
     assert not missing, f"not anodet subcommands: {missing}"
+    assert used.get("k8s anodet-train") == "train"
+    for d in _k8s_docs():  # every flag too, not only the subcommand
+        for argv in _k8s_anodet_argvs(d).values():
+            _parse_anodet(argv)
+
+
+def test_parse_helper_refuses_a_flag_the_cli_lacks():
+    assert _parse_anodet(["train", "--depot", "d", "--max-minutes", "5"]).max_minutes == 5
+    with pytest.raises(AssertionError, match="not a valid command line"):
+        _parse_anodet(["train", "--depot", "d", "--minutes", "5"])
+
+
+def test_train_job_is_a_suspended_locked_down_job_of_the_training_cli(monkeypatch):
+    """`anodet train` runs as its own Job (never inside anodet-serve); applying the base starts nothing."""
+    from anodet_core.config import Settings
+
+    kinds = _by_kind()
+    job = kinds["Job"]["anodet-train"]
+    assert job["spec"]["suspend"] is True, "a Job runs at once when applied: keep it suspended in the base"
+    assert job["spec"]["backoffLimit"] == 0 and job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == "anodet"
+    argv = _k8s_anodet_argvs(job)[c["name"]]
+    args = _parse_anodet(argv)
+    assert args.func.__name__ == "cmd_train" and args.depot and args.max_minutes > 0
+    assert not getattr(args, "normal_dir", None)  # the paired model the nightly flow uses
+    assert args.depot in str(kinds["ConfigMap"]["anodet-config"]["data"]["ANODET_DEPOTS"]).split(",")
+    refs = c["envFrom"]
+    assert {"configMapRef": {"name": "anodet-config"}} in refs
+    assert {"secretRef": {"name": "anodet-s3"}} in refs  # the store's keys, required (no optional: true)
+    assert {e["name"] for e in c.get("env", []) if e["name"].startswith("ANODET_")} <= _settings_env_names()
+    assert "nvidia.com/gpu" not in str(job), "the base stays CPU: the GPU comes from infra/overlays/gpu"
+    # the settings the pod gets parse, and the store is the one the serving process and the workers use
+    config = kinds["ConfigMap"]["anodet-config"]["data"]
+    for k in [k for k in os.environ if k.startswith("ANODET_")]:
+        monkeypatch.delenv(k)
+    for k, v in config.items():
+        monkeypatch.setenv(k, str(v))
+    assert Settings.from_env().store == config["ANODET_STORE"]
+    serve = kinds["Deployment"]["anodet-serve"]["spec"]["template"]["spec"]["containers"][0]
+    assert {r["secretRef"]["name"] for r in serve["envFrom"] if "secretRef" in r} >= {"anodet-s3"}
 
 
 def test_dockerfile_matches_repository():
@@ -774,6 +839,21 @@ def test_gpu_overlay_patches_what_the_base_has(monkeypatch):
     scheduler = pods["dask-scheduler"]["spec"]
     assert "tolerations" not in scheduler and "nvidia.com/gpu" not in str(scheduler)
     assert base["DaskAutoscaler"] == unpatched["DaskAutoscaler"]  # the same autoscaling, now of GPU workers
+    # `anodet train` on a GPU node: the Job asks for one GPU, goes where the GPU workers go, and stays suspended
+    job = base["Job"]["anodet-train"]
+    assert job["spec"]["suspend"] is True
+    train_pod = job["spec"]["template"]["spec"]
+    (train,) = train_pod["containers"]
+    assert train["resources"]["limits"]["nvidia.com/gpu"] == train["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert train_pod["nodeSelector"] == pod["nodeSelector"] and train_pod["tolerations"] == pod["tolerations"]
+    base_train = unpatched["Job"]["anodet-train"]["spec"]["template"]["spec"]["containers"][0]
+    for key in ("cpu", "memory"):
+        assert train["resources"]["limits"][key] == base_train["resources"]["limits"][key]
+    assert train["securityContext"] == base_train["securityContext"] and train["envFrom"] == base_train["envFrom"]
+    train_args = _parse_anodet(_k8s_anodet_argvs(job)["anodet-train"])
+    assert train_args.func.__name__ == "cmd_train" and train_args.device == "cuda"
+    assert _parse_anodet(_k8s_anodet_argvs(unpatched["Job"]["anodet-train"])["anodet-train"]).device is None
+    assert base["Job"]["bootstrap-storage"] == unpatched["Job"]["bootstrap-storage"]  # the bucket Job needs no GPU
     # the flow process asks for what the GPU workers offer; the value parses as Settings reads it
     config = base["ConfigMap"]["anodet-config"]["data"]
     assert set(bodies["ConfigMap"][0]["data"]) <= _settings_env_names()
@@ -897,6 +977,9 @@ def test_kustomize_builds(folder):
     config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "anodet-config")["data"]
     assert config["ANODET_DASK_ADDRESS"] == f"tcp://{cluster['metadata']['name']}-scheduler:8786"
     assert (config.get("ANODET_INFERENCE_RESOURCES") == "GPU=1") is on_gpu
+    train = next(d for d in docs if d["kind"] == "Job" and d["metadata"]["name"] == "anodet-train")
+    assert train["spec"]["suspend"] is True
+    assert ("nvidia.com/gpu" in train["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]) is on_gpu
 
 
 def test_schedules_are_set_in_both_and_agree(monkeypatch):

@@ -152,3 +152,14 @@ def test_pretrain_small_budget_registers_a_calibrated_evaluated_version(tmp_path
     card2 = json.loads((store / "models" / "anodfdnet" / "versions" / str(versions[-1]) / "card.json").read_text())
     assert card2["extra"]["steps"] == 2 and card2["extra"]["steps_total"] == 5
     assert card2["extra"]["init"]["ref"] == str(stage1) and card2["extra"]["init"]["steps_total"] == 3
+    # --recalibrate trains nothing: the same tensors get a new operating point (map temperature included)
+    rc = main(["pretrain", "--corpus", str(corpus), "--store", str(store), "--init", str(stage1), "--recalibrate",
+               "--device", "cpu", "--no-test"])
+    assert rc == 0
+    last = store / "models" / "anodfdnet" / "versions" / str(max(int(v) for v in os.listdir(store / "models" / "anodfdnet" / "versions")))
+    card3 = json.loads((last / "card.json").read_text())
+    from safetensors.torch import load_file
+    a, b = load_file(str(stage1 / "weights.safetensors")), load_file(str(last / "weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert card3["extra"]["recalibrated"]["ref"] == str(stage1) and card3["extra"]["steps"] == 3
+    assert card3["config"]["map_temperature"] in (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
