@@ -35,6 +35,8 @@ pretrain-data:
 # on 2 cores; resumable (checkpoint in anodet-corpus/).
 pretrain: $(STAMP)
 	# stage 1: 5000 steps on 160 px crops; stage 2 continues it for 2000 steps on 224 px crops at a lower lr
+	# (the shipped tensors are this build's at g40aa8b3, with a ReLU head; their operating point was chosen again
+	# with: anodet pretrain --corpus anodet-corpus --init anodet_core/weights/anodfdnet-base --recalibrate --export ...)
 	$(BIN)/anodet pretrain --corpus anodet-corpus --store anodet-pretrain --steps 5000 --no-test --export anodet-pretrain/stage1
 	$(BIN)/anodet pretrain --corpus anodet-corpus --store anodet-pretrain --init anodet-pretrain/stage1 --steps 2000 \
 	  --crop 224 --lr 3e-4 --export anodet_core/weights/anodfdnet-base

@@ -153,8 +153,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     # a continuation never resumes a fresh run's checkpoint (a reference or path, made a file-name part)
     start = "-from-" + re.sub(r"[^A-Za-z0-9._-]+", "_", args.init).strip("_") if args.init else ""
     checkpoint = args.checkpoint or os.path.join(args.corpus, f"checkpoint-{args.preset}{start}-seed{args.seed}.pt")
-    print(f"pretraining anodfdnet preset={args.preset} {overrides or ''} for {args.steps} steps of {args.batch} "
-          f"(crops {args.crop or 256}px, cosine lr from {args.lr:g}, {device}); checkpoint {checkpoint}")
+    if args.recalibrate:
+        print(f"recalibrating {args.init} on the validation split of {args.corpus} (no training; {device})")
+    else:
+        print(f"pretraining anodfdnet preset={args.preset} {overrides or ''} for {args.steps} steps of {args.batch} "
+              f"(crops {args.crop or 256}px, cosine lr from {args.lr:g}, {device}); checkpoint {checkpoint}")
     card = pretrain(store, args.corpus, cfg, name=args.name, preset=args.preset, overrides=overrides,
                     checkpoint=checkpoint, promote=args.promote, progress=True, evaluate_test=not args.no_test,
                     init=args.init, recalibrate=args.recalibrate)
