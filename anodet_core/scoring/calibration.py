@@ -54,7 +54,9 @@ class Calibration:
 
     def config(self) -> dict[str, float]:
         """What the card's ``config`` must add so the rebuilt model stores the maps calibrated here."""
-        return {} if self.map_temperature is None else {"map_temperature": self.map_temperature}
+        if self.map_temperature is None or self.map_temperature == 1.0:  # 1: the config's default, nothing to add
+            return {}
+        return {"map_temperature": self.map_temperature}
 
 
 @torch.inference_mode()

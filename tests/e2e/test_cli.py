@@ -10,6 +10,7 @@ from PIL import Image
 
 from anodet_core.demo_data import write_pair_folders
 from anodet_core.registry import model_store
+from anodet_core.scoring.calibration import TEMPERATURES
 from anodet_core.store.layout import Store
 from flows.cli import build_parser, main
 
@@ -46,7 +47,9 @@ def test_train_saves_an_immutable_version_and_promotes_only_the_first(tiny_store
     assert model_store.list_versions(store, "anodfdnet") == ["1"]
     assert model_store.get_alias(store, "anodfdnet") == "1"
     card = json.loads(store.read_text(store.model_version_rel("anodfdnet", "1") + "/card.json"))
-    assert card["preset"] == "lite" and card["config"] == {"depth": 0}
+    # the overrides, plus the map temperature when calibration chose one (anodet_core.scoring.calibration)
+    assert card["preset"] == "lite" and {k: v for k, v in card["config"].items() if k != "map_temperature"} == {"depth": 0}
+    assert card["config"].get("map_temperature", 1.0) in TEMPERATURES
     assert card["eval_split"] == "demo:2026-11-18" and {"f1", "iou", "precision", "recall", "auc"} <= set(card["metrics"])
     assert len(card["data_fingerprint"]) == 16
     # the operating point is the one calibrated on validation, and moved off 0.5 only for a clear F1 gain there

@@ -60,7 +60,8 @@ def test_no_temperature_when_the_logits_already_fill_the_levels():
     val, mask = _val(8)
     model = _Logits(np.where(mask, 3.0, -3.0))  # sigmoid levels 242 vs 12: nothing to gain from a temperature
     assert fit_map_temperature(model, val) == 1.0
-    assert calibrate(model, val).config() == {"map_temperature": 1.0}
+    cal = calibrate(model, val)
+    assert cal.map_temperature == 1.0 and cal.config() == {}  # the default: the card's config stays as it was
 
 
 def test_models_without_a_logit_temperature_are_calibrated_as_before():
