@@ -39,8 +39,9 @@ class ModelInfo:
 
     ``input_size`` is the square side the model is fed (``size_field`` names the config field that overrides it
     per preset); ``mean``/``std`` normalise [0, 1] RGB input; ``score`` says what the map holds: ``probability``
-    (sigmoid change probability, thresholded as is), ``nll`` (flow negative log-likelihood) or ``reconstruction``
-    (reconstruction error) — the last two are normalised per region by calibration on normal images.
+    (a sigmoid change score, thresholded as is; AnoDFDNet's is ``sigmoid(logit / map_temperature)``, 0.5 at
+    logit 0), ``nll`` (flow negative log-likelihood) or ``reconstruction`` (reconstruction error) — the last two
+    are normalised per region by calibration on normal images.
     """
 
     kind: ModelKind

@@ -72,7 +72,8 @@ class PyramidDecoder(nn.Module):
 
     ``skip_channels`` are the difference channels from the deepest skip to the shallowest (the deepest sits
     at the Transformer's resolution); ``pixel_channels`` > 0 adds the full-resolution image difference as a
-    last skip, which keeps one-pixel scratches that stride-2 features blur away.
+    last skip, which keeps one-pixel scratches that stride-2 features blur away. ``head_slope`` > 0 makes the
+    activation before the 1-channel head a LeakyReLU (``AnoDFDNetConfig.head_slope`` says why).
     """
 
     def __init__(self, deep_channels: int, skip_channels: Sequence[int], widths: Sequence[int], pixel_channels: int,
