@@ -78,10 +78,11 @@ def fill_uncovered(cur: np.ndarray, warped: np.ndarray, valid: np.ndarray) -> np
     """
     band = max(2.0, FEATHER_FRACTION * max(cur.shape[:2]))
     inside = ndimage.distance_transform_edt(valid)  # 1 on the first covered pixel, 0 outside
-    alpha = np.clip((inside - 1.0) / band, 0.0, 1.0)[..., None]
-    near = alpha[..., 0] < 1.0
+    alpha = np.clip((inside - 1.0) / band, 0.0, 1.0)
+    near = alpha < 1.0
+    a = alpha[near][:, None]
     out = np.array(warped)  # Pillow's buffer is read-only
-    out[near] = np.rint(alpha[near] * warped[near] + (1.0 - alpha[near]) * cur[near]).astype(np.uint8)
+    out[near] = np.rint(a * warped[near] + (1.0 - a) * cur[near]).astype(np.uint8)
     return out
 
 

@@ -74,23 +74,31 @@ def _has_temperature(model: torch.nn.Module) -> bool:
 
 
 @torch.inference_mode()
-def fit_map_temperature(model: torch.nn.Module, val: PairArrays, device: str = "cpu", batch_size: int = 16) -> float:
-    """The temperature of ``TEMPERATURES`` whose uint8 validation maps have the best pixel AUC (see module doc)."""
+def _logits(model: torch.nn.Module, val: PairArrays, device: str, batch_size: int = 16) -> torch.Tensor:
     model.eval()
-    logits = [model.forward_logits(to_input(val.cur[s:s + batch_size], device, False),  # type: ignore[operator]
-                                   to_input(val.his[s:s + batch_size], device, False))[:, 0].float()
-              for s in range(0, len(val), batch_size)]
-    z = torch.cat(logits).cpu()
-    if not val.mask.any() or val.mask.all():
+    return torch.cat([model.forward_logits(to_input(val.cur[s:s + batch_size], device, False),  # type: ignore[operator]
+                                           to_input(val.his[s:s + batch_size], device, False))[:, 0].float().cpu()
+                      for s in range(0, len(val), batch_size)])
+
+
+def _best_temperature(z: torch.Tensor, mask: np.ndarray) -> float:
+    if not mask.any() or mask.all():
         return 1.0
     best, best_auc = 1.0, -1.0
     for t in TEMPERATURES:
         pm = PixelMetrics(threshold=0.5, bins=256)
-        pm.update(torch.round(torch.sigmoid(z / t) * 255).numpy() / 255.0, val.mask)  # the stored map's levels
+        pm.update(torch.round(torch.sigmoid(z / t) * 255).numpy() / 255.0, mask)  # the stored map's levels
         auc = float(pm.compute()["auc"])
         if auc > best_auc + 1e-4:
             best, best_auc = t, auc
     return best
+
+
+def fit_map_temperature(model: torch.nn.Module, val: PairArrays, device: str = "cpu", batch_size: int = 16) -> float:
+    """The temperature of ``TEMPERATURES`` whose uint8 validation maps have the best pixel AUC (see module doc)."""
+    if not val.mask.any() or val.mask.all():  # nothing to rank: no forward pass
+        return 1.0
+    return _best_temperature(_logits(model, val, device, batch_size), val.mask)
 
 
 def _largest_region(score: np.ndarray, threshold: float) -> int:
@@ -117,10 +125,13 @@ def calibrate(model: torch.nn.Module, val: PairArrays, device: str = "cpu") -> C
         raise ValueError("calibration needs validation pairs")
     temperature = None
     if _has_temperature(model):  # first: the threshold is chosen on the maps the night will store
-        temperature = fit_map_temperature(model, val, device)
+        z = _logits(model, val, device)  # one forward pass serves the temperature and the maps
+        temperature = _best_temperature(z, val.mask)
         cfg: Any = model.cfg
         model.cfg = dataclasses.replace(cfg, map_temperature=temperature)
-    maps = _maps(model, val, device)
+        maps = torch.sigmoid(z if temperature == 1.0 else z / temperature).numpy()  # what model() now returns
+    else:
+        maps = _maps(model, val, device)
     pm = PixelMetrics(threshold=0.5)
     pm.update(maps, val.mask)
     f1_05 = pm.compute()["f1"]
