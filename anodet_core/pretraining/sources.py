@@ -1,8 +1,10 @@
 """Real photographs available offline, named so a split can be made by source photograph.
 
 From the registries only: scikit-image's bundled photographs, matplotlib's sample photographs, and any
-image under ``/usr/share/backgrounds`` (Debian's ``mate-backgrounds`` and ``ukui-wallpapers``, which
-``make pretrain-data`` installs). Debian's ``opencv-doc`` samples and the ``elpv-dataset`` package are kept
+image under ``/usr/share/backgrounds`` and ``/usr/share/wallpapers`` (Debian's ``mate-backgrounds``,
+``ukui-wallpapers``, ``lomiri-wallpapers``, ``gnome-backgrounds``, ``sway-backgrounds`` and
+``plasma-workspace-wallpapers``, which ``make pretrain-data`` installs; of a KDE wallpaper package, which holds
+one picture at many sizes, only the largest). Debian's ``opencv-doc`` samples and the ``elpv-dataset`` package are kept
 for independent evaluation and are refused here even if a folder holding them is passed.
 """
 
@@ -23,7 +25,9 @@ SKIMAGE_PHOTOS = (
     "astronaut", "brick", "camera", "chelsea", "cell", "clock", "coffee", "coins", "grass", "gravel",
     "hubble_deep_field", "immunohistochemistry", "moon", "retina", "rocket",
 )
-DEFAULT_DIRS = ("/usr/share/backgrounds",)
+DEFAULT_DIRS = ("/usr/share/backgrounds", "/usr/share/wallpapers")
+_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+_KDE_IMAGE = re.compile(r"^(?P<package>.+)/contents/images/(?P<w>\d+)x(?P<h>\d+)\.\w+$")
 _MATPLOTLIB = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")
 _FORBIDDEN = ("opencv", "elpv")  # reserved for independent evaluation
 _MAX_SIDE = 1280
@@ -44,6 +48,7 @@ class Photo:
     def group(self) -> str:
         """Versions of one picture (sizes, colourways) share a group, and a group stays on one side of a split."""
         g = re.sub(r"_\d+x\d+(?=\.)", "", self.name)
+        g = re.sub(r"/contents/images/\d+x\d+\.\w+$", "", g)
         return re.sub(r"-(Cold|Warm|Dark|Light|Radioactive)(?=[-.])", "", g)
 
     @property
@@ -63,6 +68,24 @@ def _fit(a: np.ndarray) -> np.ndarray:
     if s < 1:
         a = np.asarray(Image.fromarray(a).resize((int(w * s), int(h * s)), Image.Resampling.LANCZOS))
     return a
+
+
+def _image_paths(d: str) -> list[str]:
+    """Image files under ``d``, sorted; of a KDE wallpaper package (``<name>/contents/images/<w>x<h>.<ext>``, one
+    picture at many sizes, beside dark variants and a screenshot) only the largest size."""
+    best: dict[str, tuple[int, str]] = {}
+    paths = []
+    for path in sorted(glob.glob(os.path.join(d, "**", "*"), recursive=True)):
+        rel = os.path.relpath(path, d)
+        if not path.lower().endswith(_EXTENSIONS) or any(f in path.lower() for f in _FORBIDDEN):
+            continue
+        if "/contents/" in rel:  # a KDE package: its images/ folder only
+            m = _KDE_IMAGE.match(rel)
+            if m and int(m["w"]) * int(m["h"]) > best.get(m["package"], (0, ""))[0]:
+                best[m["package"]] = (int(m["w"]) * int(m["h"]), path)
+            continue
+        paths.append(path)
+    return sorted(paths + [p for _, p in best.values()])
 
 
 def load_photos(dirs: tuple[str, ...] | list[str] | None = None, *, skimage: bool = True, matplotlib: bool = True,
@@ -85,9 +108,7 @@ def load_photos(dirs: tuple[str, ...] | list[str] | None = None, *, skimage: boo
     for d in DEFAULT_DIRS if dirs is None else dirs:
         if any(f in d.lower() for f in _FORBIDDEN):
             raise ValueError(f"{d} is reserved for independent evaluation and may not be used for training")
-        for path in sorted(glob.glob(os.path.join(d, "**", "*"), recursive=True)):
-            if not path.lower().endswith((".jpg", ".jpeg", ".png")) or any(f in path.lower() for f in _FORBIDDEN):
-                continue
+        for path in _image_paths(d):
             try:
                 with Image.open(path) as im:
                     photos.append(Photo(f"file:{os.path.relpath(path, d)}", _fit(np.asarray(im.convert("RGB")))))

@@ -23,15 +23,14 @@ def register_and_maybe_promote(
     margin: float = MARGIN,
     device: str = "cpu",
     force: bool = False,
-    packaged_is_production: bool = True,
 ) -> tuple[Promotion, dict[str, float], dict[str, float] | None]:
     """Save the candidate as a new immutable version, compare it with production on its test split, promote or not.
 
-    Returns (decision, candidate metrics, production metrics or None).  ``packaged_is_production``: while no
-    version is promoted, the shipped packaged version (what the nights then use) is the production to beat (the
-    retraining flow); ``anodet train`` and the demo pass False and promote a first version.  A candidate without
-    a test split has an undefined metric: promoted only when there is no production (or with ``force``, the
-    user's ``--promote``).
+    Returns (decision, candidate metrics, production metrics or None).  While no version is promoted, the shipped
+    packaged version (what the nights then use) is the production to beat, for ``anodet train``, the retraining
+    flow and the demo alike: a trained model never replaces a better shipped one unless the user asks
+    (``force``, ``--promote``).  A candidate without a test split has an undefined metric: promoted only when
+    there is no production (or with ``force``).
     """
     name = cand.card.name
     test = cand.test if cand.test is not None and len(cand.test) > 0 else None
@@ -40,7 +39,7 @@ def register_and_maybe_promote(
     if test is not None and metric not in cand_metrics:
         cand_metrics = evaluate_arrays(cand.model, test, device)
     prod_version = model_store.get_alias(store, name)
-    if prod_version is None and packaged_is_production and model_store.packaged_folder(name):
+    if prod_version is None and model_store.packaged_folder(name):
         prod_version = model_store.PACKAGED_VERSION  # what the nights use until a version is promoted
     prod_metrics = None
     if prod_version is not None and test is not None:

@@ -66,7 +66,8 @@ def train_candidate(
     else:
         model = create_model(arch, preset=preset, **(overrides or {}))
     val = data.subset(va)
-    result = train_pairs(model, data.subset(tr), val, cfg, progress=progress)
+    # a fine-tune keeps its starting weights when no epoch beats them on validation
+    result = train_pairs(model, data.subset(tr), val, cfg, progress=progress, start_is_candidate=init is not None)
     cal = calibrate(model, val, cfg.device) if len(val) else None
     threshold = cal.threshold if cal else result.threshold
     test = None

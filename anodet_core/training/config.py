@@ -37,7 +37,7 @@ class TrainResult:
     the per-epoch history, the wall time and the operating threshold."""
 
     best_state: dict[str, torch.Tensor]
-    best_epoch: int
+    best_epoch: int  # 1-based; 0: no epoch beat the starting weights (train_pairs(start_is_candidate=True))
     best_val: dict[str, float]
     history: list[dict[str, Any]]
     seconds: float

@@ -27,6 +27,14 @@ def _dice_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 1 - (2 * inter + 1) / (p.sum() + y.sum() + 1)
 
 
+_VAL_KEYS = ("precision", "recall", "f1", "iou", "auc")
+
+
+def _val_score(m: dict[str, float]) -> tuple[float, float]:
+    """Best F1; AUC breaks ties (early on every epoch can have F1 = 0 while ranking already improves)."""
+    return m["f1"], m["auc"] if m["auc"] == m["auc"] else -1.0
+
+
 def train_pairs(
     model: torch.nn.Module,
     train: PairArrays,
@@ -36,8 +44,12 @@ def train_pairs(
     progress: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     checkpoint: str | None = None,
+    start_is_candidate: bool = False,
 ) -> TrainResult:
     """Train with the paper's protocol; validate every epoch and keep the best-F1 weights.
+
+    ``start_is_candidate`` (fine-tuning a pretrained model): the starting weights are validated too, as epoch 0,
+    so a fine-tune that only makes the model worse on validation returns the model it started from.
 
     With ``checkpoint`` (a local file) the state after every epoch is saved there, and a later call with the
     same file resumes after the last finished epoch: same weights, optimiser, random streams and history, so
@@ -67,6 +79,10 @@ def train_pairs(
         best = (tuple(ck["best_score"]), ck["best_epoch"], ck["best_state"], ck["best_val"])
         first_epoch, elapsed_before = ck["epoch"], ck["elapsed"]
     t_start = time.perf_counter() - elapsed_before
+    if start_is_candidate and first_epoch == 0 and val is not None and len(val):
+        m = evaluate_arrays(model, val, cfg.device)
+        best = (_val_score(m), 0, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}),
+                {"epoch": 0, "steps": 0, **{f"val_{k}": v for k, v in m.items() if k in _VAL_KEYS}})
     if cfg.crop and (cfg.crop % 16 or cfg.crop > train.cur.shape[1]):
         raise ValueError(f"crop must be a multiple of 16 and at most {train.cur.shape[1]}, got {cfg.crop}")
     if cfg.lr_schedule not in ("constant", "cosine"):
@@ -127,9 +143,8 @@ def train_pairs(
                                "seconds": time.perf_counter() - t_start, "steps": len(losses)}
         if val is not None and len(val):
             m = evaluate_arrays(model, val, cfg.device)
-            rec.update({f"val_{k}": v for k, v in m.items() if k in ("precision", "recall", "f1", "iou", "auc")})
-            # best F1; AUC breaks ties (early on every epoch can have F1 = 0 while ranking already improves)
-            score = (m["f1"], m["auc"] if m["auc"] == m["auc"] else -1.0)
+            rec.update({f"val_{k}": v for k, v in m.items() if k in _VAL_KEYS})
+            score = _val_score(m)
         else:
             score = (-rec["loss"], 0.0)
         history.append(rec)

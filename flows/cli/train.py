@@ -47,9 +47,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"{what} on {args.depot} nights {train}, testing on {test}")
     cand = train_candidate(store, args.depot, train, test, name=args.name or "anodfdnet", arch=args.arch, preset=args.preset,
                            overrides=overrides, cfg=cfg, registration=settings.registration, progress=True, init=init)
-    # the shipped base does not count as production here: a first trained version is promoted
-    promo, _, _ = register_and_maybe_promote(store, cand, metric="f1", margin=MARGIN, device=device, force=args.promote,
-                                             packaged_is_production=False)
+    # the one promotion rule: production (the shipped base while none is promoted) must be beaten by the margin
+    promo, _, _ = register_and_maybe_promote(store, cand, metric="f1", margin=MARGIN, device=device, force=args.promote)
     m = cand.card.metrics
     print(f"saved {promo.name}:{promo.candidate_version} ({'production' if promo.promoted else 'not promoted'}); best "
           f"epoch {cand.result.best_epoch}, {cand.result.seconds:.0f} s; test F1 {m.get('f1', float('nan')):.3f} "

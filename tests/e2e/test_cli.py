@@ -40,12 +40,18 @@ def test_demo_data_writes_a_consistent_depot(tiny_store):
     assert len(man) == 4 and (man.width == 320).all() and (man.height == 200).all()
 
 
-def test_train_saves_an_immutable_version_and_promotes_only_the_first(tiny_store, capsys):
+def test_train_saves_an_immutable_version_and_promotes_it_only_over_a_worse_production(tiny_store, capsys):
     args = ["--store", tiny_store, "train", "--init", "none", "--epochs", "1", "--seed", "1", "--overrides", '{"depth": 0}']
     assert main(args) == 0
     store = Store(tiny_store)
     assert model_store.list_versions(store, "anodfdnet") == ["1"]
-    assert model_store.get_alias(store, "anodfdnet") == "1"
+    # with no promoted version the shipped base is the production to beat, as in retrain and the demo
+    promo = model_store.resolve_card(store, "anodfdnet:1").extra["promotion"]
+    assert promo["production_version"] == "base" and promo["production_value"] is not None
+    assert promo["promoted"] == (promo["candidate_value"] >= promo["production_value"] + promo["margin"])
+    assert model_store.get_alias(store, "anodfdnet") == ("1" if promo["promoted"] else None)
+    assert main([*args, "--promote"]) == 0  # the user's request: version 2 is production
+    assert model_store.get_alias(store, "anodfdnet") == "2"
     card = json.loads(store.read_text(store.model_version_rel("anodfdnet", "1") + "/card.json"))
     # the overrides, plus the map temperature when calibration chose one (anodet_core.scoring.calibration)
     assert card["preset"] == "lite" and {k: v for k, v in card["config"].items() if k != "map_temperature"} == {"depth": 0}
@@ -58,12 +64,12 @@ def test_train_saves_an_immutable_version_and_promotes_only_the_first(tiny_store
     assert (card["threshold"], card["min_finding_area"]) == (cal["threshold"], cal["min_finding_area"])
     assert cal["n_val"] == card["extra"]["n_val"] >= 1
     assert card["threshold"] == 0.5 or (0.25 <= card["threshold"] <= 0.75 and cal["pixel_f1"] > cal["pixel_f1_at_05"] + 0.02)
-    assert main(args) == 0  # a second version is not promoted without --promote
-    assert model_store.list_versions(store, "anodfdnet") == ["1", "2"]
-    assert model_store.get_alias(store, "anodfdnet") == "1"
-    model, loaded = model_store.load(store, "anodfdnet:2")
-    assert loaded.version == "2" and sum(p.numel() for p in model.parameters()) > 0
-    assert "saved anodfdnet:2 (not promoted)" in capsys.readouterr().out
+    assert main(args) == 0  # the same recipe again is not better than production by the margin: not promoted
+    assert model_store.list_versions(store, "anodfdnet") == ["1", "2", "3"]
+    assert model_store.get_alias(store, "anodfdnet") == "2"
+    model, loaded = model_store.load(store, "anodfdnet:3")
+    assert loaded.version == "3" and sum(p.numel() for p in model.parameters()) > 0
+    assert "saved anodfdnet:3 (not promoted)" in capsys.readouterr().out
 
 
 def test_train_never_promotes_a_candidate_worse_than_production_without_promote(tmp_path, monkeypatch, capsys):
@@ -75,7 +81,7 @@ def test_train_never_promotes_a_candidate_worse_than_production_without_promote(
                  "--width", "320", "--height", "200", "--seed", "6"]) == 0
     args = ["--store", root, "train", "--init", "none", "--epochs", "1", "--steps", "1", "--overrides", '{"depth": 0}']
     store = Store(root)
-    assert main(args) == 0 and model_store.get_alias(store, "anodfdnet") == "1"
+    assert main([*args, "--promote"]) == 0 and model_store.get_alias(store, "anodfdnet") == "1"
     assert "saved anodfdnet:1 (production)" in capsys.readouterr().out
     real, shift, seen = retraining.evaluate_arrays, [1.0], []
 

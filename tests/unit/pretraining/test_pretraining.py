@@ -163,3 +163,21 @@ def test_pretrain_small_budget_registers_a_calibrated_evaluated_version(tmp_path
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert card3["extra"]["recalibrated"]["ref"] == str(stage1) and card3["extra"]["steps"] == 3
     assert card3["config"].get("map_temperature", 1.0) in (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+
+
+def test_a_kde_wallpaper_package_gives_its_largest_size_only(tmp_path):
+    """plasma-workspace-wallpapers holds each picture at many sizes beside a screenshot and a dark variant: one
+    photograph each, or the split would count one picture many times."""
+    for rel, (w, h) in {"Kite/contents/images/640x480.jpg": (64, 48), "Kite/contents/images/2560x1600.jpg": (320, 200),
+                        "Kite/contents/images_dark/2560x1600.jpg": (320, 200), "Kite/contents/screenshot.jpg": (300, 300),
+                        "plain.png": (300, 300), "shot.webp": (300, 300), "notes.txt": (0, 0)}.items():
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if rel.endswith(".txt"):
+            path.write_text("not an image")
+        else:
+            Image.fromarray(_photo(len(rel), h, w)).save(path)
+    photos = load_photos([str(tmp_path)], skimage=False, matplotlib=False, min_side=32)
+    assert [p.name for p in photos] == ["file:Kite/contents/images/2560x1600.jpg", "file:plain.png", "file:shot.webp"]
+    assert photos[0].pixels.shape[:2] == (200, 320)
+    assert photos[0].group == "file:Kite"

@@ -81,3 +81,28 @@ def test_best_checkpoint_is_the_best_validation_epoch_and_limits_hold():
         train_pairs(_model(), data.subset([]), None, TrainConfig(epochs=1))
     with pytest.raises(ValueError, match="unknown loss"):
         train_pairs(_model(), data, None, TrainConfig(epochs=1, loss="l2"))
+
+
+def test_a_fine_tune_that_only_hurts_returns_the_weights_it_started_from(monkeypatch):
+    """``start_is_candidate``: the starting weights are validated as epoch 0 and win when no epoch beats them."""
+    import anodet_core.training.loop as loop
+
+    data = _data()
+    scores = iter([0.6, 0.4, 0.5])  # validation F1: the start, then epochs 1 and 2 (worse)
+    calls = []
+
+    def scripted(model, val, device="cpu", **kw):
+        calls.append(_weights(model).clone())
+        return {"f1": next(scores), "auc": 0.9, "precision": 0.5, "recall": 0.5, "iou": 0.4}
+
+    monkeypatch.setattr(loop, "evaluate_arrays", scripted)
+    model = _model()
+    start = _weights(model).clone()
+    r = train_pairs(model, data, data, TrainConfig(epochs=2, batch_size=2, seed=1, lr=1e-2), start_is_candidate=True)
+    assert len(calls) == 3 and torch.equal(calls[0], start) and not torch.equal(calls[1], start)  # it did train
+    assert r.best_epoch == 0 and r.best_val["val_f1"] == 0.6 and [h["val_f1"] for h in r.history] == [0.4, 0.5]
+    assert torch.equal(_weights(model), start)
+    # without the flag the best trained epoch comes back, however it compares with the start
+    scores, calls[:] = iter([0.4, 0.5]), []
+    r = train_pairs(_model(), data, data, TrainConfig(epochs=2, batch_size=2, seed=1, lr=1e-2))
+    assert len(calls) == 2 and r.best_epoch == 2
