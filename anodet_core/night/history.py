@@ -1,10 +1,13 @@
 """History resolution: which earlier image each capture is compared with.
 
 The history of a capture is the most recent earlier capture (strictly earlier ``captured_at``) of the same
-(train_id, car, region_id) whose report says status ``ok`` and decision ``normal``, taken from the reports of
-every depot and night except the night being processed (so re-running a night is deterministic). Failing
-that, the pinned reference image of the region (``references/<train>/<car>/<region>.jpg``). Failing that, no
-history: the capture is still reported, with status ``no_history``.
+(train_id, car, region_id) whose report says status ``ok`` and that is known to be normal, taken from the reports
+of every depot and night except the night being processed (so re-running a night is deterministic). Known normal:
+labelled normal (``labels/``: an analyst's verdict, which overrides the model), or unlabelled and decided
+``normal``. So a confirmed false alarm becomes a valid history, and a confirmed anomaly the model missed does not
+(compared with it, the next night's repaired part would look like a change). Failing that, the pinned reference
+image of the region (``references/<train>/<car>/<region>.jpg``). Failing that, no history: the capture is still
+reported, with status ``no_history``.
 
 Invalid manifest rows (:meth:`anodet_core.store.layout.Store.check_manifest`) get no history and are never
 matched. Earlier captures and references are history only when their uri passes the same check as a manifest's
@@ -53,14 +56,19 @@ def _confined(uri: Any, allowed_uri_prefixes: Sequence[str]) -> bool:
 
 
 def _normal_history(store: Store, depot: str, night: str, allowed_uri_prefixes: Sequence[str]) -> pd.DataFrame:
-    """Earlier normal captures (other nights' reports) with every key and a uri confined to the store."""
+    """Earlier captures known to be normal (other nights' reports; labels override decisions) with every key and a
+    uri confined to the store."""
     ds = store.report_dataset("captures")
     cols = ["capture_id", "uri", "captured_at", *KEYS]
     if ds is None:
         return pd.DataFrame(columns=cols)
-    flt = (pc.field("status") == STATUS_OK) & (pc.field("decision") == DECISION_NORMAL)
-    flt &= ~((pc.field("depot") == depot) & (pc.field("night") == night))
-    hist = ds.to_table(columns=cols, filter=flt).to_pandas().dropna(subset=cols)
+    flt = (pc.field("status") == STATUS_OK) & ~((pc.field("depot") == depot) & (pc.field("night") == night))
+    hist = ds.to_table(columns=[*cols, "decision"], filter=flt).to_pandas().dropna(subset=cols)
+    labels = store.all_labels()
+    verdict = labels.dropna(subset=["anomalous"]).drop_duplicates("capture_id", keep="last").set_index("capture_id")
+    labelled = hist["capture_id"].map(verdict["anomalous"])  # True / False, NaN when unlabelled
+    normal = labelled.eq(False) | (labelled.isna() & hist["decision"].eq(DECISION_NORMAL))
+    hist = hist[normal.astype(bool)][cols]
     confined = hist["uri"].map(lambda u: _confined(u, allowed_uri_prefixes)).astype(bool)
     if not confined.all():
         log.warning("%d earlier captures are no history: their report uri is not confined to the store (first: %s)",

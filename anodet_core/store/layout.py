@@ -240,6 +240,19 @@ class Store:
             return pd.DataFrame({n: pd.Series(dtype="object") for n in LABELS_SCHEMA.names})
         return self.read_table(rel, LABELS_SCHEMA).to_pandas()
 
+    def all_labels(self) -> pd.DataFrame:
+        """Every night's labels in one frame (:data:`LABELS_SCHEMA` plus ``depot`` and ``night``), read in one
+        listing; empty, with those columns, when the store has none. A night's verdicts on its captures (a label is
+        an analyst's confirmation) decide which of them may serve as history (:mod:`anodet_core.night.history`)."""
+        cols = [*LABELS_SCHEMA.names, "depot", "night"]
+        files = sorted(self.fs.glob(self.path("labels/*/*/labels.parquet")))
+        if not files:
+            return pd.DataFrame({n: pd.Series(dtype="object") for n in cols})
+        part = pads.partitioning(pa.schema([("depot", pa.string()), ("night", pa.string())]))
+        ds = pads.dataset(files, filesystem=self.fs, format="parquet", schema=pa.unify_schemas([LABELS_SCHEMA, part.schema]),
+                          partitioning=part, partition_base_dir=self.path("labels"))
+        return ds.to_table(columns=cols).to_pandas()
+
     # -- maps
     @staticmethod
     def maps_rel(depot: str, night: str, generation: str | None = None) -> str:

@@ -105,3 +105,31 @@ def test_history_ignores_reports_of_the_night_being_rerun(tmp_path):
                                                  status="ok", decision="normal", captured_at=d, uri="x.jpg")])
     jobs = resolve_histories(store, pd.DataFrame([_cap("late", n)]), "d1", n)
     assert jobs[0].history_source is None
+
+
+def test_a_label_overrides_the_decision_for_history(tmp_path):
+    """A confirmed false alarm is a valid history; a confirmed anomaly the model called normal is not (the next
+    night's repaired part would look like a change against it)."""
+    store = Store(str(tmp_path))
+    n1, n2, n3 = "2026-01-01", "2026-01-02", "2026-01-03"
+
+    def report(night, cid, region, decision, hour=1):
+        d = dt.date.fromisoformat(night)
+        return dict(capture_id=cid, train_id="T001", car=1, region_id=region, status="ok", decision=decision,
+                    captured_at=dt.datetime(d.year, d.month, d.day, hour, tzinfo=UTC), uri=f"captures/d1/{night}/{cid}.jpg")
+
+    store.write_report("captures", "d1", n1, [report(n1, "a-n1", "R01", "normal"), report(n1, "b-n1", "R02", "normal"),
+                                              report(n1, "c-n1", "R03", "normal")])
+    store.write_report("captures", "d1", n2, [
+        report(n2, "a-n2", "R01", "normal"),  # missed: labelled anomalous below
+        report(n2, "b-n2", "R02", "anomalous"),  # false alarm: labelled normal below
+        report(n2, "c-n2", "R03", "normal"),  # unlabelled: the decision stands
+    ])
+    store.write_labels("d1", n2, [dict(capture_id="a-n2", anomalous=True, anomaly_type="scratch", mask_uri=None),
+                                  dict(capture_id="b-n2", anomalous=False, anomaly_type=None, mask_uri=None)])
+    manifest = pd.DataFrame([_cap("a-n3", n3), _cap("b-n3", n3, region="R02"), _cap("c-n3", n3, region="R03")])
+    by = {j.capture["capture_id"]: j.history_capture_id for j in resolve_histories(store, manifest, "d1", n3)}
+    assert by == {"a-n3": "a-n1", "b-n3": "b-n2", "c-n3": "c-n2"}
+    labels = store.all_labels()
+    assert sorted(labels["capture_id"]) == ["a-n2", "b-n2"] and set(labels["night"]) == {n2} and set(labels["depot"]) == {"d1"}
+    assert store.all_labels().columns.tolist() == Store(str(tmp_path / "empty")).all_labels().columns.tolist()
