@@ -70,16 +70,20 @@ def test_every_capture_has_one_row_with_the_right_status(night_store):
 
 
 def test_histories_chain_from_the_previous_nights_normal_captures(night_store):
+    """Night 2 takes night 1's captures known to be normal; R01's night-1 capture was decided normal by the model
+    but is labelled anomalous (a missed anomaly), so R01 goes back to its reference."""
     store, nights, _, _, _ = night_store
     caps = store.read_report("captures")
     n1 = caps[caps.night == nights[0]].set_index("region_id")
     n2 = caps[caps.night == nights[1]].set_index("region_id")
+    labels = store.read_labels(SPEC.depot, nights[0]).set_index("capture_id")["anomalous"]
     assert (n1.loc[["R01", "R02", "R03"], "history_source"] == "reference").all()
-    for region in ["R01", "R02"]:
-        assert n1.loc[region, "decision"] == "normal"
-        assert n2.loc[region, "history_source"] == "capture"
-        assert n2.loc[region, "history_capture_id"] == n1.loc[region, "capture_id"]
-        assert n2.loc[region, "history_uri"] == n1.loc[region, "uri"]
+    assert (n1.loc[["R01", "R02"], "decision"] == "normal").all()
+    assert labels[n1.loc["R01", "capture_id"]] and not labels[n1.loc["R02", "capture_id"]]
+    assert n2.loc["R02", "history_source"] == "capture"
+    assert n2.loc["R02", "history_capture_id"] == n1.loc["R02", "capture_id"]
+    assert n2.loc["R02", "history_uri"] == n1.loc["R02", "uri"]
+    assert (n2.loc["R01", "history_source"], n2.loc["R01", "history_uri"]) == ("reference", "references/T001/1/R01.jpg")
 
 
 def test_zarr_maps_match_the_report_value_by_value(night_store):
