@@ -29,7 +29,7 @@ bench: $(STAMP)
 # The photographs of the generic pretraining corpus beyond scikit-image's and matplotlib's (Debian packages;
 # needs root and the package registry). Only `make pretrain` needs them; the shipped weights were built with them.
 pretrain-data:
-	apt-get update -qq && apt-get install -y -qq mate-backgrounds ukui-wallpapers lomiri-wallpapers gnome-backgrounds plasma-workspace-wallpapers
+	apt-get update -qq && apt-get install -y -qq mate-backgrounds ukui-wallpapers
 
 # Rebuilds the shipped base model (anodet_core/weights/anodfdnet-base): ~10 min of corpus, ~45 min of training
 # on 2 cores; resumable (checkpoint in anodet-corpus/).

@@ -1,10 +1,10 @@
 """Real photographs available offline, named so a split can be made by source photograph.
 
 From the registries only: scikit-image's bundled photographs, matplotlib's sample photographs, and any
-image under ``/usr/share/backgrounds`` and ``/usr/share/wallpapers`` (Debian's ``mate-backgrounds``,
-``ukui-wallpapers``, ``lomiri-wallpapers``, ``gnome-backgrounds``, ``sway-backgrounds`` and
-``plasma-workspace-wallpapers``, which ``make pretrain-data`` installs; of a KDE wallpaper package, which holds
-one picture at many sizes, only the largest). Debian's ``opencv-doc`` samples and the ``elpv-dataset`` package are kept
+image under ``/usr/share/backgrounds`` (Debian's ``mate-backgrounds`` and ``ukui-wallpapers``, which
+``make pretrain-data`` installs). Other folders can be given (``--photo-dirs``), e.g. ``/usr/share/wallpapers``
+of ``plasma-workspace-wallpapers``: of a KDE wallpaper package, which holds one picture at many sizes, only the
+largest is taken. Debian's ``opencv-doc`` samples and the ``elpv-dataset`` package are kept
 for independent evaluation and are refused here even if a folder holding them is passed.
 """
 
@@ -25,7 +25,7 @@ SKIMAGE_PHOTOS = (
     "astronaut", "brick", "camera", "chelsea", "cell", "clock", "coffee", "coins", "grass", "gravel",
     "hubble_deep_field", "immunohistochemistry", "moon", "retina", "rocket",
 )
-DEFAULT_DIRS = ("/usr/share/backgrounds", "/usr/share/wallpapers")
+DEFAULT_DIRS = ("/usr/share/backgrounds",)
 _EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 _KDE_IMAGE = re.compile(r"^(?P<package>.+)/contents/images/(?P<w>\d+)x(?P<h>\d+)\.\w+$")
 _MATPLOTLIB = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")
