@@ -17,7 +17,16 @@ model and card).
 from .augment import AUGMENTATIONS, flip_augment
 from .candidate import Candidate, train_candidate
 from .config import TrainConfig, TrainResult
-from .data import LabelledPair, PairArrays, folder_pairs, mask_to_model, prepare_arrays, split_indices, store_pairs
+from .data import (
+    LabelledPair,
+    PairArrays,
+    folder_pairs,
+    mask_to_model,
+    prepare_arrays,
+    split_indices,
+    split_last_group,
+    store_pairs,
+)
 from .evaluate import evaluate_arrays, pixel_metrics
 from .loop import train_pairs
 
@@ -35,6 +44,7 @@ __all__ = [
     "pixel_metrics",
     "prepare_arrays",
     "split_indices",
+    "split_last_group",
     "store_pairs",
     "train_candidate",
     "train_pairs",

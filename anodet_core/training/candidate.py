@@ -11,7 +11,7 @@ import torch
 
 from ..store.layout import Store
 from .config import TrainConfig, TrainResult
-from .data import PairArrays, prepare_arrays, split_indices, store_pairs
+from .data import PairArrays, prepare_arrays, split_last_group, store_pairs
 from .evaluate import evaluate_arrays
 from .loop import train_pairs
 
@@ -42,8 +42,9 @@ def train_candidate(
     progress: bool = False,
     init: str | None = None,
 ) -> Candidate:
-    """Train a model on the labelled pairs of ``train_nights`` (8:2 train/validation split, best val F1) and
-    measure it on ``test_nights``; returns an unsaved candidate whose card carries the test metrics.
+    """Train a model on the labelled pairs of ``train_nights`` (the latest of them validates: best val F1 and the
+    operating point; one night: a seeded 8:2 split) and measure it on ``test_nights``; returns an unsaved candidate
+    whose card carries the test metrics.
 
     ``init`` (a model reference, e.g. ``anodfdnet:base``, the shipped pretrained model) fine-tunes that model
     instead of training ``arch``/``preset`` from scratch: its architecture, preset and config are kept. The
@@ -58,7 +59,7 @@ def train_candidate(
     if len(pairs) < 2:
         raise ValueError(f"need at least 2 labelled pairs in {depot} nights {list(train_nights)}, found {len(pairs)}")
     data = prepare_arrays(store.read_bytes, pairs, registration=registration, progress=progress)
-    tr, va = split_indices(len(data), 0.2, cfg.seed)
+    tr, va = split_last_group(len(data), data.groups, 0.2, cfg.seed)  # the latest training night validates
     init_card = None
     if init:
         model, init_card = load(store, init, "cpu")

@@ -140,3 +140,15 @@ def split_indices(n: int, val_frac: float = 0.2, seed: int = 0) -> tuple[list[in
     perm = np.random.default_rng(seed).permutation(n).tolist()
     k = int(round(n * val_frac))
     return sorted(perm[k:]), sorted(perm[:k])
+
+
+def split_last_group(n: int, groups: Sequence[str], val_frac: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
+    """(train, validation) indices: the samples of the last group (the latest night) validate when there are two
+    groups or more, so the weights and operating point are chosen on a night the model did not train on, as the
+    next night will be (a random split puts the same regions of the same nights on both sides); otherwise (one
+    group, or no group per sample) :func:`split_indices` of the ``n`` samples."""
+    names = sorted(set(groups))
+    if len(groups) != n or len(names) < 2:
+        return split_indices(n, val_frac, seed)
+    last = names[-1]
+    return [i for i, g in enumerate(groups) if g != last], [i for i, g in enumerate(groups) if g == last]

@@ -124,7 +124,7 @@ def test_predict_writes_maps_and_scores_and_reports_bad_folders(tiny_store, tmp_
         assert png.shape == (120, 200) and png.dtype == np.uint8
         row = scores.set_index("pair_id").loc[pid]
         assert row.score_max == pytest.approx(png.max() / 255, abs=1 / 255)
-        assert row.model == "anodfdnet:1"
+        assert row.model == f"anodfdnet:{model_store.get_alias(Store(tiny_store), 'anodfdnet') or 'base'}"  # production
 
 
 def test_query_and_errors(tiny_store, capsys):

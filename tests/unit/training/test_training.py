@@ -106,3 +106,13 @@ def test_a_fine_tune_that_only_hurts_returns_the_weights_it_started_from(monkeyp
     scores, calls[:] = iter([0.4, 0.5]), []
     r = train_pairs(_model(), data, data, TrainConfig(epochs=2, batch_size=2, seed=1, lr=1e-2))
     assert len(calls) == 2 and r.best_epoch == 2
+
+
+def test_the_latest_night_validates_when_there_are_two_or_more():
+    from anodet_core.training import split_last_group
+
+    groups = ["2026-01-02", "2026-01-01", "2026-01-03", "2026-01-01", "2026-01-03"]
+    assert split_last_group(5, groups) == ([0, 1, 3], [2, 4])
+    one = ["2026-01-01"] * 10  # a single night: the seeded 8:2 split
+    assert split_last_group(10, one, 0.2, 3) == split_indices(10, 0.2, 3)
+    assert split_last_group(10, [], 0.2, 3) == split_indices(10, 0.2, 3)  # no groups known
