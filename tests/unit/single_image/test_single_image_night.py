@@ -104,7 +104,9 @@ def test_map_normalisation_and_names():
 
 def test_retrain_flow_trains_one_model_per_region(night):
     store, _, res, _ = night
-    assert res["promoted"]  # the paired candidate: no production yet
+    # the paired candidate (the shipped base fine-tuned) against production, the base: promoted only if better
+    assert res["production_version"] == "base" and res["production_value"] is not None
+    assert res["promoted"] == (res["candidate_value"] >= res["production_value"] + res["margin"])
     rows = {r["region_id"]: r for r in res["single_image"]}
     assert sorted(rows) == ["R2"]  # R0, R1: 1 normal capture in the training nights, fewer than 4
     assert model_store.get_alias(store, "csaflow-R0") is None
