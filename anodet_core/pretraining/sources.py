@@ -75,14 +75,13 @@ def _image_paths(d: str) -> list[str]:
     picture at many sizes, beside dark variants and a screenshot) only the largest size."""
     best: dict[str, tuple[int, str]] = {}
     paths = []
-    for path in sorted(glob.glob(os.path.join(d, "**", "*"), recursive=True)):
+    for path in glob.glob(os.path.join(d, "**", "*"), recursive=True):
         rel = os.path.relpath(path, d)
         if not path.lower().endswith(_EXTENSIONS) or any(f in path.lower() for f in _FORBIDDEN):
             continue
         if "/contents/" in rel:  # a KDE package: its images/ folder only
-            m = _KDE_IMAGE.match(rel)
-            if m and int(m["w"]) * int(m["h"]) > best.get(m["package"], (0, ""))[0]:
-                best[m["package"]] = (int(m["w"]) * int(m["h"]), path)
+            if m := _KDE_IMAGE.match(rel):
+                best[m["package"]] = max(best.get(m["package"], (0, "")), (int(m["w"]) * int(m["h"]), path))
             continue
         paths.append(path)
     return sorted(paths + [p for _, p in best.values()])

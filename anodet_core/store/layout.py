@@ -248,9 +248,10 @@ class Store:
         files = sorted(self.fs.glob(self.path("labels/*/*/labels.parquet")))
         if not files:
             return pd.DataFrame({n: pd.Series(dtype="object") for n in cols})
-        part = pads.partitioning(pa.schema([("depot", pa.string()), ("night", pa.string())]))
-        ds = pads.dataset(files, filesystem=self.fs, format="parquet", schema=pa.unify_schemas([LABELS_SCHEMA, part.schema]),
-                          partitioning=part, partition_base_dir=self.path("labels"))
+        # labels/<depot>/<night>/: the report tables' partition columns, as plain directories
+        ds = pads.dataset(files, filesystem=self.fs, format="parquet",
+                          schema=pa.unify_schemas([LABELS_SCHEMA, PARTITION_SCHEMA]),
+                          partitioning=pads.partitioning(PARTITION_SCHEMA), partition_base_dir=self.path("labels"))
         return ds.to_table(columns=cols).to_pandas()
 
     # -- maps

@@ -35,6 +35,15 @@ def _val_score(m: dict[str, float]) -> tuple[float, float]:
     return m["f1"], m["auc"] if m["auc"] == m["auc"] else -1.0
 
 
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the weights (the best epoch's, kept while training goes on)."""
+    return copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+
+
+def _val_record(m: dict[str, float]) -> dict[str, float]:
+    return {f"val_{k}": v for k, v in m.items() if k in _VAL_KEYS}
+
+
 def train_pairs(
     model: torch.nn.Module,
     train: PairArrays,
@@ -81,8 +90,7 @@ def train_pairs(
     t_start = time.perf_counter() - elapsed_before
     if start_is_candidate and first_epoch == 0 and val is not None and len(val):
         m = evaluate_arrays(model, val, cfg.device)
-        best = (_val_score(m), 0, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}),
-                {"epoch": 0, "steps": 0, **{f"val_{k}": v for k, v in m.items() if k in _VAL_KEYS}})
+        best = (_val_score(m), 0, _snapshot(model), {"epoch": 0, "steps": 0, **_val_record(m)})
     if cfg.crop and (cfg.crop % 16 or cfg.crop > train.cur.shape[1]):
         raise ValueError(f"crop must be a multiple of 16 and at most {train.cur.shape[1]}, got {cfg.crop}")
     if cfg.lr_schedule not in ("constant", "cosine"):
@@ -143,7 +151,7 @@ def train_pairs(
                                "seconds": time.perf_counter() - t_start, "steps": len(losses)}
         if val is not None and len(val):
             m = evaluate_arrays(model, val, cfg.device)
-            rec.update({f"val_{k}": v for k, v in m.items() if k in _VAL_KEYS})
+            rec.update(_val_record(m))
             score = _val_score(m)
         else:
             score = (-rec["loss"], 0.0)
@@ -151,7 +159,7 @@ def train_pairs(
         if on_epoch:
             on_epoch(rec)
         if score > best[0]:
-            best = (score, epoch + 1, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}), rec)
+            best = (score, epoch + 1, _snapshot(model), rec)
         if checkpoint:
             state = {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),

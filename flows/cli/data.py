@@ -50,7 +50,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"({s.counts_by_type}), nights {s.nights[0]}..{s.nights[-1]} in {settings.store}")
     nights = store.nights(spec.depot)
     # a store that already holds a version (promoted or not) is not trained again: a rerun repeats the nights only
-    if model_store.get_alias(store, settings.model) is None and not model_store.list_versions(store, settings.model):
+    if not model_store.list_versions(store, settings.model):
         device = _device(settings)
         base = f"{settings.model}:{model_store.PACKAGED_VERSION}" if model_store.packaged_folder(settings.model) else None
         if base:
