@@ -8,7 +8,10 @@ Every pair goes through the nightly post-processing (:func:`anodet_core.scoring.
 definitions are those of :mod:`anodet_core.evaluation.metrics`, measured on that stored map: pixel confusion counts summed
 over every pixel of the split, at the paper's ``score > 0.5`` and at the operating point's threshold; a sample
 is decided anomalous iff it has a finding at the operating point (threshold and minimum finding area); image
-AUROC ranks by the capture score (:func:`anodet_core.scoring.postprocess.capture_score`), as the night does. A
+AUROC ranks by the capture score (:func:`anodet_core.scoring.postprocess.capture_score`), as the night does.
+The pixel figures are given twice: over every pixel (the paper's), and over the pixels the registered history
+covers (``*_covered``): where it does not, cur fills in and no paired model can see a change, the standard
+no-data mask of change detection; ``uncovered_frac`` and ``uncovered_anomalous_frac`` say how much that is. A
 pair that cannot be scored (an unreadable or undecodable cur, his or mask) is skipped with its reason, and the
 figures are those of the pairs scored.
 """
@@ -82,7 +85,10 @@ def evaluate_pairs(
     pixel figures at the operating point's threshold (``precision_at_op, recall_at_op, f1_at_op, iou_at_op``:
     every pixel above it, as ``anomalous_area_px`` counts them); ``threshold``, ``min_area`` (the operating
     point); capture decisions (``image_auroc`` of the capture score, ``decision_precision``, ``decision_recall``,
-    ``false_alarms``: normal samples decided anomalous); ``n_samples`` (pairs scored), ``n_anomalous``;
+    ``false_alarms``: normal samples decided anomalous); the paper's pixel figures over the pixels the history
+    covers (``precision_covered, recall_covered, f1_covered, iou_covered, auc_covered``) with
+    ``uncovered_frac`` (share of the split's pixels without history) and ``uncovered_anomalous_frac`` (share of
+    its anomalous pixels); ``n_samples`` (pairs scored), ``n_anomalous``;
     ``skipped``: ``(key, reason)`` of every pair that could not be scored, in input order (:class:`NothingScored`
     when that is all of them). ``map_dtype`` is the stored map's (a night's ANODET_MAP_DTYPE); ``read`` reads a
     file (default: a local one); ``on_scored(pair, scored)`` sees every post-processed pair. Pairs are
@@ -90,6 +96,8 @@ def evaluate_pairs(
     """
     size = predictor.info.input_size  # the model's registered input size
     pm = PixelMetrics(threshold=PAPER_THRESHOLD)
+    pm_covered = PixelMetrics(threshold=PAPER_THRESHOLD)  # the pixels the registered history covers
+    uncovered = [0, 0]  # pixels, anomalous pixels without history
     at_op = [0, 0, 0, 0]  # tp, fp, tn, fn at op.threshold
     img_scores: list[float] = []
     img_labels: list[bool] = []
@@ -113,6 +121,13 @@ def evaluate_pairs(
             native = scored.native()
             mask = np.zeros(native.shape, bool) if given is None else given
             pm.update(native, mask)
+            covered = q.covered_at((native.shape[1], native.shape[0]))
+            if covered is None:
+                pm_covered.update(native, mask)
+            else:
+                pm_covered.update(native[covered], mask[covered])
+                uncovered[0] += int((~covered).sum())
+                uncovered[1] += int((mask & ~covered).sum())
             for i, c in enumerate(confusion_counts(native, mask, op.threshold)):
                 at_op[i] += c
             img_scores.append(scored.figures.capture_score)  # the decision-consistent ranking
@@ -123,6 +138,11 @@ def evaluate_pairs(
     out: dict[str, Any] = pm.compute()
     op_scores = scores_from_counts(*at_op)
     out.update({f"{k}_at_op": op_scores[k] for k in ("precision", "recall", "f1", "iou")})
+    cov = pm_covered.compute() if pm_covered.n_pixels else {}
+    out.update({f"{k}_covered": cov.get(k, float("nan")) for k in ("precision", "recall", "f1", "iou", "auc")})
+    n_pos = out["tp"] + out["fn"]
+    out.update(uncovered_frac=uncovered[0] / pm.n_pixels,
+               uncovered_anomalous_frac=uncovered[1] / n_pos if n_pos else float("nan"))
     im = image_metrics(img_scores, img_labels, img_decisions)
     decided = sum(img_decisions)
     hits = decided - im.false_alarms

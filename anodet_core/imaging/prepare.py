@@ -39,6 +39,16 @@ class PreparedPair:
     t_decode_ms: float  # CPU time of the preparing thread (wall time would count the model's use of the cores)
     t_register_ms: float  # CPU time, idem
     gray: bool = False  # one of the two has no colour: both were compared in grayscale (replicated to RGB)
+    # pixels of the decoded cur that the warped history covers; None when it covers all of them. Elsewhere cur
+    # fills in (:func:`fill_uncovered`): no paired model can see a change there, and evaluation says so
+    covered: np.ndarray | None = None
+
+    def covered_at(self, size: tuple[int, int]) -> np.ndarray | None:
+        """:attr:`covered` resampled (nearest) to ``size`` = (width, height), e.g. the native size; None as it."""
+        if self.covered is None:
+            return None
+        img = Image.fromarray(self.covered.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)
+        return np.asarray(img) > 127
 
 
 def _t(dx: float, dy: float) -> np.ndarray:
@@ -155,6 +165,7 @@ def prepare_pair(
         registration=reg.scaled(factor),
         valid_frac=float(valid.mean()),
         native_size=native,
+        covered=None if valid.all() else valid,
         t_decode_ms=(t1 - t0) * 1e3,
         t_register_ms=(t2 - t1) * 1e3,
         gray=gray,

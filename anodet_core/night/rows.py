@@ -93,6 +93,7 @@ def finish_pair(maps: MapWriter, job: PairJob, prep: PreparedPair, score: torch.
         reg_residual_px=reg.residual_px,
         reg_ncc_before=reg.ncc_before,
         reg_ncc_after=reg.ncc_after,
+        history_coverage=prep.valid_frac,
         t_decode_ms=prep.t_decode_ms,
         t_register_ms=prep.t_register_ms,
     )

@@ -36,7 +36,7 @@ DEFAULT_METHODS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 )
 COLUMNS = (("precision", "precision"), ("recall", "recall"), ("F1", "f1"), ("IoU", "iou"), ("pixel AUC", "auc"),
            ("image AUROC", "image_auroc"), ("F1 @op", "f1_at_op"), ("decision P", "decision_precision"),
-           ("decision R", "decision_recall"))
+           ("decision R", "decision_recall"), ("F1 covered", "f1_covered"), ("pixel AUC covered", "auc_covered"))
 
 
 @dataclass

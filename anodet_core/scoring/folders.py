@@ -40,6 +40,7 @@ SCORES_SCHEMA = pa.schema(  # out/scores.parquet, one row per pair folder
         ("reg_method", pa.string()),
         ("reg_ncc_before", pa.float32()),
         ("reg_ncc_after", pa.float32()),
+        ("history_coverage", pa.float32()),  # share of cur the registered history covers
         ("map_png", pa.string()),
         ("model", pa.string()),
     ]
@@ -168,7 +169,7 @@ def predict_folders(store: Store, model_ref: str, pairs_dir: str, out_dir: str, 
             continue
         reg = prep.registration
         row.update(status="ok" if reg.ok else "registration_failed", reg_method=reg.method,
-                   reg_ncc_before=reg.ncc_before, reg_ncc_after=reg.ncc_after)
+                   reg_ncc_before=reg.ncc_before, reg_ncc_after=reg.ncc_after, history_coverage=prep.valid_frac)
         ready.append((row, prep))
         if len(ready) >= settings.batch_size:
             _score(predictor, op, out_dir, ready)

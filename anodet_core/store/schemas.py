@@ -112,6 +112,9 @@ class CaptureRow:
     reg_residual_px: float | None = _col(pa.float32())  # native px
     reg_ncc_before: float | None = _col(pa.float32())
     reg_ncc_after: float | None = _col(pa.float32())
+    # share of cur's pixels the registered history covers: a change in the rest cannot be seen by a paired
+    # model (cur fills in there); null when not scored and in nights written before it existed
+    history_coverage: float | None = _col(pa.float32())
     score_max: float | None = _col(pa.float32())
     score_mean: float | None = _col(pa.float32())
     # ranking score consistent with the decision: highest level holding a region of the minimum finding area

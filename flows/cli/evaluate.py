@@ -15,9 +15,13 @@ if TYPE_CHECKING:
     from ._common import Subcommands
 
 
-EVAL_KEYS = ("precision", "recall", "oa", "f1", "iou", "auc", "eer", "image_auroc",  # pixels at > 0.5 (paper)
-             "precision_at_op", "recall_at_op", "f1_at_op", "iou_at_op", "threshold", "min_area",  # operating point
-             "decision_precision", "decision_recall", "false_alarms")  # capture decisions at the operating point
+_PAPER_KEYS = ("precision", "recall", "oa", "f1", "iou", "auc", "eer")  # pixels at > 0.5 (paper), all pixels
+_OP_KEYS = ("precision_at_op", "recall_at_op", "f1_at_op", "iou_at_op")  # pixels at the operating point
+_DECISION_KEYS = ("decision_precision", "decision_recall", "false_alarms")  # captures at the operating point
+# pixels at > 0.5 where the registered history covers cur, and how much it does not
+_COVERED_KEYS = ("precision_covered", "recall_covered", "f1_covered", "iou_covered", "auc_covered", "uncovered_frac",
+                 "uncovered_anomalous_frac")
+EVAL_KEYS = (*_PAPER_KEYS, "image_auroc", *_OP_KEYS, "threshold", "min_area", *_DECISION_KEYS, *_COVERED_KEYS)
 
 
 SINGLE_IMAGE_EVAL_KEYS = ("image_auroc", "recall", "pixel_auroc")
@@ -93,10 +97,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"model {name} on {path}: pairs: {res['n_samples']} scored ({res['n_anomalous']} anomalous), "
           f"{len(skipped)} skipped; native resolution, the nightly post-processing; operating point: threshold "
           f"{op.threshold:.3f}, min finding area {op.min_area} px")
-    for title, keys in (("pixels at > 0.5 (paper), summed over all pixels", EVAL_KEYS[:7]),
-                        ("pixels at the operating point's threshold", EVAL_KEYS[8:12]),
-                        ("captures: AUROC of the map maximum; decisions at the operating point (anomalous iff a "
-                         "finding)", EVAL_KEYS[7:8] + EVAL_KEYS[14:])):
+    for title, keys in (("pixels at > 0.5 (paper), summed over all pixels", _PAPER_KEYS),
+                        ("pixels at the operating point's threshold", _OP_KEYS),
+                        ("captures: AUROC of the capture score; decisions at the operating point (anomalous iff a "
+                         "finding)", ("image_auroc", *_DECISION_KEYS)),
+                        ("pixels at > 0.5 where the registered history covers cur (elsewhere no pair can show a "
+                         "change)", _COVERED_KEYS)):
         print(f"\n{title}\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
         print("| " + " | ".join(str(res[k]) if isinstance(res[k], int) else f"{res[k]:.4f}" for k in keys) + " |")
     return 0

@@ -150,7 +150,9 @@ def test_evaluate_json_on_a_paired_folder(tiny_store, tmp_path, capsys):
     res = json.loads(out[0])
     assert list(res) == ["precision", "recall", "oa", "f1", "iou", "auc", "eer", "image_auroc", "precision_at_op",
                          "recall_at_op", "f1_at_op", "iou_at_op", "threshold", "min_area", "decision_precision",
-                         "decision_recall", "false_alarms", "n_scored", "n_skipped", "skipped"]
+                         "decision_recall", "false_alarms", "precision_covered", "recall_covered", "f1_covered",
+                         "iou_covered", "auc_covered", "uncovered_frac", "uncovered_anomalous_frac", "n_scored",
+                         "n_skipped", "skipped"]
     assert (res["n_scored"], res["n_skipped"], res["skipped"]) == (4, 0, [])
     assert isinstance(res["min_area"], int) and res["min_area"] >= 1 and isinstance(res["false_alarms"], int)
     assert 0 <= res["false_alarms"] <= 4

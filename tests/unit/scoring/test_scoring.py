@@ -88,6 +88,7 @@ def test_night_and_evaluate_give_the_same_maps_findings_and_decisions(depot):
     res = pipeline.process_batch(store, "d", NIGHT, plan.jobs, plan.model_ref, night_settings, "run")
     rows = {r.capture_id: row_dict(r) for r in res.captures}
     assert {r["status"] for r in rows.values()} <= {"ok", "registration_failed"}  # both scored
+    assert all(0.95 <= r["history_coverage"] <= 1.0 for r in rows.values())  # the references show the same view
 
     scored = {}
     pairs = [LabelledPair(j.capture["capture_id"], j.capture["uri"], j.history_uri, labels[j.capture["capture_id"]]["mask_uri"])

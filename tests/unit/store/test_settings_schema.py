@@ -36,7 +36,7 @@ CAPTURES = [
     ("history_uri", pa.string()), ("model_name", pa.string()), ("model_version", pa.string()),
     ("threshold", pa.float32()), ("reg_method", pa.string()), ("reg_ok", pa.bool_()), ("reg_inliers", pa.int32()),
     ("reg_residual_px", pa.float32()), ("reg_ncc_before", pa.float32()), ("reg_ncc_after", pa.float32()),
-    ("score_max", pa.float32()), ("score_mean", pa.float32()), ("capture_score", pa.float32()),
+    ("history_coverage", pa.float32()), ("score_max", pa.float32()), ("score_mean", pa.float32()), ("capture_score", pa.float32()),
     ("anomalous_area_px", pa.int64()),
     ("anomalous_area_frac", pa.float32()), ("n_findings", pa.int32()), ("second_model", pa.string()),
     ("second_score", pa.float32()), ("second_anomalous", pa.bool_()), ("map_uri", pa.string()),
