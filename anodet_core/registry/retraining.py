@@ -1,14 +1,16 @@
 """Paired candidates: save a trained candidate, compare it with production on its test split, promote or not.
 
-Both models are evaluated on the candidate's prepared test pairs with the same metric definitions
+Both models are evaluated on the candidate's test pairs (each prepared at the model's own input size) with the
+same metric definitions
 (:mod:`anodet_core.evaluation.metrics`); the rule itself (:func:`decide`, :func:`promote_if_better`, :class:`Promotion`) is
 :mod:`anodet_core.registry.promotion`, re-exported here.
 """
 
 from __future__ import annotations
 
+from ..models import instance_info
 from ..store.layout import Store
-from ..training import Candidate, evaluate_arrays
+from ..training import Candidate, evaluate_arrays, prepare_arrays
 from . import model_store
 from .promotion import MARGIN, Promotion, comparison_rows, decide, promote_if_better
 
@@ -44,7 +46,11 @@ def register_and_maybe_promote(
     prod_metrics = None
     if prod_version is not None and test is not None:
         prod_model, _ = model_store.load(store, f"{name}:{prod_version}", device)
-        prod_metrics = evaluate_arrays(prod_model, test, device)
+        prod_test = test
+        size = instance_info(prod_model).input_size
+        if size != test.cur.shape[1] and cand.test_pairs:  # each model on the same pairs, fed as it is at night
+            prod_test = prepare_arrays(store.read_bytes, cand.test_pairs, size=size, registration=cand.registration)
+        prod_metrics = evaluate_arrays(prod_model, prod_test, device)
     card = model_store.save_version(store, cand.model, cand.card)
     nan = float("nan")
     prod_value = None if prod_version is None else (prod_metrics or {}).get(metric, nan)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..store.layout import Store
 from .config import TrainConfig, TrainResult
-from .data import PairArrays, prepare_arrays, split_last_group, store_pairs
+from .data import LabelledPair, PairArrays, prepare_arrays, split_last_group, store_pairs
 from .evaluate import evaluate_arrays
 from .loop import train_pairs
 
@@ -25,6 +25,41 @@ class Candidate:
     card: Any  # model_store.ModelCard (not yet saved: version empty)
     result: TrainResult
     test: PairArrays | None
+    # the labelled test pairs behind ``test`` and how they were registered: a production model fed at another
+    # input size is compared on the same pairs prepared at its own size
+    test_pairs: list[LabelledPair] = field(default_factory=list)
+    registration: str = "auto"
+
+
+def _size_override(arch: str, input_size: int | None) -> dict[str, int]:
+    """The config override that feeds ``arch`` at ``input_size`` (its registered ``size_field``); {} for None."""
+    from ..models import model_info
+
+    if input_size is None:
+        return {}
+    field_name = model_info(arch).size_field
+    if not field_name:
+        raise ValueError(f"{arch} has a fixed input size; --input-size does not apply to it")
+    return {field_name: int(input_size)}
+
+
+def _fine_tune_start(store: Store, init: str, input_size: int | None) -> tuple[torch.nn.Module, Any]:
+    """The model ``init`` names and its card, fed at ``input_size`` when given (the same weights: the card's
+    ``img_size`` is the side pairs are prepared at; refused for a position embedding of another grid)."""
+    from ..models import create_model, instance_info
+    from ..registry.model_store import load
+
+    model, card = load(store, init, "cpu")
+    if input_size is None or input_size == instance_info(model).input_size:
+        return model, card
+    fresh = create_model(card.arch, preset=card.preset, **{**card.config, **_size_override(card.arch, input_size)})
+    try:
+        fresh.load_state_dict(model.state_dict())
+    except RuntimeError as exc:
+        raise ValueError(f"{init} cannot be fed at {input_size} px: its weights are tied to its input size "
+                         f"({instance_info(model).input_size} px, a position embedding); train it from scratch "
+                         f"at that size instead") from exc
+    return fresh, card
 
 
 def train_candidate(
@@ -41,6 +76,7 @@ def train_candidate(
     registration: str = "auto",
     progress: bool = False,
     init: str | None = None,
+    input_size: int | None = None,
 ) -> Candidate:
     """Train a model on the labelled pairs of ``train_nights`` (the latest of them validates: best val F1 and the
     operating point; one night: a seeded 8:2 split) and measure it on ``test_nights``; returns an unsaved candidate
@@ -49,23 +85,29 @@ def train_candidate(
     ``init`` (a model reference, e.g. ``anodfdnet:base``, the shipped pretrained model) fine-tunes that model
     instead of training ``arch``/``preset`` from scratch: its architecture, preset and config are kept. The
     operating point (threshold, minimum finding area) is calibrated on the validation split either way.
+    ``input_size``: the side pairs are prepared at and the model is fed (a multiple of 16; default: the starting
+    model's, else the preset's), kept in the card's config (``img_size``) so the night, ``predict`` and
+    ``evaluate`` feed the model as it was trained: large captures keep small changes visible at a larger side.
     """
-    from ..models import create_model
-    from ..registry.model_store import ModelCard, load
+    from ..models import create_model, instance_info
+    from ..registry.model_store import ModelCard
     from ..scoring.calibration import calibrate
 
     cfg = cfg or TrainConfig()
     pairs = store_pairs(store, depot, train_nights)
     if len(pairs) < 2:
         raise ValueError(f"need at least 2 labelled pairs in {depot} nights {list(train_nights)}, found {len(pairs)}")
-    data = prepare_arrays(store.read_bytes, pairs, registration=registration, progress=progress)
-    tr, va = split_last_group(len(data), data.groups, 0.2, cfg.seed)  # the latest training night validates
     init_card = None
     if init:
-        model, init_card = load(store, init, "cpu")
+        model, init_card = _fine_tune_start(store, init, input_size)
         arch, preset, overrides = init_card.arch, init_card.preset, dict(init_card.config)
     else:
-        model = create_model(arch, preset=preset, **(overrides or {}))
+        overrides = {**(overrides or {}), **_size_override(arch, input_size)}
+        model = create_model(arch, preset=preset, **overrides)
+    size = instance_info(model).input_size
+    overrides.update(_size_override(arch, input_size))  # recorded: the card rebuilds the model fed at this side
+    data = prepare_arrays(store.read_bytes, pairs, size=size, registration=registration, progress=progress)
+    tr, va = split_last_group(len(data), data.groups, 0.2, cfg.seed)  # the latest training night validates
     val = data.subset(va)
     # a fine-tune keeps its starting weights when no epoch beats them on validation
     result = train_pairs(model, data.subset(tr), val, cfg, progress=progress, start_is_candidate=init is not None)
@@ -76,7 +118,7 @@ def train_candidate(
     split = ""
     test_pairs = store_pairs(store, depot, test_nights) if test_nights else []
     if test_pairs:
-        test = prepare_arrays(store.read_bytes, test_pairs, registration=registration, progress=progress)
+        test = prepare_arrays(store.read_bytes, test_pairs, size=size, registration=registration, progress=progress)
         metrics = evaluate_arrays(model, test, cfg.device)
         at_op = evaluate_arrays(model, test, cfg.device, threshold=threshold)
         metrics.update({f"{k}_at_threshold": at_op[k] for k in ("precision", "recall", "f1", "iou")})
@@ -106,4 +148,4 @@ def train_candidate(
             "calibration": None if cal is None else cal.__dict__,
         },
     )
-    return Candidate(model, card, result, test)
+    return Candidate(model, card, result, test, list(test_pairs), registration)

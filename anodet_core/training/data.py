@@ -65,25 +65,26 @@ def prepare_arrays(
     read: Callable[[str], bytes],
     pairs: Sequence[LabelledPair],
     *,
+    size: int = MODEL_SIZE,
     registration: str = "auto",
     progress: bool = False,
 ) -> PairArrays:
-    """Decode, register and resize every pair exactly as the nightly run does."""
+    """Decode, register and resize every pair to ``size`` (a model's input side) exactly as the nightly run does."""
     from tqdm import tqdm
 
     from ..progress import bars_enabled
 
     n = len(pairs)
-    cur = np.zeros((n, MODEL_SIZE, MODEL_SIZE, 3), np.uint8)
+    cur = np.zeros((n, size, size, 3), np.uint8)
     his = np.zeros_like(cur)
-    mask = np.zeros((n, MODEL_SIZE, MODEL_SIZE), np.uint8)
+    mask = np.zeros((n, size, size), np.uint8)
     sizes: list[tuple[int, int]] = []
     for i, p in enumerate(tqdm(pairs, desc="preparing pairs", disable=not bars_enabled(progress))):
-        prep = prepare_pair(read(p.cur_uri), read(p.his_uri), registration=registration)
+        prep = prepare_pair(read(p.cur_uri), read(p.his_uri), size=size, registration=registration)
         cur[i], his[i] = prep.cur, prep.his
         sizes.append(prep.native_size)
         if p.mask_uri:
-            mask[i] = mask_to_model(read_mask(read(p.mask_uri), prep.native_size))
+            mask[i] = mask_to_model(read_mask(read(p.mask_uri), prep.native_size), size)
     return PairArrays([p.key for p in pairs], cur, his, mask, [p.group for p in pairs], sizes)
 
 

@@ -46,7 +46,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     what = f"fine-tuning {init}" if init else f"training {args.arch} preset={args.preset}"
     print(f"{what} on {args.depot} nights {train}, testing on {test}")
     cand = train_candidate(store, args.depot, train, test, name=args.name or "anodfdnet", arch=args.arch, preset=args.preset,
-                           overrides=overrides, cfg=cfg, registration=settings.registration, progress=True, init=init)
+                           overrides=overrides, cfg=cfg, registration=settings.registration, progress=True, init=init,
+                           input_size=args.input_size)
     # the one promotion rule: production (the shipped base while none is promoted) must be beaten by the margin
     promo, _, _ = register_and_maybe_promote(store, cand, metric="f1", margin=MARGIN, device=device, force=args.promote)
     m = cand.card.metrics
@@ -211,6 +212,9 @@ def add_parsers(sub: Subcommands) -> None:
     t.add_argument("--preset", default="lite", help="architecture preset with --init none: paper | lite | base")
     t.add_argument("--steps", type=int, default=0, help="optimiser steps in all (0: only --epochs / --max-minutes bound it)")
     t.add_argument("--crop", type=int, default=0, help="random training crops (multiple of 16; 0 = whole pairs)")
+    t.add_argument("--input-size", type=int,
+                   help="side pairs are prepared at and the model is fed, kept in its card for the night, predict "
+                        "and evaluate (multiple of 16; default: the starting model's, 256 for the base)")
     t.add_argument("--overrides", help='JSON of config overrides, e.g. \'{"depth": 4}\'')
     t.add_argument("--epochs", type=int, default=40)
     t.add_argument("--max-minutes", type=float, default=30.0)
