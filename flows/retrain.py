@@ -28,10 +28,22 @@ def _trained_on(device: str) -> dict[str, str | int]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "device": device}
 
 
+def _production_input_size(store: Store, model: str) -> int | None:
+    """The input side of ``model``'s promoted production version, None while none is promoted."""
+    from anodet_core.models import config_input_size
+    from anodet_core.registry import model_store
+
+    version = model_store.get_alias(store, model)
+    if version is None:
+        return None
+    card = model_store.resolve_card(store, f"{model}:{version}")
+    return config_input_size(card.arch, card.preset, card.config)
+
+
 @task(name="train-candidate", cache_policy=NONE)
 def train_and_compare_task(store: Store, depot: str, train_nights: list[str], test_nights: list[str], name: str,
                            preset: str, overrides: dict, cfg: TrainConfig, registration: str, init: str | None,
-                           metric: str, margin: float, device_setting: str
+                           metric: str, margin: float, device_setting: str, input_size: int | None = None
                            ) -> tuple[Promotion, dict[str, float], dict[str, float] | None]:
     """Prefect task, in a Dask worker (a GPU worker with ANODET_TRAINING_RESOURCES), never the serving process:
     train an ``anodfdnet`` candidate (:func:`anodet_core.training.train_candidate`), save it, compare it with
@@ -42,7 +54,7 @@ def train_and_compare_task(store: Store, depot: str, train_nights: list[str], te
     device = resolve_device(device_setting)
     cfg = dataclasses.replace(cfg, device=device, bf16=bf16_supported(device))
     cand = train_candidate(store, depot, train_nights, test_nights, name=name, arch="anodfdnet", preset=preset,
-                           overrides=overrides, cfg=cfg, registration=registration, init=init)
+                           overrides=overrides, cfg=cfg, registration=registration, init=init, input_size=input_size)
     if cand.test is None or len(cand.test) == 0:  # the comparison with production needs held-out pairs
         raise ValueError("the candidate has no held-out test split to compare on")
     cand.card.extra["trained_on"] = _trained_on(device)
@@ -85,8 +97,9 @@ def retrain(
     production version on those held-out nights, promote it only if it is better by ``margin``.
 
     ``init``: "base" (default) fine-tunes the shipped pretrained model when there is one for ``model``
-    (``preset``/``overrides`` then do not apply), None or "none" trains ``preset`` from scratch, anything else is
-    a model reference to start from; ``steps`` > 0 bounds training by optimiser steps.
+    (``preset``/``overrides`` then do not apply), at the input side of the promoted production version when
+    there is one (a depot tuned at 448² stays at 448²); None or "none" trains ``preset`` from scratch, anything
+    else is a model reference to start from; ``steps`` > 0 bounds training by optimiser steps.
 
     Labels come from the store's labels area (written by the demo generator or by analysts). The comparison is
     a table artifact and is kept in the candidate's card whether it is promoted or not.
@@ -107,8 +120,10 @@ def retrain(
     device = resolve_device(settings.device)
     from anodet_core.registry import model_store
 
+    input_size = None
     if init == "base":
         init = f"{model}:{model_store.PACKAGED_VERSION}" if model_store.packaged_folder(model) else None
+        input_size = _production_input_size(st, model) if init else None
     elif init == "none":
         init = None
     cfg = TrainConfig(epochs=epochs, max_seconds=max_minutes * 60 if max_minutes > 0 else math.inf, lr=lr, seed=seed,
@@ -116,7 +131,8 @@ def retrain(
                       lr_schedule="cosine" if init else "constant", channels_last=bool(init))
     with training_placement(settings):
         trained = train_and_compare_task.submit(st, depot, train_nights, test_nights, model, preset, overrides or {}, cfg,
-                                                settings.registration, init, metric, margin, settings.device)
+                                                settings.registration, init, metric, margin, settings.device,
+                                                input_size)
     promo, cand_m, prod_m = trained.result()
     logger.info("%s:%s %s: %s", promo.name, promo.candidate_version, "promoted" if promo.promoted else "not promoted", promo.reason)
     key = re.sub(r"[^a-z0-9-]+", "-", f"retrain-{promo.name}-{depot}".lower())

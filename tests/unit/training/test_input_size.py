@@ -93,3 +93,16 @@ def test_production_is_compared_on_the_same_pairs_prepared_at_its_own_side(store
     promo, cand_m, prod_m = retraining.register_and_maybe_promote(store, cand)
     assert sizes == [256] and [p.key for p in cand.test_pairs] == cand.test.keys
     assert prod_m is not None and promo.production_version == prod.version
+
+
+def test_retraining_fine_tunes_the_base_at_the_production_side(store):
+    from anodet_core.models import create_model
+    from anodet_core.registry.model_store import ModelCard
+    from flows.retrain import _production_input_size
+
+    assert _production_input_size(store, "anodfdnet") is None  # nothing promoted: the base's own side
+    cfg = {**TINY, "img_size": 128}
+    card = model_store.save_version(store, create_model("anodfdnet", preset="lite", **cfg),
+                                    ModelCard(name="anodfdnet", arch="anodfdnet", preset="lite", config=cfg, threshold=0.5))
+    model_store.set_alias(store, "anodfdnet", card.version)
+    assert _production_input_size(store, "anodfdnet") == 128
