@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -43,23 +43,19 @@ def _size_override(arch: str, input_size: int | None) -> dict[str, int]:
     return {field_name: int(input_size)}
 
 
-def _fine_tune_start(store: Store, init: str, input_size: int | None) -> tuple[torch.nn.Module, Any]:
-    """The model ``init`` names and its card, fed at ``input_size`` when given (the same weights: the card's
-    ``img_size`` is the side pairs are prepared at; refused for a position embedding of another grid)."""
-    from ..models import create_model, instance_info
-    from ..registry.model_store import load
+def _fine_tune_start(store: Store, init: str, input_size: int | None) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """The model ``init`` names, its card and the config it is built with: the card's, fed at ``input_size`` when
+    given (the same weights; refused when they are tied to their side, e.g. a position embedding)."""
+    from ..registry.model_store import build, resolve
 
-    model, card = load(store, init, "cpu")
-    if input_size is None or input_size == instance_info(model).input_size:
-        return model, card
-    fresh = create_model(card.arch, preset=card.preset, **{**card.config, **_size_override(card.arch, input_size)})
+    weights, card = resolve(store, init)
+    config = {**card.config, **_size_override(card.arch, input_size)}
     try:
-        fresh.load_state_dict(model.state_dict())
-    except RuntimeError as exc:
+        model = build(replace(card, config=config), weights)
+    except RuntimeError as exc:  # a tensor whose shape depends on the side
         raise ValueError(f"{init} cannot be fed at {input_size} px: its weights are tied to its input size "
-                         f"({instance_info(model).input_size} px, a position embedding); train it from scratch "
-                         f"at that size instead") from exc
-    return fresh, card
+                         f"(a position embedding); train it from scratch at that size instead") from exc
+    return model, card, config
 
 
 def train_candidate(
@@ -98,14 +94,14 @@ def train_candidate(
     if len(pairs) < 2:
         raise ValueError(f"need at least 2 labelled pairs in {depot} nights {list(train_nights)}, found {len(pairs)}")
     init_card = None
+    # ``overrides``: the config the model is built with, recorded in the card (with the side it is fed at)
     if init:
-        model, init_card = _fine_tune_start(store, init, input_size)
-        arch, preset, overrides = init_card.arch, init_card.preset, dict(init_card.config)
+        model, init_card, overrides = _fine_tune_start(store, init, input_size)
+        arch, preset = init_card.arch, init_card.preset
     else:
         overrides = {**(overrides or {}), **_size_override(arch, input_size)}
         model = create_model(arch, preset=preset, **overrides)
     size = instance_info(model).input_size
-    overrides.update(_size_override(arch, input_size))  # recorded: the card rebuilds the model fed at this side
     data = prepare_arrays(store.read_bytes, pairs, size=size, registration=registration, progress=progress)
     tr, va = split_last_group(len(data), data.groups, 0.2, cfg.seed)  # the latest training night validates
     val = data.subset(va)
@@ -127,7 +123,7 @@ def train_candidate(
         name=name,
         arch=arch,
         preset=preset,
-        config={**(overrides or {}), **(cal.config() if cal else {})},  # + the calibrated map temperature
+        config={**overrides, **(cal.config() if cal else {})},  # + the calibrated map temperature
         metrics=metrics,
         threshold=threshold,
         min_finding_area=cal.min_finding_area if cal else None,

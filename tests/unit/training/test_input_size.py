@@ -55,7 +55,7 @@ def test_a_candidate_trained_at_128_is_prepared_recorded_and_rebuilt_at_128(stor
 
 def test_the_shipped_base_fine_tunes_at_another_side_with_the_same_weights(store):
     base, _ = model_store.load(store, "anodfdnet:base")
-    model, card = _fine_tune_start(store, "anodfdnet:base", 320)
+    model, card, _ = _fine_tune_start(store, "anodfdnet:base", 320)
     assert instance_info(model).input_size == 320 and card.version == "base"
     a, b = base.state_dict(), model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
