@@ -5,6 +5,7 @@ import io
 import os
 
 import numpy as np
+import torch
 from PIL import Image
 
 from anodet_core.imaging.io import encode_png, sha256
@@ -78,3 +79,15 @@ def save_lite_production(store: Store, threshold: float = 0.5, seed: int = 0):
                                                             config={"depth": 1}, threshold=threshold))
     model_store.set_alias(store, "anodfdnet", card.version)
     return card
+
+
+class Lookup(torch.nn.Module):
+    """A "model" returning hand-made maps: pair i carries i in his's first pixel (input in [-1, 1])."""
+
+    def __init__(self, maps: np.ndarray):
+        super().__init__()
+        self.maps = torch.from_numpy(maps.astype(np.float32))
+
+    def forward(self, cur: torch.Tensor, his: torch.Tensor) -> torch.Tensor:
+        idx = torch.round((his[:, 0, 0, 0] + 1) * 127.5).long()
+        return self.maps[idx][:, None]

@@ -50,6 +50,14 @@ class PreparedPair:
         img = Image.fromarray(self.covered.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)
         return np.asarray(img) > 127
 
+    def history_weight_at(self, size: tuple[int, int]) -> np.ndarray | None:
+        """:func:`history_weight` of :attr:`covered` resampled (bilinear) to ``size`` = (width, height), float32 in
+        [0, 1]; None when the history covers every pixel."""
+        if self.covered is None:
+            return None
+        img = Image.fromarray(history_weight(self.covered).astype(np.float32)).resize(size, Image.Resampling.BILINEAR)
+        return np.clip(np.asarray(img, np.float32), 0.0, 1.0)
+
 
 def _t(dx: float, dy: float) -> np.ndarray:
     return np.array([[1.0, 0.0, dx], [0.0, 1.0, dy], [0.0, 0.0, 1.0]])
@@ -78,6 +86,17 @@ def warp_pil(his: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int]) -> tu
     return warped, valid
 
 
+def history_weight(valid: np.ndarray) -> np.ndarray:
+    """The weight of the warped history in each pixel of the prepared his (float64 in [0, 1]).
+
+    0 where it does not cover cur, ramping linearly from 0 on its first covered pixel to 1 a band of
+    ``FEATHER_FRACTION`` of cur inside (:func:`fill_uncovered`): how much evidence the pair holds at each pixel.
+    """
+    band = max(2.0, FEATHER_FRACTION * max(valid.shape[:2]))
+    inside = ndimage.distance_transform_edt(valid)  # 1 on the first covered pixel, 0 outside
+    return np.clip((inside - 1.0) / band, 0.0, 1.0)
+
+
 def fill_uncovered(cur: np.ndarray, warped: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """``warped`` with cur in the pixels it does not cover, faded in over a band of ``FEATHER_FRACTION`` of cur.
 
@@ -86,9 +105,7 @@ def fill_uncovered(cur: np.ndarray, warped: np.ndarray, valid: np.ndarray) -> np
     and bilinear samples at the border mix in the black outside), which a change detector flags as a scratch;
     the weight of the history ramps linearly from 0 on its first covered pixel to 1 a band's width inside.
     """
-    band = max(2.0, FEATHER_FRACTION * max(cur.shape[:2]))
-    inside = ndimage.distance_transform_edt(valid)  # 1 on the first covered pixel, 0 outside
-    alpha = np.clip((inside - 1.0) / band, 0.0, 1.0)
+    alpha = history_weight(valid)
     near = alpha < 1.0
     a = alpha[near][:, None]
     out = np.array(warped)  # Pillow's buffer is read-only

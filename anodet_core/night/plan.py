@@ -52,11 +52,12 @@ class NightPlan:
     # this run's generation of the night and its (store-relative) map group: published by write_reports
     generation: str = ""
     maps_rel: str = ""
+    no_history_score: float | None = None  # the pinned card's (anodet_core.scoring.postprocess.weigh_missing_history)
 
     @property
     def operating_point(self) -> OperatingPoint:
-        """The night's pinned threshold and minimum finding area (native px)."""
-        return OperatingPoint(self.threshold, self.min_finding_area)
+        """The night's pinned threshold, minimum finding area (native px) and no-history score."""
+        return OperatingPoint(self.threshold, self.min_finding_area, self.no_history_score)
 
 
 def plan_night(
@@ -110,11 +111,11 @@ def plan_night(
         dtype=map_dtype,
         generation=generation,
         attrs={"model_name": card.name, "model_version": card.version, "threshold": op.threshold,
-               "min_finding_area": op.min_area, "run_id": run_id, "single_models": single_models},
+               "min_finding_area": op.min_area, "no_history_score": op.no_history_score, "run_id": run_id, "single_models": single_models},
     )
     pinned = model if os.path.exists(model) else f"{card.name}:{card.version}"
     return NightPlan(depot, night, pinned, card.name, card.version, op.threshold, jobs, url, single_models, op.min_area,
-                     generation, store.maps_rel(depot, night, generation))
+                     generation, store.maps_rel(depot, night, generation), op.no_history_score)
 
 
 def pin_single_image_models(store: Store, jobs: list[PairJob], single_image: str, *, all_regions: bool = False) -> dict[str, str]:

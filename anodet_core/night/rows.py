@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from ..imaging.prepare import PreparedPair
@@ -69,11 +70,11 @@ class Scored(NamedTuple):
 
 
 def store_map(maps: MapWriter, index: int, score: torch.Tensor, native_size: tuple[int, int],
-               op: OperatingPoint) -> tuple[ScoredMap, float]:
+               op: OperatingPoint, history_weight: np.ndarray | None = None) -> tuple[ScoredMap, float]:
     """Post-process a model-resolution [0, 1] map (:func:`anodet_core.scoring.postprocess.postprocess`) and write its Zarr
     row; returns it and the milliseconds spent. Shared by paired and single-image captures."""
     t1 = time.perf_counter()
-    scored = postprocess(score, native_size, op, str(maps.dtype))
+    scored = postprocess(score, native_size, op, str(maps.dtype), history_weight)
     maps.write(index, scored.stored)
     return scored, (time.perf_counter() - t1) * 1e3
 
@@ -81,7 +82,8 @@ def store_map(maps: MapWriter, index: int, score: torch.Tensor, native_size: tup
 def finish_pair(maps: MapWriter, job: PairJob, prep: PreparedPair, score: torch.Tensor, op: OperatingPoint) -> Scored:
     """Native map, figures, findings and decision of one scored pair at the night's operating point; writes its
     Zarr row. Runs in the writer thread."""
-    scored, t_write = store_map(maps, job.index, score, prep.native_size, op)
+    weight = prep.history_weight_at((score.shape[-1], score.shape[-2]))
+    scored, t_write = store_map(maps, job.index, score, prep.native_size, op, weight)
     reg = prep.registration
     columns = dict(
         asdict(scored.figures),

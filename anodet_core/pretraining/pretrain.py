@@ -39,15 +39,33 @@ def _prepare_chunk(pairs: list, registration: str) -> PairArrays:
     return prepare_arrays(_read, pairs, registration=registration)
 
 
+def _preparation_code() -> str:
+    """Hash of the code that prepares a pair (decoding, registration, warping, fill): a cache made by other code
+    holds other arrays (one made before the history faded into the fill trained and calibrated on hard edges)."""
+    import hashlib
+
+    from .. import imaging
+
+    h = hashlib.sha256()
+    root = os.path.dirname(imaging.__file__)
+    for dirpath, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(f for f in files if f.endswith(".py")):
+            with open(os.path.join(dirpath, name), "rb") as fh:
+                h.update(name.encode() + b"\0" + fh.read())
+    return h.hexdigest()[:10]
+
+
 def load_split(corpus: str, split: str, *, registration: str = "auto", progress: bool = False) -> PairArrays:
-    """Prepared arrays of one corpus split, cached in ``corpus/prepared-<split>-<fingerprint>.npz``."""
+    """Prepared arrays of one corpus split, cached in ``corpus/prepared-<split>-<fingerprint>-<registration>-<code>.npz``
+    (``code``: :func:`_preparation_code`, so a change to the preparation prepares the split again)."""
     with open(os.path.join(corpus, CORPUS_FILE)) as fh:
         fp = json.load(fh)["fingerprint"]
-    cache = os.path.join(corpus, f"prepared-{split}-{fp}-{registration}.npz")
+    cache = os.path.join(corpus, f"prepared-{split}-{fp}-{registration}-{_preparation_code()}.npz")
     if os.path.exists(cache):
         z = np.load(cache, allow_pickle=False)
         return PairArrays(list(z["keys"]), z["cur"], z["his"], z["mask"], list(z["groups"]),
-                          [(int(w), int(h)) for w, h in z["sizes"]])
+                          [(int(w), int(h)) for w, h in z["sizes"]], z["history_weight"])
     pairs = folder_pairs(os.path.join(corpus, split))
     if not pairs:
         raise ValueError(f"corpus split {split!r} under {corpus} has no pairs")
@@ -59,14 +77,16 @@ def load_split(corpus: str, split: str, *, registration: str = "auto", progress:
         order = {p.key: i for i, p in enumerate(pairs)}
         data = PairArrays(sum((q.keys for q in parts), []), np.concatenate([q.cur for q in parts]),
                           np.concatenate([q.his for q in parts]), np.concatenate([q.mask for q in parts]),
-                          sum((q.groups for q in parts), []), sum((q.sizes for q in parts), []))
+                          sum((q.groups for q in parts), []), sum((q.sizes for q in parts), []),
+                          np.concatenate([q.history_weight for q in parts]))
         data = data.subset(sorted(range(len(data)), key=lambda i: order[data.keys[i]]))
     else:
         data = prepare_arrays(_read, pairs, registration=registration, progress=progress)
     data.groups = [k.rsplit("-", 1)[0] for k in data.keys]  # source photograph of each pair
     tmp = cache + ".tmp.npz"
     np.savez(tmp, keys=np.array(data.keys), cur=data.cur, his=data.his, mask=data.mask, groups=np.array(data.groups),
-             sizes=np.array(data.sizes, np.int64))
+             sizes=np.array(data.sizes, np.int64),
+             history_weight=data.history_weight if data.history_weight is not None else np.full(data.mask.shape, 255, np.uint8))
     os.replace(tmp, cache)
     return data
 
@@ -124,7 +144,8 @@ def pretrain(
     cal = calibrate(model, val, cfg.device)
     card = ModelCard(
         name=name, arch="anodfdnet", preset=preset, config={**(overrides or {}), **cal.config()}, threshold=cal.threshold,
-        min_finding_area=cal.min_finding_area, data_fingerprint=record["fingerprint"], code_version=code_version(),
+        min_finding_area=cal.min_finding_area, no_history_score=cal.no_history_score, data_fingerprint=record["fingerprint"],
+        code_version=code_version(),
         extra={
             "pretraining": {
                 "corpus_spec": record["spec"], "train_photos": sorted(record["train_photos"]),

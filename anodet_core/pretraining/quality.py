@@ -84,7 +84,7 @@ def quality_table(corpus: str, steps: int, *, methods: Sequence[tuple[str, str, 
     cal = calibrate(classical, val, device)
     score("classical: registration + normalised smoothed difference", classical,
           ModelCard(name="classical_diff", arch="classical_diff", threshold=cal.threshold,
-                    min_finding_area=cal.min_finding_area), 0, time.perf_counter() - t0)
+                    min_finding_area=cal.min_finding_area, no_history_score=cal.no_history_score), 0, time.perf_counter() - t0)
     for name, preset, overrides in methods:
         torch.manual_seed(seed)
         model = create_model("anodfdnet", preset=preset, **overrides)
@@ -93,7 +93,7 @@ def quality_table(corpus: str, steps: int, *, methods: Sequence[tuple[str, str, 
         res = train_pairs(model, train, val, cfg)
         cal = calibrate(model, val, device)
         card = ModelCard(name="anodfdnet", arch="anodfdnet", preset=preset, config={**overrides, **cal.config()},
-                         threshold=cal.threshold, min_finding_area=cal.min_finding_area)
+                         threshold=cal.threshold, min_finding_area=cal.min_finding_area, no_history_score=cal.no_history_score)
         score(name, model, card, steps, res.seconds)
     return rows
 

@@ -45,6 +45,9 @@ class ModelCard:
     created_at: str = ""
     threshold: float = 0.5
     min_finding_area: int | None = None  # native px, calibrated on validation; None: the ANODET_MIN_FINDING_AREA default
+    # paired models: the map's score where the history is missing (anodet_core.scoring.postprocess.weigh_missing_history),
+    # calibrated on validation; None: the map as the model gives it
+    no_history_score: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)  # on the card's evaluation split
     eval_split: str = ""  # what the metrics were measured on
     data_fingerprint: str = ""

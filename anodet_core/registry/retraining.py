@@ -39,18 +39,18 @@ def register_and_maybe_promote(
     # the candidate's card already holds its metrics on this split (same definitions); measure it only if not
     cand_metrics = dict(cand.card.metrics)
     if test is not None and metric not in cand_metrics:
-        cand_metrics = evaluate_arrays(cand.model, test, device)
+        cand_metrics = evaluate_arrays(cand.model, test, device, no_history_score=cand.card.no_history_score)
     prod_version = model_store.get_alias(store, name)
     if prod_version is None and model_store.packaged_folder(name):
         prod_version = model_store.PACKAGED_VERSION  # what the nights use until a version is promoted
     prod_metrics = None
     if prod_version is not None and test is not None:
-        prod_model, _ = model_store.load(store, f"{name}:{prod_version}", device)
+        prod_model, prod_card = model_store.load(store, f"{name}:{prod_version}", device)
         prod_test = test
         size = instance_info(prod_model).input_size
         if size != test.cur.shape[1] and cand.test_pairs:  # each model on the same pairs, fed as it is at night
             prod_test = prepare_arrays(store.read_bytes, cand.test_pairs, size=size, registration=cand.registration)
-        prod_metrics = evaluate_arrays(prod_model, prod_test, device)
+        prod_metrics = evaluate_arrays(prod_model, prod_test, device, no_history_score=prod_card.no_history_score)
     card = model_store.save_version(store, cand.model, cand.card)
     nan = float("nan")
     prod_value = None if prod_version is None else (prod_metrics or {}).get(metric, nan)

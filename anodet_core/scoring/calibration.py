@@ -11,6 +11,11 @@ minimum area is the one whose capture decisions ("anomalous" iff a region above 
 that large) have the best F1 on validation, ties to the smaller area (a missed foreign body costs more
 than a look at a false alarm). Areas are searched on the model grid and stored in native pixels, the unit
 of ``ANODET_MIN_FINDING_AREA`` and of the night's findings.
+
+Last, when validation pairs have pixels the history does not cover, the no-history score
+(:func:`anodet_core.scoring.postprocess.weigh_missing_history`): the one of ``NO_HISTORY_SCORES`` below the
+threshold whose weighed maps rank validation pixels best, kept only if it adds at least ``_NO_HISTORY_GAIN``
+pixel AUC. It is below the threshold, so it changes no finding or decision, only how pixels and captures rank.
 """
 
 from __future__ import annotations
@@ -24,17 +29,20 @@ import torch
 from scipy import ndimage
 
 from ..evaluation.metrics import PixelMetrics
+from .postprocess import weigh_missing_history
 from .predictor import to_input
 
 if TYPE_CHECKING:  # training imports this module (calibrate), on call
     from ..training import PairArrays
 
-__all__ = ["Calibration", "calibrate", "AREA_CANDIDATES", "TEMPERATURES", "fit_map_temperature"]
+__all__ = ["Calibration", "calibrate", "AREA_CANDIDATES", "NO_HISTORY_SCORES", "TEMPERATURES", "fit_map_temperature"]
 
 TEMPERATURES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 AREA_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)  # model-grid px (256 x 256)
 _THRESHOLD_RANGE = (0.25, 0.75)
 _THRESHOLD_GAIN = 0.02
+NO_HISTORY_SCORES = (0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3)  # map scores, tried below the threshold only
+_NO_HISTORY_GAIN = 0.001  # validation pixel AUC a no-history score must add to be kept
 
 
 @dataclass
@@ -51,6 +59,7 @@ class Calibration:
     decision_recall: float
     n_val: int
     map_temperature: float | None = None  # set on the model and kept in its card's config; None: no temperature
+    no_history_score: float | None = None  # kept in the card; None: the maps as the model gives them
 
     def config(self) -> dict[str, float]:
         """What the card's ``config`` must add so the rebuilt model stores the maps calibrated here."""
@@ -119,6 +128,26 @@ def _decision_figures(largest: np.ndarray, truth: np.ndarray, area: int) -> tupl
     return (2 * p * r / (p + r) if p + r else 0.0), p, r
 
 
+def _no_history_score(maps: np.ndarray, val: PairArrays, threshold: float) -> float | None:
+    """The no-history score that ranks validation pixels best, or None (see the module docstring)."""
+    weight = val.weight(slice(None))
+    if weight is None or not val.mask.any() or val.mask.all():
+        return None
+    scores = torch.from_numpy(maps)
+
+    def auc(level: float | None) -> float:
+        pm = PixelMetrics()
+        pm.update(weigh_missing_history(scores, weight, level).numpy(), val.mask)
+        return float(pm.compute()["auc"])
+
+    levels = [level for level in NO_HISTORY_SCORES if level < threshold]
+    if not levels:
+        return None
+    aucs = {level: auc(level) for level in levels}
+    best = max(levels, key=lambda level: (aucs[level], -level))
+    return best if aucs[best] >= auc(None) + _NO_HISTORY_GAIN else None
+
+
 def calibrate(model: torch.nn.Module, val: PairArrays, device: str = "cpu") -> Calibration:
     """Threshold and minimum finding area from validation pairs (see the module docstring)."""
     if len(val) == 0:
@@ -153,4 +182,4 @@ def calibrate(model: torch.nn.Module, val: PairArrays, device: str = "cpu") -> C
     return Calibration(threshold=round(threshold, 4), min_area_model_px=best,
                        min_finding_area=max(1, int(round(best * per_model_px))), pixel_f1_at_05=f1_05, pixel_f1=f1,
                        decision_f1=dec_f1, decision_precision=dec_p, decision_recall=dec_r, n_val=len(val),
-                       map_temperature=temperature)
+                       map_temperature=temperature, no_history_score=_no_history_score(maps, val, threshold))

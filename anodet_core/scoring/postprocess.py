@@ -34,10 +34,15 @@ DEFAULT_MIN_AREA = 64  # native px, when neither the settings nor the card give 
 @dataclass(frozen=True)
 class OperatingPoint:
     """How a map is decided: findings are 8-connected regions with score > ``threshold`` of at least
-    ``min_area`` native px; a capture is anomalous iff it has a finding."""
+    ``min_area`` native px; a capture is anomalous iff it has a finding.
+
+    ``no_history_score``: the score of a pixel the history does not cover (:func:`weigh_missing_history`), from
+    the card; None: the model's map as it is. Used only while below ``threshold``, so it never makes a finding.
+    """
 
     threshold: float
     min_area: int  # native px
+    no_history_score: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.threshold) < 1.0:
@@ -46,19 +51,51 @@ class OperatingPoint:
             raise ValueError(f"min finding area must be an integer >= 1 (native px), got {self.min_area!r}")
         object.__setattr__(self, "threshold", float(self.threshold))
         object.__setattr__(self, "min_area", int(self.min_area))
+        level = self.no_history_score
+        if level is not None and not 0.0 < float(level) < 1.0:
+            raise ValueError(f"no-history score must be in (0, 1), got {level}")
+        if level is not None and float(level) >= self.threshold:  # e.g. ANODET_THRESHOLD below it: it would alarm
+            object.__setattr__(self, "no_history_score", None)
 
 
 def resolve_operating_point(card: ModelCard, threshold: float | None = None, min_area: int | None = None) -> OperatingPoint:
     """Explicit values over the card's over :data:`DEFAULT_MIN_AREA` (the card always has a threshold)."""
     if min_area is None:
         min_area = card.min_finding_area if card.min_finding_area is not None else DEFAULT_MIN_AREA
-    return OperatingPoint(card.threshold if threshold is None else threshold, min_area)
+    return OperatingPoint(card.threshold if threshold is None else threshold, min_area, card.no_history_score)
 
 
 def operating_point(card: ModelCard, settings: Settings) -> OperatingPoint:
     """threshold: ``settings.threshold``, else the card's; min_area: ``settings.min_finding_area``, else the
     card's, else 64."""
     return resolve_operating_point(card, settings.threshold, settings.min_finding_area)
+
+
+# ------------------------------------------------------------------------------------------ missing history
+
+
+def weigh_missing_history(score: torch.Tensor, weight: np.ndarray | torch.Tensor | None, level: float | None) -> torch.Tensor:
+    """``score`` (a [0, 1] map, (..., H, W)) where the history is missing, moved toward the no-evidence ``level``.
+
+    Where the registered history does not cover cur, cur fills in (:func:`anodet_core.imaging.prepare.fill_uncovered`),
+    the pair shows no difference and a paired map says "normal" with full confidence, below the normal pixels it
+    did compare. There it knows nothing: a pixel without history is as likely anomalous as any other, so its
+    score is ``level``, chosen on validation (:func:`anodet_core.scoring.calibration.calibrate`) where it ranks
+    pixels best. ``weight`` is the history's weight (:func:`anodet_core.imaging.prepare.history_weight`, 1 =
+    fully compared): in logits, ``max(z, w z + (1 - w) logit(level))``, so a pixel is never scored lower than the
+    model scored it, and pixels with ``w == 1`` are returned bit for bit. ``level`` below the threshold cannot
+    make a finding. None (either): ``score`` unchanged.
+    """
+    if weight is None or level is None:
+        return score
+    w = torch.as_tensor(weight, device=score.device).to(torch.float32)
+    missing = w < 1.0
+    if not bool(missing.any()):
+        return score
+    z = torch.logit(score.float().clamp(1e-12, 1.0 - 1e-12))
+    z0 = math.log(level / (1.0 - level))
+    weighed = torch.sigmoid(torch.maximum(z, w * z + (1.0 - w) * z0)).to(score.dtype)
+    return torch.where(missing, weighed, score)
 
 
 # ------------------------------------------------------------------------------------------ native maps
@@ -214,12 +251,16 @@ class ScoredMap:
         return dequantize(self.stored)
 
 
-def postprocess(score: torch.Tensor, native_size: tuple[int, int], op: OperatingPoint, map_dtype: str = "uint8") -> ScoredMap:
+def postprocess(score: torch.Tensor, native_size: tuple[int, int], op: OperatingPoint, map_dtype: str = "uint8",
+                history_weight: np.ndarray | None = None) -> ScoredMap:
     """Model-resolution [0, 1] map (H, W) -> stored native map, its figures, findings and decision.
 
-    Figures and findings come from the stored (quantized) map, so a report and the Zarr agree exactly. Maps
-    whose peak is not above the threshold (nearly all of a night) skip the float map and the labelling.
+    ``history_weight`` (model resolution, :meth:`anodet_core.imaging.prepare.PreparedPair.history_weight_at`): where
+    it is below 1 the map is weighed toward ``op.no_history_score`` first (:func:`weigh_missing_history`). Figures
+    and findings come from the stored (quantized) map, so a report and the Zarr agree exactly. Maps whose peak
+    is not above the threshold (nearly all of a night) skip the float map and the labelling.
     """
+    score = weigh_missing_history(score, history_weight, op.no_history_score)
     model_map = quantize(score.float().cpu().numpy(), "uint8")  # levels of 1/255: at most 9 labellings below
     stored = native_map(score, native_size, map_dtype, model_map)  # uint8 maps reuse it: one quantization
     # the minimum finding area in model pixels: the ranking score is computed at model resolution (cheap)

@@ -11,7 +11,7 @@ Arrays of the group:
     heights, widths (n,) int32 native capture size
     written      (n,) uint8, 1 once the row holds a map (0: not scored: no history or error); one chunk per
                  element, so workers never rewrite each other's flags
-Attributes: depot, night, model_name, model_version, threshold, min_finding_area (the night's operating point),
+Attributes: depot, night, model_name, model_version, threshold, min_finding_area, no_history_score (the night's operating point),
 dtype, scale (255 for uint8), run_id.
 
 Rows are written by different Dask workers at the same time; each row is its own chunk, so writes never

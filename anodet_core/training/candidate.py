@@ -115,8 +115,9 @@ def train_candidate(
     test_pairs = store_pairs(store, depot, test_nights) if test_nights else []
     if test_pairs:
         test = prepare_arrays(store.read_bytes, test_pairs, size=size, registration=registration, progress=progress)
-        metrics = evaluate_arrays(model, test, cfg.device)
-        at_op = evaluate_arrays(model, test, cfg.device, threshold=threshold)
+        level = cal.no_history_score if cal else None
+        metrics = evaluate_arrays(model, test, cfg.device, no_history_score=level)
+        at_op = evaluate_arrays(model, test, cfg.device, threshold=threshold, no_history_score=level)
         metrics.update({f"{k}_at_threshold": at_op[k] for k in ("precision", "recall", "f1", "iou")})
         split = f"{depot}:{','.join(sorted(test_nights))}"
     card = ModelCard(
@@ -127,6 +128,7 @@ def train_candidate(
         metrics=metrics,
         threshold=threshold,
         min_finding_area=cal.min_finding_area if cal else None,
+        no_history_score=cal.no_history_score if cal else None,
         eval_split=split,
         data_fingerprint=data.fingerprint(),
         extra={

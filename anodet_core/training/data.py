@@ -36,16 +36,26 @@ class PairArrays:
     mask: np.ndarray
     groups: list[str] = field(default_factory=list)
     sizes: list[tuple[int, int]] = field(default_factory=list)  # native (width, height) of each cur
+    # the history's weight in each pixel (anodet_core.imaging.prepare.history_weight), uint8 x 255; None: 1 everywhere
+    history_weight: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def weight(self, sl: slice) -> np.ndarray | None:
+        """The history's weight of the samples ``sl``, float32 in [0, 1]; None when it is 1 everywhere."""
+        if self.history_weight is None:
+            return None
+        w = self.history_weight[sl]
+        return None if bool((w == 255).all()) else w.astype(np.float32) / 255.0
 
     def subset(self, idx: Sequence[int]) -> PairArrays:
         """The samples at positions ``idx``, in that order (arrays copied)."""
         idx = list(idx)
         return PairArrays([self.keys[i] for i in idx], self.cur[idx], self.his[idx], self.mask[idx],
                           [self.groups[i] for i in idx] if self.groups else [],
-                          [self.sizes[i] for i in idx] if self.sizes else [])
+                          [self.sizes[i] for i in idx] if self.sizes else [],
+                          None if self.history_weight is None else self.history_weight[idx])
 
     def fingerprint(self) -> str:
         """Content hash of the samples: tells whether two models saw the same data."""
@@ -78,14 +88,18 @@ def prepare_arrays(
     cur = np.zeros((n, size, size, 3), np.uint8)
     his = np.zeros_like(cur)
     mask = np.zeros((n, size, size), np.uint8)
+    weight = np.full((n, size, size), 255, np.uint8)
     sizes: list[tuple[int, int]] = []
     for i, p in enumerate(tqdm(pairs, desc="preparing pairs", disable=not bars_enabled(progress))):
         prep = prepare_pair(read(p.cur_uri), read(p.his_uri), size=size, registration=registration)
         cur[i], his[i] = prep.cur, prep.his
+        w = prep.history_weight_at((size, size))
+        if w is not None:
+            weight[i] = np.rint(w * 255.0).astype(np.uint8)
         sizes.append(prep.native_size)
         if p.mask_uri:
             mask[i] = mask_to_model(read_mask(read(p.mask_uri), prep.native_size), size)
-    return PairArrays([p.key for p in pairs], cur, his, mask, [p.group for p in pairs], sizes)
+    return PairArrays([p.key for p in pairs], cur, his, mask, [p.group for p in pairs], sizes, weight)
 
 
 def store_pairs(store: Store, depot: str, nights: Sequence[str]) -> list[LabelledPair]:

@@ -254,7 +254,7 @@ def add_parsers(sub: Subcommands) -> None:
                                    "instead of a fresh --preset")
     pt.add_argument("--recalibrate", action="store_true",
                     help="with --init: train nothing; choose the operating point (map temperature, threshold, minimum "
-                         "area) on validation again and re-evaluate on the held-out photographs, as a new version")
+                         "area, no-history score) on validation again and re-evaluate on the held-out photographs, as a new version")
     pt.add_argument("--no-test", action="store_true", help="skip the held-out evaluation")
     pt.add_argument("--promote", action="store_true", help="make the version production")
     pt.add_argument("--export", help="copy the version into this folder (anodet_core/weights/anodfdnet-base ships it)")

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from anodet_core.evaluation.metrics import PixelMetrics
 from anodet_core.scoring.calibration import calibrate
 from anodet_core.training import PairArrays
+
+from helpers import Lookup
 
 
 def _f1(scores: np.ndarray, truth: np.ndarray, t: float) -> float:
@@ -69,18 +70,6 @@ def test_best_f1_threshold_matches_brute_force(seed):
 
 
 # ------------------------------------------------------------------------------------------ calibrate
-
-
-class Lookup(torch.nn.Module):
-    """A "model" returning hand-made maps: pair i carries i in his's first pixel (input in [-1, 1])."""
-
-    def __init__(self, maps: np.ndarray):
-        super().__init__()
-        self.maps = torch.from_numpy(maps.astype(np.float32))
-
-    def forward(self, cur: torch.Tensor, his: torch.Tensor) -> torch.Tensor:
-        idx = torch.round((his[:, 0, 0, 0] + 1) * 127.5).long()
-        return self.maps[idx][:, None]
 
 
 def _val(maps: np.ndarray, masks: np.ndarray) -> tuple[Lookup, PairArrays]:
