@@ -234,8 +234,8 @@ a pyramid decoder with a pixel-difference skip, sigmoid map. Weights: {n_bytes /
   changes: {pre.get('changes', {})}
 - Training: {card.extra.get('steps', '?')} steps in {card.extra.get('train_seconds', '?')} s, config
   `{json.dumps(card.extra.get('train_config', {}), sort_keys=True)}`{_continued(card)}
-- Operating point (validation): threshold {card.threshold}, minimum finding area {card.min_finding_area} native px
-  (decision F1 {cal.get('decision_f1', float('nan')):.3f})
+- Operating point (validation): threshold {card.threshold}, minimum finding area {card.min_finding_area} native px,
+  no-history score {card.no_history_score} (decision F1 {cal.get('decision_f1', float('nan')):.3f})
 - Held-out evaluation: {card.eval_split}
 
 | metric | value |

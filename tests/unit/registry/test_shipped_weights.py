@@ -23,6 +23,7 @@ def test_shipped_base_loads_offline_and_its_card_records_data_code_and_held_out_
     assert (card.name, card.version, card.arch, card.preset) == ("anodfdnet", "base", "anodfdnet", "base")
     assert len(card.data_fingerprint) == 16 and card.code_version
     assert 0.25 <= card.threshold <= 0.75 and card.min_finding_area >= 1
+    assert card.no_history_score is not None and 0.0 < card.no_history_score < card.threshold  # never a finding alone
     assert "held-out photographs" in card.eval_split
     for key in ("f1", "iou", "auc", "image_auroc", "f1_at_op", "decision_recall"):
         assert key in card.metrics
