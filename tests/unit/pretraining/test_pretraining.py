@@ -181,3 +181,32 @@ def test_a_kde_wallpaper_package_gives_its_largest_size_only(tmp_path):
     assert [p.name for p in photos] == ["file:Kite/contents/images/2560x1600.jpg", "file:plain.png", "file:shot.webp"]
     assert photos[0].pixels.shape[:2] == (200, 320)
     assert photos[0].group == "file:Kite"
+
+
+def test_prepared_splits_are_cached_per_preparation_code(tmp_path, monkeypatch):
+    """A cached split is reused only by the code that prepared it: the last one made before the history faded
+    into the fill would have calibrated the shipped card on hard edges."""
+    from anodet_core.imaging.io import encode_png
+    from anodet_core.pretraining import pretrain as pt
+
+    from helpers import jpeg
+
+    (tmp_path / "corpus.json").write_text(json.dumps({"fingerprint": "f00d"}))
+    world = _photo(5, 240, 360)
+    for i in range(2):
+        d = tmp_path / "test" / f"p-{i}"
+        d.mkdir(parents=True)
+        (d / "cur.jpg").write_bytes(jpeg(world[:, 40:]))  # his sees 40 px further left: cur's right edge has none
+        (d / "his.jpg").write_bytes(jpeg(world[:, :320]))
+        (d / "mask.png").write_bytes(encode_png(np.zeros((240, 320), np.uint8)))
+    calls = []
+    real = pt.prepare_arrays
+    monkeypatch.setattr(pt, "prepare_arrays", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = pt.load_split(str(tmp_path), "test")
+    again = pt.load_split(str(tmp_path), "test")
+    assert len(calls) == 1 and np.array_equal(first.his, again.his)
+    assert again.history_weight is not None and np.array_equal(first.history_weight, again.history_weight)
+    assert (again.history_weight[:, :, -4:] == 0).all() and (again.history_weight[:, :, :200] == 255).all()
+    monkeypatch.setattr(pt, "_preparation_code", lambda: "other-code")
+    pt.load_split(str(tmp_path), "test")
+    assert len(calls) == 2  # another preparation: prepared again, not read from the old cache
