@@ -96,7 +96,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     name = f"{card.name}:{card.version}" if card.version else card.name
     print(f"model {name} on {path}: pairs: {res['n_samples']} scored ({res['n_anomalous']} anomalous), "
           f"{len(skipped)} skipped; native resolution, the nightly post-processing; operating point: threshold "
-          f"{op.threshold:.3f}, min finding area {op.min_area} px")
+          f"{op.threshold:.3f}, min finding area {op.min_area} px, no-history score {op.no_history_score}")
     for title, keys in (("pixels at > 0.5 (paper), summed over all pixels", _PAPER_KEYS),
                         ("pixels at the operating point's threshold", _OP_KEYS),
                         ("captures: AUROC of the capture score; decisions at the operating point (anomalous iff a "

@@ -166,7 +166,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             else f"{card.extra['steps']} steps in {card.extra['train_seconds']:.0f} s")
     print(f"saved {card.name}:{card.version}: {what}; "
           f"validation F1 {cal['pixel_f1_at_05']:.3f} at 0.5; operating point threshold {card.threshold:.2f}, "
-          f"min finding area {card.min_finding_area} px")
+          f"min finding area {card.min_finding_area} px, no-history score {card.no_history_score}")
     if card.metrics:
         print("held-out photographs: " + ", ".join(f"{k} {v:.4f}" for k, v in card.metrics.items()
                                                     if isinstance(v, float)))
