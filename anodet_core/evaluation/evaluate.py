@@ -115,7 +115,7 @@ def evaluate_pairs(
             continue
         maps = predictor.predict(np.stack([q.cur for _, q, _ in ready]), np.stack([q.his for _, q, _ in ready])).cpu()
         for (p, q, given), m in zip(ready, maps):
-            scored = postprocess(m, q.native_size, op, map_dtype, q.history_weight_at((m.shape[-1], m.shape[-2])))
+            scored = postprocess(m, q.native_size, op, map_dtype, q.history_weight)
             if on_scored is not None:
                 on_scored(p, scored)
             native = scored.native()

@@ -42,6 +42,8 @@ class PreparedPair:
     # pixels of the decoded cur that the warped history covers; None when it covers all of them. Elsewhere cur
     # fills in (:func:`fill_uncovered`): no paired model can see a change there, and evaluation says so
     covered: np.ndarray | None = None
+    # the history's weight (history_weight) at the model's input size, float32; None when it covers every pixel
+    history_weight: np.ndarray | None = None
 
     def covered_at(self, size: tuple[int, int]) -> np.ndarray | None:
         """:attr:`covered` resampled (nearest) to ``size`` = (width, height), e.g. the native size; None as it."""
@@ -49,14 +51,6 @@ class PreparedPair:
             return None
         img = Image.fromarray(self.covered.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)
         return np.asarray(img) > 127
-
-    def history_weight_at(self, size: tuple[int, int]) -> np.ndarray | None:
-        """:func:`history_weight` of :attr:`covered` resampled (bilinear) to ``size`` = (width, height), float32 in
-        [0, 1]; None when the history covers every pixel."""
-        if self.covered is None:
-            return None
-        img = Image.fromarray(history_weight(self.covered).astype(np.float32)).resize(size, Image.Resampling.BILINEAR)
-        return np.clip(np.asarray(img, np.float32), 0.0, 1.0)
 
 
 def _t(dx: float, dy: float) -> np.ndarray:
@@ -97,15 +91,16 @@ def history_weight(valid: np.ndarray) -> np.ndarray:
     return np.clip((inside - 1.0) / band, 0.0, 1.0)
 
 
-def fill_uncovered(cur: np.ndarray, warped: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def fill_uncovered(cur: np.ndarray, warped: np.ndarray, valid: np.ndarray, alpha: np.ndarray | None = None) -> np.ndarray:
     """``warped`` with cur in the pixels it does not cover, faded in over a band of ``FEATHER_FRACTION`` of cur.
 
     Outside the history there is no evidence of a change, so the network must see none: filled with cur, the
     difference is zero there. A hard fill leaves an edge along the border (the lighting of two nights differs,
     and bilinear samples at the border mix in the black outside), which a change detector flags as a scratch;
-    the weight of the history ramps linearly from 0 on its first covered pixel to 1 a band's width inside.
+    the weight of the history ramps linearly from 0 on its first covered pixel to 1 a band's width inside
+    (``alpha``: :func:`history_weight` of ``valid``, when the caller has it already).
     """
-    alpha = history_weight(valid)
+    alpha = history_weight(valid) if alpha is None else alpha
     near = alpha < 1.0
     a = alpha[near][:, None]
     out = np.array(warped)  # Pillow's buffer is read-only
@@ -172,8 +167,11 @@ def prepare_pair(
     else:
         reg = register(cur, his, model=transform, method=registration)
         warped, valid = warp_pil(his, reg.matrix, cur.shape[:2])
+    weight = None
     if not valid.all():
-        warped = fill_uncovered(cur, warped, valid)
+        alpha = history_weight(valid)
+        warped = fill_uncovered(cur, warped, valid, alpha)
+        weight = np.clip(np.asarray(Image.fromarray(alpha.astype(np.float32)).resize((size, size), Image.Resampling.BILINEAR)), 0.0, 1.0)
     t2 = time.thread_time()
     factor = native[0] / cur.shape[1]
     return PreparedPair(
@@ -183,6 +181,7 @@ def prepare_pair(
         valid_frac=float(valid.mean()),
         native_size=native,
         covered=None if valid.all() else valid,
+        history_weight=weight,
         t_decode_ms=(t1 - t0) * 1e3,
         t_register_ms=(t2 - t1) * 1e3,
         gray=gray,

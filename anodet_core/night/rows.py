@@ -82,8 +82,7 @@ def store_map(maps: MapWriter, index: int, score: torch.Tensor, native_size: tup
 def finish_pair(maps: MapWriter, job: PairJob, prep: PreparedPair, score: torch.Tensor, op: OperatingPoint) -> Scored:
     """Native map, figures, findings and decision of one scored pair at the night's operating point; writes its
     Zarr row. Runs in the writer thread."""
-    weight = prep.history_weight_at((score.shape[-1], score.shape[-2]))
-    scored, t_write = store_map(maps, job.index, score, prep.native_size, op, weight)
+    scored, t_write = store_map(maps, job.index, score, prep.native_size, op, prep.history_weight)
     reg = prep.registration
     columns = dict(
         asdict(scored.figures),

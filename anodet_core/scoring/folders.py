@@ -122,8 +122,7 @@ def _score(predictor: Predictor, op: OperatingPoint, out_dir: str, ready: list[t
     """Run the model on the prepared pairs, write their map PNGs and complete their rows in place."""
     scores = predictor.predict(np.stack([p.cur for _, p in ready]), np.stack([p.his for _, p in ready])).cpu()
     for k, (row, prep) in enumerate(ready):
-        weight = prep.history_weight_at((scores.shape[-1], scores.shape[-2]))
-        scored = postprocess(scores[k], prep.native_size, op, "uint8", weight)
+        scored = postprocess(scores[k], prep.native_size, op, "uint8", prep.history_weight)
         png = os.path.join(out_dir, f"{row['pair_id']}.png")
         with open(png, "wb") as fh:
             fh.write(encode_png(scored.stored))

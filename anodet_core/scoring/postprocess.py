@@ -255,7 +255,7 @@ def postprocess(score: torch.Tensor, native_size: tuple[int, int], op: Operating
                 history_weight: np.ndarray | None = None) -> ScoredMap:
     """Model-resolution [0, 1] map (H, W) -> stored native map, its figures, findings and decision.
 
-    ``history_weight`` (model resolution, :meth:`anodet_core.imaging.prepare.PreparedPair.history_weight_at`): where
+    ``history_weight`` (model resolution, :attr:`anodet_core.imaging.prepare.PreparedPair.history_weight`): where
     it is below 1 the map is weighed toward ``op.no_history_score`` first (:func:`weigh_missing_history`). Figures
     and findings come from the stored (quantized) map, so a report and the Zarr agree exactly. Maps whose peak
     is not above the threshold (nearly all of a night) skip the float map and the labelling.

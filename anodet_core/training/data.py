@@ -93,9 +93,8 @@ def prepare_arrays(
     for i, p in enumerate(tqdm(pairs, desc="preparing pairs", disable=not bars_enabled(progress))):
         prep = prepare_pair(read(p.cur_uri), read(p.his_uri), size=size, registration=registration)
         cur[i], his[i] = prep.cur, prep.his
-        w = prep.history_weight_at((size, size))
-        if w is not None:
-            weight[i] = np.rint(w * 255.0).astype(np.uint8)
+        if prep.history_weight is not None:
+            weight[i] = np.rint(prep.history_weight * 255.0).astype(np.uint8)
         sizes.append(prep.native_size)
         if p.mask_uri:
             mask[i] = mask_to_model(read_mask(read(p.mask_uri), prep.native_size), size)
