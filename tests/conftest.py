@@ -3,6 +3,10 @@ import os
 import shutil
 import tempfile
 
+from anodet_core.allocator import keep_freed_memory
+
+keep_freed_memory()  # as the CLI does: before torch, so that the suite's models reuse their large buffers
+
 # Prefect and Dask must not write into the home folder or reach the network during tests
 _tmp = tempfile.mkdtemp(prefix="anodet-tests-")
 atexit.register(shutil.rmtree, _tmp, ignore_errors=True)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import tasks._env  # noqa: F401  (Prefect defaults before anything imports prefect)
+from anodet_core.allocator import keep_freed_memory
 
 from . import bench, data, deploy, evaluate, night, query, train
 from ._common import SINGLE_IMAGE_ARCHS, setting_default
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``anodet`` command; its exit status (2 with a one-line error for a missing or bad input)."""
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # before any tensor: the model's large buffers are reused instead of faulted in again
     try:
         return int(args.func(args) or 0)
     except (FileNotFoundError, LookupError, ValueError) as exc:

@@ -33,6 +33,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``anodet demo``: demo depot, a production model if there is none, every night run, the summary."""
     from distributed import LocalCluster
 
+    from anodet_core.allocator import release_freed_memory
     from anodet_core.demo_data import DemoSpec, generate_depot
     from anodet_core.registry import model_store
     from anodet_core.registry.retraining import register_and_maybe_promote
@@ -82,6 +83,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"[{time.perf_counter() - t0:5.0f}s] {promo.name}:{promo.production_version} (production before) on "
                   f"the same night: F1 {prod_metrics['f1']:.3f} IoU {prod_metrics['iou']:.3f} precision "
                   f"{prod_metrics['precision']:.3f} recall {prod_metrics['recall']:.3f} pixel AUC {prod_metrics['auc']:.3f}")
+    release_freed_memory()  # the fine-tune's kept heap (anodet_core.allocator) is the workers' room now
     # one cluster for all nights: workers keep the model loaded between flow runs
     with LocalCluster(**local_cluster_kwargs(settings)) as cluster:
         run_settings = settings.with_(dask_address=cluster.scheduler_address)
