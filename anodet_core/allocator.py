@@ -18,8 +18,9 @@ import sys
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
-# the most that mallopt's int takes: free memory above the heap top is returned only beyond 2 GiB
-_TRIM_BYTES = 2**31 - 1
+# -1: never trim the heap top (mallopt(3)); a fine-tune's fp32 validation at 896 px swings the heap by over 2 GiB
+# per epoch, and the largest positive value (2 GiB) still had it given back and faulted in again every time
+_NO_TRIM = -1
 
 _applied = False
 
@@ -36,11 +37,11 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def keep_freed_memory() -> bool:
-    """Make this process's glibc malloc keep freed memory (no mmap for large blocks, no trimming below 2 GiB, one
+    """Make this process's glibc malloc keep freed memory (no mmap for large blocks, no trimming of the heap, one
     arena so that threads share it); True if applied, False where the C library is not glibc. Idempotent.
 
-    The price is that the resident size stays at the process's high-water mark instead of shrinking after a peak;
-    the peak itself is unchanged.
+    The price is that the resident size stays at the process's high-water mark instead of shrinking after a peak
+    (:func:`release_freed_memory` gives it back on demand); the peak itself is unchanged.
     """
     global _applied
     if _applied:
@@ -52,7 +53,7 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     ok = all(mallopt(param, value) == 1 for param, value in
-             ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _TRIM_BYTES), (_M_ARENA_MAX, 1)))
+             ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _NO_TRIM), (_M_ARENA_MAX, 1)))
     _applied = ok
     return ok
 

@@ -23,8 +23,8 @@ def worker_env(settings: Settings) -> dict[str, str]:
     Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536, which also freezes glibc's mmap threshold: every large
     activation buffer is then mmap'd and unmapped per layer, and the model ran markedly slower (``anodet bench``
     shows it). As :func:`anodet_core.allocator.keep_freed_memory` does for the running process: no mmap'd blocks
-    (even above glibc's 32 MiB mmap-threshold cap, which a 448-896 px batch exceeds), a 1 GiB trim threshold and
-    one arena, because tasks run on the worker's threads and a thread arena maps large blocks regardless.
+    (even above glibc's 32 MiB mmap-threshold cap, which a 448-896 px batch exceeds), a 64 GiB trim threshold (in
+    effect none) and one arena, because tasks run on the worker's threads and a thread arena maps large blocks regardless.
     OMP/MKL thread counts follow the torch threads each worker uses. OpenMP threads that wait at a barrier
     sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE) so that the worker's preparation helpers
     (anodet_core.night.prep_pool, idle scheduling class) get the cycles the forward pass leaves; the model alone did
@@ -34,7 +34,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
 
     threads = str(worker_threads(settings))
     return {
-        "MALLOC_TRIM_THRESHOLD_": "1073741824",
+        "MALLOC_TRIM_THRESHOLD_": "68719476736",
         "MALLOC_MMAP_MAX_": "0",
         "MALLOC_ARENA_MAX": "1",
         "OMP_NUM_THREADS": threads,

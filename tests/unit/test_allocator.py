@@ -49,8 +49,8 @@ def test_freed_buffers_are_reused_not_faulted_in_again():
     in_process = _faults("mallopt", {})
     workers = {k: v for k, v in worker_env(Settings()).items() if k.startswith("MALLOC_")}
     spawned = _faults("none", workers)
-    assert in_process < pages, (in_process, default)
-    assert spawned < pages, (spawned, default)
+    assert in_process < 2 * pages, (in_process, default)  # at most one block mapped again, against ten
+    assert spawned < 2 * pages, (spawned, default)
 
 
 RELEASE = """
@@ -63,9 +63,8 @@ def rss_mib():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) // 1024
 
-x = torch.ones(64 * 2**20)  # 256 MiB
-y = x * 2
-del x, y
+x = torch.ones(640 * 2**20)  # 2.5 GiB: more than the largest trim threshold mallopt takes (2 GiB)
+del x
 kept = rss_mib()
 release_freed_memory()
 print(kept, rss_mib())
@@ -77,4 +76,4 @@ def test_release_gives_the_kept_heap_back():
     proc = subprocess.run([sys.executable, "-c", RELEASE], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     kept, released = (int(v) for v in proc.stdout.split()[-2:])
-    assert kept - released > 400, (kept, released)  # the two freed 256 MiB blocks were resident until released
+    assert kept - released > 2000, (kept, released)  # the freed 2.5 GiB stayed resident until released

@@ -200,7 +200,7 @@ def test_importing_the_nightly_flow_builds_no_task_runner():
 import dask
 from flows.nightly import nightly_inspection
 from flows.runners import SettingsTaskRunner
-assert dask.config.get("distributed.nanny.pre-spawn-environ", default={}).get("MALLOC_TRIM_THRESHOLD_") != "1073741824"
+assert dask.config.get("distributed.nanny.pre-spawn-environ", default={}).get("MALLOC_TRIM_THRESHOLD_") != "68719476736"
 assert dask.config.get("distributed.worker.profile.enabled") is True
 assert type(nightly_inspection.task_runner) is SettingsTaskRunner
 runner = nightly_inspection.task_runner.duplicate()  # what a flow run enters
