@@ -77,3 +77,14 @@ def test_release_gives_the_kept_heap_back():
     assert proc.returncode == 0, proc.stderr
     kept, released = (int(v) for v in proc.stdout.split()[-2:])
     assert kept - released > 2000, (kept, released)  # the freed 2.5 GiB stayed resident until released
+
+
+def test_bench_compares_the_two_allocators_in_fresh_processes():
+    from anodet_core.evaluation.allocator_bench import compare_allocators
+
+    sp = compare_allocators(size=128, batch_size=2, repeats=2, rounds=1)
+    assert sp.size == 128 and sp.batch_size == 2
+    assert sp.default_pairs_s > 0 and sp.kept_pairs_s > 0
+    assert sp.speedup == pytest.approx(sp.kept_pairs_s / sp.default_pairs_s)
+    # the default side must really be glibc's defaults: its forward passes fault pages in again, the kept side's fewer
+    assert sp.default_faults_per_pair > sp.kept_faults_per_pair
