@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from ..allocator import release_freed_memory
 from ..config import Settings, available_cores, resolve_device
 from ..imaging.prepare import PreparedPair
 from ..registry.model_store import ModelCard, load
@@ -294,11 +295,17 @@ def process_batch(
     maps = MapWriter(store, depot, night, maps_rel)
     map_uri = maps.rel  # store-relative: a copied or moved store stays valid
     second_sizes = _second_opinion_sizes(store, paired, single_models, settings)
-    with ThreadPoolExecutor(max(1, worker_threads(settings)), thread_name_prefix="anodet-io") as io:
-        run = _BatchRun(store, settings, run_id, predictor, card, op, maps, io, helpers, single_models or {},
-                        second_sizes, result)
-        run.score_pairs(paired)
-        for ref, group in single.items():
-            run.score_single(ref, group)
-        run.finish(map_uri)
+    try:
+        with ThreadPoolExecutor(max(1, worker_threads(settings)), thread_name_prefix="anodet-io") as io:
+            run = _BatchRun(store, settings, run_id, predictor, card, op, maps, io, helpers, single_models or {},
+                            second_sizes, result)
+            run.score_pairs(paired)
+            for ref, group in single.items():
+                run.score_single(ref, group)
+            run.finish(map_uri)
+    finally:
+        # the worker keeps freed memory while a batch runs (flows.runners.worker_env: its forward passes reuse their
+        # buffers) and gives it back between batches, so that Dask's memory monitor, which pauses a worker above 80 % of
+        # its limit, sees what the worker holds rather than its high-water mark
+        release_freed_memory()
     return result

@@ -159,6 +159,20 @@ def test_local_night_maps_and_reports_agree(tmp_path, monkeypatch, dtype):
     _check_night(store, dtype)
 
 
+def test_every_batch_gives_the_kept_heap_back(tmp_path, monkeypatch):
+    """Workers keep freed memory within a batch and release it after each (Dask pauses on resident memory)."""
+    import anodet_core.night.batch as batch
+
+    released = []
+    monkeypatch.setattr(batch, "release_freed_memory", lambda: released.append(1))
+    store = Store(str(tmp_path / "store"))
+    _build(store)
+    settings = _settings(store.root, monkeypatch, "uint8")
+    _run_night(store, settings)
+    assert settings.task_pairs == 3 and len(released) == 2  # batches c0-c2 and c3 (scored) + c4 (no history)
+    _check_night(store, "uint8")
+
+
 def test_a_rerun_replaces_the_maps_and_the_reports(tmp_path, monkeypatch):
     store = Store(str(tmp_path / "store"))
     _build(store)
