@@ -3,7 +3,8 @@
 By default glibc maps every buffer above its mmap threshold (at most 32 MiB) afresh and unmaps it on free, and
 gives freed heap tops back to the kernel: each forward pass then page-faults all its large activations again. On
 this project's 2-core VMs that kernel time (page faults and zeroing) was more than half of a 896 px fine-tune's
-CPU time, and a 448 px convolution loop ran 1.9x faster with the heap kept (README, performance). Dask worker
+CPU time, and the base architecture's 896 px forward ran 2.28x faster with the heap kept (``anodet bench
+--allocator``; README, performance). Dask worker
 processes get the same through environment variables (``flows.runners.worker_env``): glibc reads those once at
 start, which is too late for the process that is already running, hence ``mallopt`` here.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 # mallopt parameters (glibc malloc.h)
@@ -25,6 +27,7 @@ _NO_TRIM = -1
 _applied = False
 
 
+@functools.cache  # once per process: a worker releases memory after every batch
 def _libc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
