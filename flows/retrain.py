@@ -28,23 +28,27 @@ def _trained_on(device: str) -> dict[str, str | int]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "device": device}
 
 
-def _production_input_size(store: Store, model: str) -> int | None:
-    """The input side of ``model``'s promoted production version, None while none is promoted."""
+def _production_sides(store: Store, model: str) -> tuple[int | None, int | None]:
+    """The side ``model``'s promoted production version was trained (and decides) at, and the side it ranks at
+    when it has a rank-only map (AnoDFDNet ``rank_scales``, else None); (None, None) while none is promoted."""
     from anodet_core.models import config_input_size
     from anodet_core.registry import model_store
 
     version = model_store.get_alias(store, model)
     if version is None:
-        return None
+        return None, None
     card = model_store.resolve_card(store, f"{model}:{version}")
-    return config_input_size(card.arch, card.preset, card.config)
+    side = config_input_size(card.arch, card.preset, card.config)
+    if not card.config.get("rank_scales"):
+        return side, None
+    return int(round(side * float(card.config.get("decide_scale", 1.0)))), side
 
 
 @task(name="train-candidate", cache_policy=NONE)
 def train_and_compare_task(store: Store, depot: str, train_nights: list[str], test_nights: list[str], name: str,
                            preset: str, overrides: dict, cfg: TrainConfig, registration: str, init: str | None,
-                           metric: str, margin: float, device_setting: str, input_size: int | None = None
-                           ) -> tuple[Promotion, dict[str, float], dict[str, float] | None]:
+                           metric: str, margin: float, device_setting: str, input_size: int | None = None,
+                           rank_size: int | None = None) -> tuple[Promotion, dict[str, float], dict[str, float] | None]:
     """Prefect task, in a Dask worker (a GPU worker with ANODET_TRAINING_RESOURCES), never the serving process:
     train an ``anodfdnet`` candidate (:func:`anodet_core.training.train_candidate`), save it, compare it with
     production on its held-out split and promote it or not (:func:`register_and_maybe_promote`). Not cached.
@@ -54,7 +58,8 @@ def train_and_compare_task(store: Store, depot: str, train_nights: list[str], te
     device = resolve_device(device_setting)
     cfg = dataclasses.replace(cfg, device=device, bf16=bf16_supported(device))
     cand = train_candidate(store, depot, train_nights, test_nights, name=name, arch="anodfdnet", preset=preset,
-                           overrides=overrides, cfg=cfg, registration=registration, init=init, input_size=input_size)
+                           overrides=overrides, cfg=cfg, registration=registration, init=init, input_size=input_size,
+                           rank_size=rank_size)
     if cand.test is None or len(cand.test) == 0:  # the comparison with production needs held-out pairs
         raise ValueError("the candidate has no held-out test split to compare on")
     cand.card.extra["trained_on"] = _trained_on(device)
@@ -120,10 +125,10 @@ def retrain(
     device = resolve_device(settings.device)
     from anodet_core.registry import model_store
 
-    input_size = None
+    input_size = rank_size = None
     if init == "base":
         init = f"{model}:{model_store.PACKAGED_VERSION}" if model_store.packaged_folder(model) else None
-        input_size = _production_input_size(st, model) if init else None
+        input_size, rank_size = _production_sides(st, model) if init else (None, None)
     elif init == "none":
         init = None
     cfg = TrainConfig(epochs=epochs, max_seconds=max_minutes * 60 if max_minutes > 0 else math.inf, lr=lr, seed=seed,
@@ -132,7 +137,7 @@ def retrain(
     with training_placement(settings):
         trained = train_and_compare_task.submit(st, depot, train_nights, test_nights, model, preset, overrides or {}, cfg,
                                                 settings.registration, init, metric, margin, settings.device,
-                                                input_size)
+                                                input_size, rank_size)
     promo, cand_m, prod_m = trained.result()
     logger.info("%s:%s %s: %s", promo.name, promo.candidate_version, "promoted" if promo.promoted else "not promoted", promo.reason)
     key = re.sub(r"[^a-z0-9-]+", "-", f"retrain-{promo.name}-{depot}".lower())

@@ -96,6 +96,13 @@ class AnoDFDNetConfig:
     # the map is sigmoid(logit / map_temperature): monotone, 0.5 at logit 0 whatever the temperature, so the
     # paper's 0.5 and every decision at it stay; calibration picks it so the stored uint8 map keeps the ranking
     map_temperature: float = 1.0
+    # multi-scale inference (beyond the paper): the decision map is computed on the input resized by
+    # ``decide_scale``; each of ``rank_scales`` adds a map that only orders what the decision map leaves below 0.5
+    # (squashed under logit -RANK_MARGIN, so at 0.5 it makes no finding). A model fine-tuned at side S and fed 2S
+    # with decide 0.5 / rank (1.0,) keeps its decisions and ranks faint, thin changes that only 2S resolves
+    # above the nuisance of normal captures; training.candidate keeps it only when validation ranks better
+    decide_scale: float = 1.0
+    rank_scales: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.feature_norm not in ("none", "l2"):
@@ -113,7 +120,21 @@ class AnoDFDNetConfig:
         if self.img_size % _DOWNSAMPLE:
             raise ValueError(f"img_size must be a multiple of {_DOWNSAMPLE}, got {self.img_size}")
         object.__setattr__(self, "widths", tuple(self.widths))
+        object.__setattr__(self, "rank_scales", tuple(float(x) for x in self.rank_scales))
+        if any(not 0.0 < x <= 1.0 for x in (self.decide_scale, *self.rank_scales)):
+            raise ValueError(f"decide_scale and rank_scales must be in (0, 1], got {self.decide_scale}, {self.rank_scales}")
+        if self.pos_embed and self.multiscale:
+            raise ValueError("multi-scale inference needs pos_embed=False (a position embedding ties the input size)")
 
+    @property
+    def multiscale(self) -> bool:
+        """Whether the map comes from more than the one pass at the input size."""
+        return self.decide_scale != 1.0 or bool(self.rank_scales)
+
+
+# a rank scale's logits stay below -RANK_MARGIN: with a map temperature up to 6 the stored uint8 map keeps them at
+# <= 126/255, under the 0.5 threshold after quantization too
+RANK_MARGIN = 0.1
 
 PRESETS: dict[str, AnoDFDNetConfig] = {
     # 35,928,064 params, 34.9 GFLOPs (17.45 GMACs) per pair at 256^2.
@@ -332,6 +353,24 @@ class AnoDFDNet(nn.Module):
             raise ValueError(f"cur {tuple(cur.shape)} and his {tuple(his.shape)} differ in shape")
         if cur.shape[-2] % _DOWNSAMPLE or cur.shape[-1] % _DOWNSAMPLE:
             raise ValueError(f"H, W must be multiples of {_DOWNSAMPLE}, got {tuple(cur.shape[-2:])}")
+        if not self.cfg.multiscale:
+            return self._forward_one(cur, his)
+        z = self._at_scale(cur, his, self.cfg.decide_scale)
+        for s in self.cfg.rank_scales:  # monotone, < -RANK_MARGIN: orders sub-threshold pixels, never decides
+            z = torch.maximum(z, -RANK_MARGIN - F.softplus(-self._at_scale(cur, his, s)))
+        return z
+
+    def _at_scale(self, cur: torch.Tensor, his: torch.Tensor, s: float) -> torch.Tensor:
+        """Logits of the pair resized by ``s`` (antialiased, like the resize that prepares pairs; sides stay
+        multiples of 16), resized back to the input size."""
+        if s == 1.0:
+            return self._forward_one(cur, his)
+        size = cur.shape[-2:]
+        hw = [max(_DOWNSAMPLE, round(n * s / _DOWNSAMPLE) * _DOWNSAMPLE) for n in size]
+        c, h = (F.interpolate(x, size=hw, mode="bilinear", antialias=True, align_corners=False) for x in (cur, his))
+        return F.interpolate(self._forward_one(c, h), size=size, mode="bilinear", align_corners=False)
+
+    def _forward_one(self, cur: torch.Tensor, his: torch.Tensor) -> torch.Tensor:
         b = cur.shape[0]
         if self.cfg.encoder != "dcgan":
             return self._forward_pyramid(cur, his)

@@ -9,7 +9,8 @@ threshold and the minimum finding area. The threshold stays the paper's 0.5 unle
 validation pixel F1 is clearly better elsewhere in [0.25, 0.75] (small validation splits are noisy). The
 minimum area is the one whose capture decisions ("anomalous" iff a region above the threshold is at least
 that large) have the best F1 on validation, ties to the smaller area (a missed foreign body costs more
-than a look at a false alarm). Areas are searched on the model grid and stored in native pixels, the unit
+than a look at a false alarm). Areas are searched on the model grid (``AREA_CANDIDATES`` of a 256 grid, scaled to
+the grid's area) and stored in native pixels, the unit
 of ``ANODET_MIN_FINDING_AREA`` and of the night's findings.
 
 Last, when validation pairs have pixels the history does not cover, the no-history score
@@ -35,10 +36,10 @@ from .predictor import to_input
 if TYPE_CHECKING:  # training imports this module (calibrate), on call
     from ..training import PairArrays
 
-__all__ = ["Calibration", "calibrate", "AREA_CANDIDATES", "NO_HISTORY_SCORES", "TEMPERATURES", "fit_map_temperature"]
+__all__ = ["Calibration", "calibrate", "capture_auroc", "AREA_CANDIDATES", "NO_HISTORY_SCORES", "TEMPERATURES", "fit_map_temperature"]
 
 TEMPERATURES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
-AREA_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)  # model-grid px (256 x 256)
+AREA_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)  # px of a 256 x 256 model grid; scaled to the grid's area at other sides
 _THRESHOLD_RANGE = (0.25, 0.75)
 _THRESHOLD_GAIN = 0.02
 NO_HISTORY_SCORES = (0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3)  # map scores, tried below the threshold only
@@ -175,7 +176,10 @@ def calibrate(model: torch.nn.Module, val: PairArrays, device: str = "cpu") -> C
             threshold, f1 = cand, f1_cand
     largest = np.array([_largest_region(m, threshold) for m in maps])
     truth = np.asarray(val.mask.reshape(len(val), -1).any(axis=1))
-    best = max(AREA_CANDIDATES, key=lambda a: (_decision_figures(largest, truth, a)[0], -a))
+    # the same fractions of the capture at every side: at 896 a 64 px region of the 256 grid is 784 px
+    grid = float(maps.shape[1] * maps.shape[2]) / (256 * 256)
+    areas = sorted({max(1, round(a * grid)) for a in AREA_CANDIDATES})
+    best = max(areas, key=lambda a: (_decision_figures(largest, truth, a)[0], -a))
     dec_f1, dec_p, dec_r = _decision_figures(largest, truth, best)
     native_px = float(np.median([w * h for w, h in val.sizes])) if val.sizes else float(maps.shape[1] * maps.shape[2])
     per_model_px = native_px / float(maps.shape[1] * maps.shape[2])
@@ -183,3 +187,15 @@ def calibrate(model: torch.nn.Module, val: PairArrays, device: str = "cpu") -> C
                        min_finding_area=max(1, int(round(best * per_model_px))), pixel_f1_at_05=f1_05, pixel_f1=f1,
                        decision_f1=dec_f1, decision_precision=dec_p, decision_recall=dec_r, n_val=len(val),
                        map_temperature=temperature, no_history_score=_no_history_score(maps, val, threshold))
+
+
+def capture_auroc(model: torch.nn.Module, val: PairArrays, cal: Calibration, device: str = "cpu") -> float:
+    """Image AUROC of validation captures ranked by their capture score (the night's ranking) at ``cal``'s
+    operating point: the maps weighed by its no-history score, regions of at least its minimum area; NaN with one class."""
+    from ..evaluation.metrics import roc_auc
+    from .postprocess import capture_score
+
+    maps = torch.from_numpy(_maps(model, val, device))
+    scores = [capture_score(weigh_missing_history(maps[i:i + 1], val.weight(slice(i, i + 1)), cal.no_history_score)[0].numpy(),
+                            cal.min_area_model_px) for i in range(len(val))]
+    return float(roc_auc(np.asarray(scores, float), np.asarray(val.mask.reshape(len(val), -1).any(axis=1))))

@@ -49,7 +49,11 @@ def _fine_tune_start(store: Store, init: str, input_size: int | None) -> tuple[t
     from ..registry.model_store import build, resolve
 
     weights, card = resolve(store, init)
-    config = {**card.config, **_size_override(card.arch, input_size)}
+    config = dict(card.config)
+    if config.get("decide_scale", 1.0) != 1.0 or config.get("rank_scales"):  # trained at its decision side
+        config["img_size"] = int(round(config["img_size"] * config.pop("decide_scale", 1.0)))
+        config.pop("rank_scales", None)
+    config = {**config, **_size_override(card.arch, input_size)}
     try:
         model = build(replace(card, config=config), weights)
     except RuntimeError as exc:  # a tensor whose shape depends on the side
@@ -73,6 +77,7 @@ def train_candidate(
     progress: bool = False,
     init: str | None = None,
     input_size: int | None = None,
+    rank_size: int | None = None,
 ) -> Candidate:
     """Train a model on the labelled pairs of ``train_nights`` (the latest of them validates: best val F1 and the
     operating point; one night: a seeded 8:2 split) and measure it on ``test_nights``; returns an unsaved candidate
@@ -84,6 +89,10 @@ def train_candidate(
     ``input_size``: the side pairs are prepared at and the model is fed (a multiple of 16; default: the starting
     model's, else the preset's), kept in the card's config (``img_size``) so the night, ``predict`` and
     ``evaluate`` feed the model as it was trained: large captures keep small changes visible at a larger side.
+    ``rank_size`` (AnoDFDNet, larger than the training side): also try feeding pairs prepared at that side, the
+    decision map computed at the training side and a rank-only map at the full side (``decide_scale`` /
+    ``rank_scales``); kept, recalibrated at that side, when validation captures rank better by ``RANK_GAIN``
+    image AUROC. It changes no decision at 0.5, so the pixel figures stay those of the training side.
     """
     from ..models import create_model, instance_info
     from ..registry.model_store import ModelCard
@@ -108,6 +117,14 @@ def train_candidate(
     # a fine-tune keeps its starting weights when no epoch beats them on validation
     result = train_pairs(model, data.subset(tr), val, cfg, progress=progress, start_is_candidate=init is not None)
     cal = calibrate(model, val, cfg.device) if len(val) else None
+    rank_choice: dict[str, Any] | None = None
+    if rank_size and cal is not None and rank_size != size:
+        rank_choice, cal = _try_rank_size(model, [pairs[i] for i in va], val, cal, size, rank_size, cfg.device,
+                                          store, registration, progress)
+        if rank_choice["kept"]:
+            size_was, size = size, rank_size
+            overrides = {**overrides, **_size_override(arch, rank_size), "decide_scale": size_was / rank_size,
+                         "rank_scales": [1.0]}
     threshold = cal.threshold if cal else result.threshold
     test = None
     metrics: dict[str, Any] = {}
@@ -144,6 +161,40 @@ def train_candidate(
             "init": None if init_card is None else {"ref": init, "version": init_card.version,
                                                      "data_fingerprint": init_card.data_fingerprint},
             "calibration": None if cal is None else cal.__dict__,
+            "rank_size": rank_choice,
         },
     )
     return Candidate(model, card, result, test, list(test_pairs), registration)
+
+
+def _try_rank_size(model: torch.nn.Module, val_pairs: list[LabelledPair], val: PairArrays, cal: Any, size: int,
+                   rank_size: int, device: str, store: Store, registration: str, progress: bool) -> tuple[dict[str, Any], Any]:
+    """Validation capture AUROC at the training side against the pairs at ``rank_size`` with a rank-only map there;
+    the model is left configured (and ``cal`` replaced) as the better one says. Returns (the record, calibration)."""
+    import dataclasses
+
+    from ..scoring.calibration import calibrate, capture_auroc
+
+    m: Any = model
+    mcfg: Any = getattr(m, "cfg", None)
+    if mcfg is None or not hasattr(mcfg, "rank_scales"):
+        raise ValueError(f"--rank-size needs an AnoDFDNet model, got {type(model).__name__}")
+    if rank_size < size or rank_size % 16:
+        raise ValueError(f"rank size {rank_size} must be a multiple of 16 above the training side {size}")
+    before = capture_auroc(model, val, cal, device)
+    info = m.model_info
+    m.cfg = dataclasses.replace(mcfg, img_size=rank_size, decide_scale=size / rank_size, rank_scales=(1.0,))
+    m.model_info = dataclasses.replace(info, input_size=rank_size)
+    val_r = prepare_arrays(store.read_bytes, val_pairs, size=rank_size, registration=registration, progress=progress)
+    cal_r = calibrate(model, val_r, device)
+    after = capture_auroc(model, val_r, cal_r, device)
+    kept = bool(after >= before + RANK_GAIN)
+    if not kept:
+        m.cfg, m.model_info = mcfg, info
+    record = {"size": rank_size, "val_capture_auroc": round(before, 4), "val_capture_auroc_ranked": round(after, 4),
+              "kept": kept}
+    return record, cal_r if kept else cal
+
+
+# validation image AUROC a rank-only map at a larger side must add to be kept (validation nights are small)
+RANK_GAIN = 0.02

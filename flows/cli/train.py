@@ -47,7 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"{what} on {args.depot} nights {train}, testing on {test}")
     cand = train_candidate(store, args.depot, train, test, name=args.name or "anodfdnet", arch=args.arch, preset=args.preset,
                            overrides=overrides, cfg=cfg, registration=settings.registration, progress=True, init=init,
-                           input_size=args.input_size)
+                           input_size=args.input_size, rank_size=args.rank_size)
     # the one promotion rule: production (the shipped base while none is promoted) must be beaten by the margin
     promo, _, _ = register_and_maybe_promote(store, cand, metric="f1", margin=MARGIN, device=device, force=args.promote)
     m = cand.card.metrics
@@ -215,6 +215,10 @@ def add_parsers(sub: Subcommands) -> None:
     t.add_argument("--input-size", type=int,
                    help="side pairs are prepared at and the model is fed, kept in its card for the night, predict "
                         "and evaluate (multiple of 16; default: the starting model's, 256 for the base)")
+    t.add_argument("--rank-size", type=int,
+                   help="AnoDFDNet: also try pairs prepared at this larger side, the decision map at the training "
+                        "side and a map at this side that only ranks what it leaves below the threshold; kept "
+                        "when the validation night's captures rank better (default: off)")
     t.add_argument("--overrides", help='JSON of config overrides, e.g. \'{"depth": 4}\'')
     t.add_argument("--epochs", type=int, default=40)
     t.add_argument("--max-minutes", type=float, default=30.0)

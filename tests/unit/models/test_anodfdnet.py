@@ -134,3 +134,46 @@ def test_bad_inputs_rejected(lite: AnoDFDNet) -> None:
         lite(torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 48))
     with pytest.raises(ValueError):
         lite(torch.zeros(1, 3, 60, 60), torch.zeros(1, 3, 60, 60))
+
+
+def test_a_rank_scale_orders_pixels_below_the_decision_map_and_never_decides() -> None:
+    import dataclasses
+
+    from anodet_core.models.anodfdnet import RANK_MARGIN
+    from anodet_core.store.maps import quantize
+
+    torch.manual_seed(0)
+    m = create_model("anodfdnet", preset="lite", pos_embed=False, img_size=128).eval()
+    cur, his = _pair(2, 128)
+    with torch.inference_mode():
+        full = m.forward_logits(cur, his)
+        half = torch.nn.functional.interpolate(m.forward_logits(*(torch.nn.functional.interpolate(
+            x, size=(64, 64), mode="bilinear", antialias=True, align_corners=False) for x in (cur, his))),
+            size=(128, 128), mode="bilinear", align_corners=False)
+        m.cfg = dataclasses.replace(m.cfg, decide_scale=0.5, rank_scales=(1.0,), map_temperature=6.0)
+        fused = m.forward_logits(cur, his)
+        stored = quantize(m(cur, his).numpy(), "uint8")
+    assert torch.allclose(fused, torch.maximum(half, -RANK_MARGIN - torch.nn.functional.softplus(-full)), atol=1e-5)
+    assert torch.equal(fused > 0, half > 0)  # the decision at 0.5 is the decide scale's alone
+    assert stored.max() <= 255  # (shape and dtype of the stored map)
+    # a stand-in net whose logits follow the pixel difference: a 1 px line shows at the full side only, a block at both
+    m._forward_one = lambda c, h: 40 * (c - h).abs().amax(1, keepdim=True) - 10  # type: ignore[method-assign]
+    his = torch.zeros(1, 3, 128, 128)
+    cur = his.clone()
+    cur[..., 30, 10:110] = 0.4
+    cur[..., 80:96, 80:96] = 0.6
+    with torch.inference_mode():
+        fused = m.forward_logits(cur, his)
+        stored = quantize(m(cur, his).numpy(), "uint8")
+    line, block = fused[0, 0, 30, 20:100], fused[0, 0, 82:94, 82:94]
+    assert bool((block > 0).all()) and bool((line < -RANK_MARGIN).all())  # the block decides, the line does not
+    assert bool((line > -RANK_MARGIN - 0.01).all())  # but it ranks right under the threshold, above the background
+    assert float(fused[0, 0, 60, 20:100].max()) < -5
+    assert stored[0, 0, 30, 20:100].max() <= 126 < stored[0, 0, 82:94, 82:94].min()
+
+
+def test_multiscale_needs_a_model_free_of_a_position_embedding() -> None:
+    with pytest.raises(ValueError, match="pos_embed=False"):
+        AnoDFDNetConfig(rank_scales=(1.0,), decide_scale=0.5)
+    with pytest.raises(ValueError, match=r"in \(0, 1\]"):
+        AnoDFDNetConfig(pos_embed=False, decide_scale=2.0)

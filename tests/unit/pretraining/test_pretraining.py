@@ -210,3 +210,18 @@ def test_prepared_splits_are_cached_per_preparation_code(tmp_path, monkeypatch):
     monkeypatch.setattr(pt, "_preparation_code", lambda: "other-code")
     pt.load_split(str(tmp_path), "test")
     assert len(calls) == 2  # another preparation: prepared again, not read from the old cache
+
+
+def test_calibration_searches_the_same_capture_fractions_at_a_larger_side():
+    """Specks of 5 x 5 px at 256 are nuisance; at 512 the same specks are 10 x 10 = 100 px, above every unscaled
+    candidate area (at most 64), so without scaling the minimum area could not keep ignoring them as it does at 256."""
+    small = _arrays(16, blob=24, noise=5)
+
+    def up(a: np.ndarray) -> np.ndarray:
+        return a.repeat(2, axis=1).repeat(2, axis=2)
+
+    big = PairArrays(small.keys, up(small.cur), up(small.his), up(small.mask), sizes=small.sizes)
+    at256, at512 = calibrate(_AbsDiff(), small), calibrate(_AbsDiff(), big)
+    assert at256.decision_f1 == 1.0 and at512.decision_f1 == 1.0
+    assert at512.min_area_model_px == 4 * at256.min_area_model_px > 100
+    assert at512.min_finding_area == at256.min_finding_area  # native px: the same regions are findings

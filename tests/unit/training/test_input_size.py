@@ -98,11 +98,44 @@ def test_production_is_compared_on_the_same_pairs_prepared_at_its_own_side(store
 def test_retraining_fine_tunes_the_base_at_the_production_side(store):
     from anodet_core.models import create_model
     from anodet_core.registry.model_store import ModelCard
-    from flows.retrain import _production_input_size
+    from flows.retrain import _production_sides
 
-    assert _production_input_size(store, "anodfdnet") is None  # nothing promoted: the base's own side
+    assert _production_sides(store, "anodfdnet") == (None, None)  # nothing promoted: the base's own side
     cfg = {**TINY, "img_size": 128}
     card = model_store.save_version(store, create_model("anodfdnet", preset="lite", **cfg),
                                     ModelCard(name="anodfdnet", arch="anodfdnet", preset="lite", config=cfg, threshold=0.5))
     model_store.set_alias(store, "anodfdnet", card.version)
-    assert _production_input_size(store, "anodfdnet") == 128
+    assert _production_sides(store, "anodfdnet") == (128, None)
+    ranked = {**cfg, "img_size": 256, "decide_scale": 0.5, "rank_scales": [1.0], "pos_embed": False}
+    card = model_store.save_version(store, create_model("anodfdnet", preset="lite", **ranked),
+                                    ModelCard(name="anodfdnet", arch="anodfdnet", preset="lite", config=ranked, threshold=0.5))
+    model_store.set_alias(store, "anodfdnet", card.version)
+    assert _production_sides(store, "anodfdnet") == (128, 256)  # trained at 128, ranks at 256
+
+
+@pytest.mark.parametrize("aurocs, kept", [((0.6, 0.9), True), ((0.8, 0.81), False)])
+def test_a_rank_size_is_kept_only_when_validation_captures_rank_better(store, monkeypatch, aurocs, kept):
+    from anodet_core.scoring import calibration
+    from anodet_core.training.candidate import RANK_GAIN
+
+    seen = []
+
+    def fake_auroc(model, val, cal, device="cpu"):  # the measured rankings, at the training side then the rank side
+        seen.append(val.cur.shape[1])
+        return aurocs[len(seen) - 1]
+
+    monkeypatch.setattr(calibration, "capture_auroc", fake_auroc)
+    assert (aurocs[1] >= aurocs[0] + RANK_GAIN) is kept
+    cand = train_candidate(store, "d", NIGHTS[:2], NIGHTS[2:], preset="lite", overrides={**TINY, "pos_embed": False},
+                           cfg=CFG, input_size=64, rank_size=128)
+    assert seen == [64, 128]
+    rec = cand.card.extra["rank_size"]
+    assert rec == {"size": 128, "val_capture_auroc": aurocs[0], "val_capture_auroc_ranked": aurocs[1], "kept": kept}
+    side = 128 if kept else 64
+    assert cand.test is not None and cand.test.cur.shape[1] == side and instance_info(cand.model).input_size == side
+    card = model_store.save_version(store, cand.model, cand.card)
+    model, _ = model_store.load(store, f"anodfdnet:{card.version}")
+    assert instance_info(model).input_size == side
+    assert (model.cfg.decide_scale, model.cfg.rank_scales) == ((0.5, (1.0,)) if kept else (1.0, ()))
+    again, _, config = _fine_tune_start(store, f"anodfdnet:{card.version}", None)  # fine-tuned again at its decision side
+    assert instance_info(again).input_size == 64 and "rank_scales" not in config
