@@ -32,6 +32,7 @@ def _production_sides(store: Store, model: str) -> tuple[int | None, int | None]
     """The side ``model``'s promoted production version was trained (and decides) at, and the side it ranks at
     when it has a rank-only map (AnoDFDNet ``rank_scales``, else None); (None, None) while none is promoted."""
     from anodet_core.models import config_input_size
+    from anodet_core.models.anodfdnet import decision_side_config
     from anodet_core.registry import model_store
 
     version = model_store.get_alias(store, model)
@@ -39,9 +40,8 @@ def _production_sides(store: Store, model: str) -> tuple[int | None, int | None]
         return None, None
     card = model_store.resolve_card(store, f"{model}:{version}")
     side = config_input_size(card.arch, card.preset, card.config)
-    if not card.config.get("rank_scales"):
-        return side, None
-    return int(round(side * float(card.config.get("decide_scale", 1.0)))), side
+    decision = config_input_size(card.arch, card.preset, decision_side_config(card.config))
+    return decision, (side if card.config.get("rank_scales") else None)
 
 
 @task(name="train-candidate", cache_policy=NONE)

@@ -45,6 +45,7 @@ __all__ = [
     "PRESETS",
     "AnoDFDNet",
     "anodfdnet",
+    "decision_side_config",
 ]
 
 INPUT_SIZE: int = 256
@@ -135,6 +136,17 @@ class AnoDFDNetConfig:
 # a rank scale's logits stay below -RANK_MARGIN: with a map temperature up to 6 the stored uint8 map keeps them at
 # <= 126/255, under the 0.5 threshold after quantization too
 RANK_MARGIN = 0.1
+
+
+def decision_side_config(config: dict) -> dict:
+    """A card's config as the model was trained: fed at its decision side (``img_size * decide_scale``), with no
+    rank-only map; what a fine-tune starts from and what retraining trains at. Other configs come back as a copy."""
+    out = dict(config)
+    scale = float(out.pop("decide_scale", 1.0))
+    out.pop("rank_scales", None)
+    if scale != 1.0:
+        out["img_size"] = int(round(out["img_size"] * scale))
+    return out
 
 PRESETS: dict[str, AnoDFDNetConfig] = {
     # 35,928,064 params, 34.9 GFLOPs (17.45 GMACs) per pair at 256^2.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -14,6 +14,12 @@ from .config import TrainConfig, TrainResult
 from .data import LabelledPair, PairArrays, prepare_arrays, split_last_group, store_pairs
 from .evaluate import evaluate_arrays
 from .loop import train_pairs
+
+if TYPE_CHECKING:
+    from ..scoring.calibration import Calibration
+
+# validation image AUROC a rank-only map at a larger side must add to be kept (validation nights are small)
+RANK_GAIN = 0.02
 
 
 @dataclass
@@ -46,14 +52,11 @@ def _size_override(arch: str, input_size: int | None) -> dict[str, int]:
 def _fine_tune_start(store: Store, init: str, input_size: int | None) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
     """The model ``init`` names, its card and the config it is built with: the card's, fed at ``input_size`` when
     given (the same weights; refused when they are tied to their side, e.g. a position embedding)."""
+    from ..models.anodfdnet import decision_side_config
     from ..registry.model_store import build, resolve
 
     weights, card = resolve(store, init)
-    config = dict(card.config)
-    if config.get("decide_scale", 1.0) != 1.0 or config.get("rank_scales"):  # trained at its decision side
-        config["img_size"] = int(round(config["img_size"] * config.pop("decide_scale", 1.0)))
-        config.pop("rank_scales", None)
-    config = {**config, **_size_override(card.arch, input_size)}
+    config = {**decision_side_config(card.config), **_size_override(card.arch, input_size)}
     try:
         model = build(replace(card, config=config), weights)
     except RuntimeError as exc:  # a tensor whose shape depends on the side
@@ -122,9 +125,9 @@ def train_candidate(
         rank_choice, cal = _try_rank_size(model, [pairs[i] for i in va], val, cal, size, rank_size, cfg.device,
                                           store, registration, progress)
         if rank_choice["kept"]:
-            size_was, size = size, rank_size
-            overrides = {**overrides, **_size_override(arch, rank_size), "decide_scale": size_was / rank_size,
+            overrides = {**overrides, **_size_override(arch, rank_size), "decide_scale": size / rank_size,
                          "rank_scales": [1.0]}
+            size = rank_size
     threshold = cal.threshold if cal else result.threshold
     test = None
     metrics: dict[str, Any] = {}
@@ -167,34 +170,31 @@ def train_candidate(
     return Candidate(model, card, result, test, list(test_pairs), registration)
 
 
-def _try_rank_size(model: torch.nn.Module, val_pairs: list[LabelledPair], val: PairArrays, cal: Any, size: int,
-                   rank_size: int, device: str, store: Store, registration: str, progress: bool) -> tuple[dict[str, Any], Any]:
+def _try_rank_size(model: torch.nn.Module, val_pairs: list[LabelledPair], val: PairArrays, cal: Calibration,
+                   size: int, rank_size: int, device: str, store: Store, registration: str,
+                   progress: bool) -> tuple[dict[str, Any], Calibration]:
     """Validation capture AUROC at the training side against the pairs at ``rank_size`` with a rank-only map there;
     the model is left configured (and ``cal`` replaced) as the better one says. Returns (the record, calibration)."""
     import dataclasses
 
+    from ..models import instance_info
+    from ..models.anodfdnet import AnoDFDNet
     from ..scoring.calibration import calibrate, capture_auroc
 
-    m: Any = model
-    mcfg: Any = getattr(m, "cfg", None)
-    if mcfg is None or not hasattr(mcfg, "rank_scales"):
+    if not isinstance(model, AnoDFDNet):
         raise ValueError(f"--rank-size needs an AnoDFDNet model, got {type(model).__name__}")
     if rank_size < size or rank_size % 16:
         raise ValueError(f"rank size {rank_size} must be a multiple of 16 above the training side {size}")
     before = capture_auroc(model, val, cal, device)
-    info = m.model_info
-    m.cfg = dataclasses.replace(mcfg, img_size=rank_size, decide_scale=size / rank_size, rank_scales=(1.0,))
-    m.model_info = dataclasses.replace(info, input_size=rank_size)
+    mcfg, info = model.cfg, instance_info(model)
+    model.cfg = dataclasses.replace(mcfg, img_size=rank_size, decide_scale=size / rank_size, rank_scales=(1.0,))
+    model.model_info = dataclasses.replace(info, input_size=rank_size)  # type: ignore[assignment]  # as create_model
     val_r = prepare_arrays(store.read_bytes, val_pairs, size=rank_size, registration=registration, progress=progress)
     cal_r = calibrate(model, val_r, device)
     after = capture_auroc(model, val_r, cal_r, device)
     kept = bool(after >= before + RANK_GAIN)
     if not kept:
-        m.cfg, m.model_info = mcfg, info
+        model.cfg, model.model_info = mcfg, info  # type: ignore[assignment]
     record = {"size": rank_size, "val_capture_auroc": round(before, 4), "val_capture_auroc_ranked": round(after, 4),
               "kept": kept}
     return record, cal_r if kept else cal
-
-
-# validation image AUROC a rank-only map at a larger side must add to be kept (validation nights are small)
-RANK_GAIN = 0.02
