@@ -114,7 +114,7 @@ DEMO_INPUT_SIZE = 448
 # ... and the side its pairs are also tried at with a rank-only map (AnoDFDNet ``rank_scales``): a subtle 1-3 px
 # scratch is under a pixel at 448. The fine-tuned model at 896 segments large changes worse (pixel F1 0.69 against
 # 0.83 on the validation night, 11-19), so its map only orders what the 448 map leaves below the threshold; on
-# the training nights that raised image AUROC from a mean 0.873 to 0.914 (validation night 0.81 -> 0.92).
+# the training nights that raised image AUROC from a mean 0.873 to 0.925 (validation night 0.81 -> 0.93).
 DEMO_RANK_SIZE = 896
 
 
