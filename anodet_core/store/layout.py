@@ -10,6 +10,7 @@ Layout under the root (``ANODET_STORE``: a local folder, ``file://``, ``s3://buc
     references/<train_id>/<car>/<region_id>.jpg         pinned good image of a region (history of last resort)
     labels/<depot>/<night>/labels.parquet               ground truth per capture (LABELS_SCHEMA)
     labels/<depot>/<night>/<capture_id>.png             pixel mask, white = anomaly, capture's native size
+    labels/<depot>/<night>/verdicts/<stamp>-<capture_id>.parquet (+ .png)   an analyst's verdict (VerdictRow), append-only
     maps/<depot>/<night>/<generation>.zarr              Zarr v3 group: anomaly maps of one run (anodet_core.store.maps)
     reports/captures/depot=<depot>/night=<night>/part-<generation>.parquet   one row per capture (CaptureRow)
     reports/findings/depot=<depot>/night=<night>/part-<generation>.parquet   one row per finding (FindingRow)
@@ -24,11 +25,12 @@ a run's generation is published in one step: :mod:`anodet_core.store.publish`.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import os
 import posixpath
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import fsspec
@@ -41,7 +43,16 @@ from ..text import printable
 from . import s3
 from .manifest import CheckedManifest, ManifestError, check_table
 from .names import check_name, check_night
-from .schemas import LABELS_SCHEMA, MANIFEST_SCHEMA, PARTITION_SCHEMA, REPORT_SCHEMAS, table_from_rows
+from .schemas import (
+    LABELS_SCHEMA,
+    MANIFEST_SCHEMA,
+    PARTITION_SCHEMA,
+    REPORT_SCHEMAS,
+    VERDICT_SCHEMA,
+    Verdict,
+    VerdictRow,
+    table_from_rows,
+)
 
 # --------------------------------------------------------------------------------------------- store
 
@@ -234,25 +245,72 @@ class Store:
         return table
 
     def read_labels(self, depot: str, night: str) -> pd.DataFrame:
-        """A night's labels as a DataFrame of :data:`LABELS_SCHEMA`; empty (with those columns) when unlabelled."""
+        """A night's labels as a DataFrame of :data:`LABELS_SCHEMA`, each capture's latest verdict (:meth:`add_verdict`)
+        over the labels table; empty (with those columns) when neither exists."""
         rel = self.labels_rel(depot, night)
-        if not self.exists(rel):
-            return pd.DataFrame({n: pd.Series(dtype="object") for n in LABELS_SCHEMA.names})
-        return self.read_table(rel, LABELS_SCHEMA).to_pandas()
+        labels = (self.read_table(rel, LABELS_SCHEMA).to_pandas() if self.exists(rel)
+                  else pd.DataFrame({n: pd.Series(dtype="object") for n in LABELS_SCHEMA.names}))
+        return _overlay(labels, self.read_verdicts(depot, night), ["capture_id"])
 
     def all_labels(self) -> pd.DataFrame:
-        """Every night's labels in one frame (:data:`LABELS_SCHEMA` plus ``depot`` and ``night``), read in one
-        listing; empty, with those columns, when the store has none. A night's verdicts on its captures (a label is
-        an analyst's confirmation) decide which of them may serve as history (:mod:`anodet_core.night.history`)."""
+        """Every night's labels in one frame (:data:`LABELS_SCHEMA` plus ``depot`` and ``night``, verdicts overlaid as
+        in :meth:`read_labels`), read in one listing; empty, with those columns, when the store has none. A label
+        (ground truth or an analyst's verdict) decides whether a capture may serve as history
+        (:mod:`anodet_core.night.history`)."""
         cols = [*LABELS_SCHEMA.names, "depot", "night"]
         files = sorted(self.fs.glob(self.path("labels/*/*/labels.parquet")))
+        if files:
+            # labels/<depot>/<night>/: the report tables' partition columns, as plain directories
+            ds = pads.dataset(files, filesystem=self.fs, format="parquet",
+                              schema=pa.unify_schemas([LABELS_SCHEMA, PARTITION_SCHEMA]),
+                              partitioning=pads.partitioning(PARTITION_SCHEMA), partition_base_dir=self.path("labels"))
+            labels = ds.to_table(columns=cols).to_pandas()
+        else:
+            labels = pd.DataFrame({n: pd.Series(dtype="object") for n in cols})
+        return _overlay(labels, self.read_verdicts(), ["depot", "night", "capture_id"])
+
+    # -- verdicts
+    @staticmethod
+    def verdicts_rel(depot: str, night: str) -> str:
+        """Relative folder of a night's verdicts."""
+        return f"labels/{check_name(depot, 'depot')}/{check_night(night)}/verdicts"
+
+    def add_verdict(self, depot: str, night: str, verdict: VerdictRow, mask_png: bytes | None = None) -> tuple[VerdictRow, str]:
+        """Record a verdict as a new file (its mask PNG beside it, ``mask_uri`` set to it); returns the row as stored
+        and the file's URL.
+
+        Append-only: the name holds the verdict's UTC time to the microsecond and a random part, and an existing
+        file is never replaced (FileExistsError), so every verdict ever given stays readable.
+        """
+        import uuid
+
+        stamp = verdict.verdict_at.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        stem = f"{self.verdicts_rel(depot, night)}/{stamp}-{uuid.uuid4().hex[:8]}-{check_name(verdict.capture_id, 'capture_id')}"
+        if self.exists(f"{stem}.parquet"):
+            raise FileExistsError(f"verdict file {self.url(stem)}.parquet exists")
+        if mask_png is not None:
+            self.write_bytes(f"{stem}.png", mask_png)
+            verdict = replace(verdict, mask_uri=f"{stem}.png")
+        self.write_table(f"{stem}.parquet", table_from_rows([verdict], VERDICT_SCHEMA))  # last: the mask is there first
+        return verdict, self.url(f"{stem}.parquet")
+
+    def read_verdicts(self, depot: str | None = None, night: str | None = None) -> pd.DataFrame:
+        """Verdicts (:data:`VERDICT_SCHEMA` plus ``depot`` and ``night``) of one night, or of all with no arguments,
+        oldest first (a later one supersedes an earlier one on the same capture)."""
+        cols = [*VERDICT_SCHEMA.names, "depot", "night"]
+        pattern = (f"{self.verdicts_rel(depot, night)}/*.parquet" if depot is not None and night is not None
+                   else "labels/*/*/verdicts/*.parquet")
+        files = sorted(self.fs.glob(self.path(pattern)))
         if not files:
             return pd.DataFrame({n: pd.Series(dtype="object") for n in cols})
-        # labels/<depot>/<night>/: the report tables' partition columns, as plain directories
-        ds = pads.dataset(files, filesystem=self.fs, format="parquet",
-                          schema=pa.unify_schemas([LABELS_SCHEMA, PARTITION_SCHEMA]),
-                          partitioning=pads.partitioning(PARTITION_SCHEMA), partition_base_dir=self.path("labels"))
-        return ds.to_table(columns=cols).to_pandas()
+        frames = []
+        for f in files:
+            with self.fs.open(f, "rb") as fh:
+                t = pq.read_table(fh).select(VERDICT_SCHEMA.names).cast(VERDICT_SCHEMA).to_pandas()
+            d, n = posixpath.relpath(f, self.path("labels")).split("/")[:2]
+            frames.append(t.assign(depot=d, night=n, _file=posixpath.basename(f)))
+        out = pd.concat(frames, ignore_index=True).sort_values(["verdict_at", "_file"], kind="stable")
+        return out.drop(columns="_file")[cols].reset_index(drop=True)
 
     # -- maps
     @staticmethod
@@ -362,3 +420,16 @@ class Store:
     def model_alias_rel(name: str, alias: str) -> str:
         """Relative path of a model alias file; ValueError for an invalid name or alias."""
         return f"models/{check_name(name, 'model name')}/aliases/{check_name(alias, 'alias')}"
+
+
+def _overlay(labels: pd.DataFrame, verdicts: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``labels`` with each capture's latest verdict in place of its row (or added): ``anomalous`` from the verdict,
+    its ``anomaly_type`` and ``mask_uri``."""
+    if verdicts.empty:
+        return labels
+    latest = verdicts.drop_duplicates(keys, keep="last").copy()
+    latest["anomalous"] = latest["verdict"].eq(Verdict.ANOMALY)
+    latest = latest[[*labels.columns]]
+    kept = labels.merge(latest[keys], on=keys, how="left", indicator=True)
+    kept = labels[(kept["_merge"] == "left_only").to_numpy()]
+    return pd.concat([kept, latest], ignore_index=True) if not kept.empty else latest.reset_index(drop=True)

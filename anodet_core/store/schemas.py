@@ -1,6 +1,7 @@
 """The schemas of every table in the store, and one row type per report table.
 
-Manifests and labels are written by the robot's side (:data:`MANIFEST_SCHEMA`, :data:`LABELS_SCHEMA`). A night
+Manifests and labels are written by the robot's side (:data:`MANIFEST_SCHEMA`, :data:`LABELS_SCHEMA`), verdicts by
+analysts (:class:`VerdictRow`, ``anodet label``). A night
 writes one :class:`CaptureRow` per capture of its manifest and one :class:`FindingRow` per finding, to
 ``reports/<table>/depot=<depot>/night=<night>/part-<generation>.parquet`` (:mod:`anodet_core.store.publish`).
 Each report field carries its Arrow type, so the row type and the schema cannot drift apart; the column order of
@@ -44,6 +45,15 @@ LABELS_SCHEMA = pa.schema(
         ("mask_uri", pa.string()),  # relative to the store root; null when the capture is normal
     ]
 )
+
+ANOMALY_TYPES = ("foreign_body", "missing_component", "scratch", "oil_leak")
+
+
+class Verdict(StrEnum):
+    """An analyst's verdict on a capture (``anodet label``)."""
+
+    ANOMALY = "anomaly"
+    NORMAL = "normal"
 
 
 # capture report values: the members are str, so Parquet receives (and comparisons with what is read back
@@ -159,11 +169,29 @@ class FindingRow:
     run_id: str | None = _col(pa.string())
 
 
+@dataclasses.dataclass(kw_only=True)
+class VerdictRow:
+    """One analyst's verdict on one capture, kept as its own file: a later verdict supersedes, none is overwritten.
+
+    Verdicts overlay a night's labels (:meth:`anodet_core.store.layout.Store.read_labels`), so retraining and
+    history resolution see an analyst's confirmation exactly as they see ground truth.
+    """
+
+    capture_id: str = _col(pa.string(), required=True)
+    verdict: Verdict = _col(pa.string(), required=True)
+    verdict_by: str = _col(pa.string(), required=True)
+    verdict_at: dt.datetime = _col(_UTC_US, required=True)
+    anomaly_type: str | None = _col(pa.string())  # one of ANOMALY_TYPES
+    mask_uri: str | None = _col(pa.string())  # store-relative PNG
+    note: str | None = _col(pa.string())
+
+
 def schema_of(row_type: type) -> pa.Schema:
     """The Arrow schema of a row dataclass: its fields in order, each with the type in its metadata."""
     return pa.schema([(f.name, f.metadata["arrow"]) for f in dataclasses.fields(row_type)])
 
 
+VERDICT_SCHEMA = schema_of(VerdictRow)
 CAPTURE_REPORT_SCHEMA = schema_of(CaptureRow)
 FINDING_REPORT_SCHEMA = schema_of(FindingRow)
 REPORT_SCHEMAS = {"captures": CAPTURE_REPORT_SCHEMA, "findings": FINDING_REPORT_SCHEMA}

@@ -105,7 +105,8 @@ def store_pairs(store: Store, depot: str, nights: Sequence[str]) -> list[Labelle
     """Labelled captures of the given nights paired with the history production would use.
 
     History: the most recent earlier capture of the same region labelled normal, else the pinned reference.
-    Captures without a label row or without any history are skipped.
+    Labels are ground truth with analysts' verdicts over it (:meth:`Store.read_labels`). Captures without a label row,
+    without any history, or labelled anomalous without a mask are skipped.
     """
     pairs: list[LabelledPair] = []
     last_normal: dict[tuple, str] = {}
@@ -125,7 +126,8 @@ def store_pairs(store: Store, depot: str, nights: Sequence[str]) -> list[Labelle
                 ref = store.reference_rel(row.train_id, int(row.car), row.region_id)
                 his = ref if store.exists(ref) else None
             label = lab.loc[row.capture_id]
-            if his is not None:
+            # an anomaly without a mask (an image-level verdict) has no pixel target: skipped, never trained as normal
+            if his is not None and not (label["anomalous"] and not isinstance(label["mask_uri"], str)):
                 pairs.append(LabelledPair(row.capture_id, row.uri, his, label["mask_uri"] if label["anomalous"] else None, night))
             if not label["anomalous"]:
                 normal_tonight[key] = row.uri

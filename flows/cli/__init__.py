@@ -14,7 +14,7 @@ from typing import Any
 import tasks._env  # noqa: F401  (Prefect defaults before anything imports prefect)
 from anodet_core.allocator import keep_freed_memory
 
-from . import bench, data, deploy, evaluate, night, query, train
+from . import bench, data, deploy, evaluate, night, query, review, train
 from ._common import SINGLE_IMAGE_ARCHS, setting_default
 from .bench import cmd_bench
 from .data import cmd_demo, cmd_demo_data
@@ -22,16 +22,17 @@ from .deploy import cmd_retrain, cmd_serve
 from .evaluate import EVAL_KEYS, SINGLE_IMAGE_EVAL_KEYS, cmd_compare, cmd_evaluate, cmd_predict
 from .night import cmd_backfill, cmd_run_night
 from .query import cmd_query
+from .review import cmd_label
 from .train import PAIRED_LR, cmd_pretrain, cmd_train
 
 __all__ = [
     "EVAL_KEYS", "PAIRED_LR", "SINGLE_IMAGE_ARCHS", "SINGLE_IMAGE_EVAL_KEYS", "build_parser", "cmd_backfill", "cmd_bench", "cmd_compare",
-    "cmd_demo", "cmd_demo_data", "cmd_evaluate", "cmd_predict", "cmd_pretrain", "cmd_query", "cmd_retrain", "cmd_run_night",
+    "cmd_demo", "cmd_demo_data", "cmd_evaluate", "cmd_label", "cmd_predict", "cmd_pretrain", "cmd_query", "cmd_retrain", "cmd_run_night",
     "cmd_serve", "cmd_train", "main",
 ]
 
 # in the order ``anodet --help`` lists the commands
-_GROUPS = (data, train, night, evaluate, bench, deploy, query)
+_GROUPS = (data, train, night, evaluate, bench, deploy, query, review)
 
 
 def build_parser() -> argparse.ArgumentParser:
