@@ -132,6 +132,57 @@ def _gray_rgb(arr: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(arr).convert("L").convert("RGB"))
 
 
+@dataclass
+class AlignedPair:
+    """cur and its history registered into cur's frame, at the reduced decode of :func:`align_pair` (not squared)."""
+
+    cur: np.ndarray  # H x W x 3 uint8, decoded cur
+    his: np.ndarray  # history warped into that frame, uncovered pixels filled from cur (fill_uncovered)
+    valid: np.ndarray  # H x W bool: pixels the warped history covers
+    alpha: np.ndarray | None  # the history's weight there (history_weight); None when it covers every pixel
+    registration: Registration  # in the decoded cur's pixels
+    native_size: tuple[int, int]  # cur (width, height), upright
+    gray: bool
+    t_decode_ms: float
+    t_register_ms: float
+
+
+def align_pair(
+    cur_bytes: bytes,
+    his_bytes: bytes,
+    *,
+    size: int = MODEL_SIZE,
+    registration: str = "auto",
+    transform: str = "similarity",
+    expect_size: tuple[int, int] | None = None,
+) -> AlignedPair:
+    """Decode both images reduced for ``size`` and register his into cur's frame: the part of :func:`prepare_pair`
+    before the model's square resize, which the night report reuses to show the history as the model saw it."""
+    t0 = time.thread_time()
+    cur_img = _decode_as("capture", cur_bytes, size, expect_size, MAX_PIXELS)
+    his_img = _decode_as("history", his_bytes, size, None, HISTORY_PIXEL_FACTOR * cur_img.native[0] * cur_img.native[1])
+    cur, his, native = cur_img.pixels, his_img.pixels, cur_img.native
+    gray = cur_img.gray != his_img.gray
+    if gray:  # the gray one is its own gray level already
+        cur, his = (cur, _gray_rgb(his)) if cur_img.gray else (_gray_rgb(cur), his)
+    if his.shape[:2] != cur.shape[:2]:  # e.g. a reference taken at another resolution of the same view
+        his = resize(his, (cur.shape[1], cur.shape[0]))
+    t1 = time.thread_time()
+    if registration == "none":
+        # already aligned input (e.g. a paired dataset): skip registration, say so in the figures
+        reg = Registration(np.eye(3), "identity", True, 0, float("nan"), float("nan"), float("nan"))
+        warped, valid = his, np.ones(cur.shape[:2], bool)
+    else:
+        reg = register(cur, his, model=transform, method=registration)
+        warped, valid = warp_pil(his, reg.matrix, cur.shape[:2])
+    alpha = None
+    if not valid.all():
+        alpha = history_weight(valid)
+        warped = fill_uncovered(cur, warped, valid, alpha)
+    t2 = time.thread_time()
+    return AlignedPair(cur, warped, valid, alpha, reg, native, gray, (t1 - t0) * 1e3, (t2 - t1) * 1e3)
+
+
 def prepare_pair(
     cur_bytes: bytes,
     his_bytes: bytes,
@@ -150,29 +201,12 @@ def prepare_pair(
     does not cover are filled with cur itself, so the network sees no difference there instead of a black
     border it would flag, and the history fades into that fill (:func:`fill_uncovered`).
     """
-    t0 = time.thread_time()
-    cur_img = _decode_as("capture", cur_bytes, size, expect_size, MAX_PIXELS)
-    his_img = _decode_as("history", his_bytes, size, None, HISTORY_PIXEL_FACTOR * cur_img.native[0] * cur_img.native[1])
-    cur, his, native = cur_img.pixels, his_img.pixels, cur_img.native
-    gray = cur_img.gray != his_img.gray
-    if gray:  # the gray one is its own gray level already
-        cur, his = (cur, _gray_rgb(his)) if cur_img.gray else (_gray_rgb(cur), his)
-    if his.shape[:2] != cur.shape[:2]:  # e.g. a reference taken at another resolution of the same view
-        his = resize(his, (cur.shape[1], cur.shape[0]))
-    t1 = time.thread_time()
-    if registration == "none":
-        # already aligned input (e.g. a paired dataset): skip registration, say so in the figures
-        reg = Registration(np.eye(3), "identity", True, 0, float("nan"), float("nan"), float("nan"))
-        warped, valid = his, np.ones(cur.shape[:2], bool)
-    else:
-        reg = register(cur, his, model=transform, method=registration)
-        warped, valid = warp_pil(his, reg.matrix, cur.shape[:2])
+    a = align_pair(cur_bytes, his_bytes, size=size, registration=registration, transform=transform, expect_size=expect_size)
+    cur, warped, valid, native = a.cur, a.his, a.valid, a.native_size
     weight = None
-    if not valid.all():
-        alpha = history_weight(valid)
-        warped = fill_uncovered(cur, warped, valid, alpha)
-        weight = np.clip(np.asarray(Image.fromarray(alpha.astype(np.float32)).resize((size, size), Image.Resampling.BILINEAR)), 0.0, 1.0)
-    t2 = time.thread_time()
+    if a.alpha is not None:
+        weight = np.clip(np.asarray(Image.fromarray(a.alpha.astype(np.float32)).resize((size, size), Image.Resampling.BILINEAR)), 0.0, 1.0)
+    reg = a.registration
     factor = native[0] / cur.shape[1]
     return PreparedPair(
         cur=resize(cur, (size, size)),
@@ -182,7 +216,7 @@ def prepare_pair(
         native_size=native,
         covered=None if valid.all() else valid,
         history_weight=weight,
-        t_decode_ms=(t1 - t0) * 1e3,
-        t_register_ms=(t2 - t1) * 1e3,
-        gray=gray,
+        t_decode_ms=a.t_decode_ms,
+        t_register_ms=a.t_register_ms,
+        gray=a.gray,
     )
