@@ -15,7 +15,7 @@ from anodet_core.config import Settings, local_timezone
 from anodet_core.night.plan import NightSummary, split_jobs, summarize
 from anodet_core.store.layout import Store
 from anodet_core.store.schemas import CaptureRow, FindingRow
-from tasks.inspection import Sealed, plan_night_task, score_batch_task, write_reports_task
+from tasks.inspection import Sealed, plan_night_task, score_batch_task, write_night_page_task, write_reports_task
 
 from .runners import SettingsTaskRunner, build_task_runner, ephemeral_run_settings, inference_placement
 
@@ -80,7 +80,9 @@ def nightly_inspection(
         captures += res.captures
         findings += res.findings
     reports = write_reports_task(st, plan.depot, plan.night, Sealed(captures), Sealed(findings), Sealed(plan), run_id)
+    page = write_night_page_task(st, plan.depot, plan.night, settings)
     summary = summarize(st, plan, captures, time.perf_counter() - t0, reports)
+    summary.page_url = page
     key = re.sub(r"[^a-z0-9-]+", "-", f"night-{plan.depot}-{plan.night}".lower())
     create_markdown_artifact(summary.markdown(), key=key, description=f"anodet night {plan.depot} {plan.night}")
     return summary

@@ -65,3 +65,20 @@ def write_reports_task(
     returns the report files' URLs."""
     gen, rel = (plan.value.generation or None, plan.value.maps_rel or None) if plan is not None else (None, None)
     return write_reports(store, depot, night, captures.value, findings.value, generation=gen, maps_rel=rel, run_id=run_id)
+
+
+@task(name="write-night-page", cache_policy=NONE)
+def write_night_page_task(store: Store, depot: str, night: str, settings: Settings) -> str:
+    """The published night's HTML page into the store (:func:`anodet_core.reporting.night_page.write_night_page`);
+    its URL, or "" when it could not be written: the page is a view of the night, never a reason to fail it."""
+    from prefect import get_run_logger
+
+    from anodet_core.reporting.night_page import write_night_page
+    from anodet_core.text import printable
+
+    try:
+        return write_night_page(store, depot, night, registration=settings.registration,
+                                allowed_uri_prefixes=settings.allowed_uri_prefixes)
+    except Exception as exc:  # the reports are published already; say why the page is missing, keep the night
+        get_run_logger().warning("night page of %s/%s not written: %s", depot, night, printable(exc))
+        return ""

@@ -196,6 +196,7 @@ class NightSummary:
     reports: dict[str, str] = field(default_factory=dict)
     maps_url: str = ""
     image_auroc: float | None = None  # only when ground-truth labels exist for the night
+    page_url: str = ""  # the night's HTML page (anodet_core.reporting), when written
 
     def markdown(self, top_n: int = 15) -> str:
         """A Markdown report: the counts, wall time, image AUROC when labelled, and the ``top_n`` highest-scoring captures.
@@ -213,6 +214,9 @@ class NightSummary:
         ]
         if self.image_auroc is not None:
             lines.append(f"- image AUROC against the night's labels: {self.image_auroc:.3f}")
+        if self.page_url:
+            url = self.page_url if "://" in self.page_url else f"file://{self.page_url}"
+            lines.append(f"- night report (pictures of every finding): [{_md(self.page_url)}]({_md(url).replace(' ', '%20')})")
         lines += ["", "| rank | capture | region | status | decision | capture score | score max | findings | label |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for i, r in enumerate(self.top[:top_n], 1):

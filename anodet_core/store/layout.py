@@ -16,6 +16,7 @@ Layout under the root (``ANODET_STORE``: a local folder, ``file://``, ``s3://buc
     reports/findings/depot=<depot>/night=<night>/part-<generation>.parquet   one row per finding (FindingRow)
     reports/_nights/depot=<depot>/night=<night>.json    the night's commit: the generation readers see
     models/<name>/versions/<version>/weights.safetensors + card.json   immutable model versions
+    pages/<depot>/<night>/night.html (+ its plots, *.png)   the night's HTML report (anodet_core.reporting), after publishing
     models/<name>/aliases/<alias>                       text file holding a version (e.g. "production")
 
 Nights are ``YYYY-MM-DD`` strings. Report partitions are hive-style so pyarrow, pandas, DuckDB and Spark read
@@ -409,6 +410,12 @@ class Store:
         if ds is None:
             return schema.empty_table().to_pandas()
         return ds.to_table(filter=filter).to_pandas()
+
+    # -- pages
+    @staticmethod
+    def page_rel(depot: str, night: str, name: str = "night.html") -> str:
+        """Relative path of a night's HTML report, or of a file beside it (its plots)."""
+        return f"pages/{check_name(depot, 'depot')}/{check_night(night)}/{check_name(name, 'page file')}"
 
     # -- models
     @staticmethod

@@ -22,12 +22,13 @@ from .deploy import cmd_retrain, cmd_serve
 from .evaluate import EVAL_KEYS, SINGLE_IMAGE_EVAL_KEYS, cmd_compare, cmd_evaluate, cmd_predict
 from .night import cmd_backfill, cmd_run_night
 from .query import cmd_query
-from .review import cmd_label
+from .review import cmd_label, cmd_report
 from .train import PAIRED_LR, cmd_pretrain, cmd_train
 
 __all__ = [
     "EVAL_KEYS", "PAIRED_LR", "SINGLE_IMAGE_ARCHS", "SINGLE_IMAGE_EVAL_KEYS", "build_parser", "cmd_backfill", "cmd_bench", "cmd_compare",
-    "cmd_demo", "cmd_demo_data", "cmd_evaluate", "cmd_label", "cmd_predict", "cmd_pretrain", "cmd_query", "cmd_retrain", "cmd_run_night",
+    "cmd_demo", "cmd_demo_data", "cmd_evaluate", "cmd_label", "cmd_predict", "cmd_pretrain", "cmd_query", "cmd_report", "cmd_retrain",
+    "cmd_run_night",
     "cmd_serve", "cmd_train", "main",
 ]
 

@@ -27,12 +27,23 @@ def cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """``anodet report``: a published night's self-contained HTML page, to the store or to ``--out``."""
+    from anodet_core.reporting.night_page import write_night_page
+
+    settings = _settings(args)
+    where = write_night_page(_store(settings), args.depot, args.night, args.out, max_findings=args.max_findings,
+                             registration=settings.registration, allowed_uri_prefixes=settings.allowed_uri_prefixes)
+    print(f"night report: {where}")
+    return 0
+
+
 def _default_analyst() -> str:
     return os.environ.get("ANODET_ANALYST") or getpass.getuser()
 
 
 def add_parsers(sub: Subcommands) -> None:
-    """Register ``label``."""
+    """Register ``label`` and ``report``."""
     from anodet_core.store.schemas import ANOMALY_TYPES, Verdict
 
     lab = sub.add_parser(
@@ -49,3 +60,17 @@ def add_parsers(sub: Subcommands) -> None:
     lab.add_argument("--depot", help="the capture's depot, when its id is in several nights or in none's report yet")
     lab.add_argument("--night", help="the capture's night (YYYY-MM-DD), with --depot")
     lab.set_defaults(func=cmd_label)
+
+    from anodet_core.reporting import MAX_FINDINGS
+
+    rep = sub.add_parser(
+        "report", help="a night's report as one self-contained HTML page (pictures embedded)",
+        description="Write a published night's HTML page: summary, plots (PNG beside the page), one card per finding "
+                    "ranked by peak score (current, registered history, anomaly map, outlined findings), the captures "
+                    "that failed with their status and message, and the night's verdicts. Default: into the store "
+                    "(pages/<depot>/<night>/night.html, where the nightly flow also writes it).")
+    rep.add_argument("--depot", required=True)
+    rep.add_argument("--night", required=True, help="YYYY-MM-DD")
+    rep.add_argument("--out", help="a local FILE.html instead of the store (plots beside it, named FILE-*.png)")
+    rep.add_argument("--max-findings", type=int, default=MAX_FINDINGS, help=f"finding cards at most (default {MAX_FINDINGS})")
+    rep.set_defaults(func=cmd_report)
