@@ -15,10 +15,18 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The night report's browser test drives Debian's Chromium (headless) with its chromedriver; installed once when
+# missing (needs root and the package registry, as on CI and the developer machines).
+BROWSER_STAMP := $(VENV)/.anodet-browser
+$(BROWSER_STAMP): | $(STAMP)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
+	touch $@
+
 demo: $(STAMP)
 	$(BIN)/anodet demo
 
-test: $(STAMP)
+test: $(STAMP) $(BROWSER_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
