@@ -204,8 +204,9 @@ def build_night_page(store: Store, depot: str, night: str, *, max_findings: int 
     # finding cards, ranked by peak score
     by_id = {r["capture_id"]: r for r in caps.to_dict("records")}
     finds = finds.sort_values(["peak_score", "capture_id", "finding_id"], ascending=[False, True, True], kind="stable")
-    boxes = {cid: g.sort_values("finding_id")[["x0", "y0", "x1", "y1"]].to_numpy(int).tolist() for cid, g in finds.groupby("capture_id")}
-    order = {cid: g.sort_values("finding_id")["finding_id"].tolist() for cid, g in finds.groupby("capture_id")}
+    per_capture = {cid: g.sort_values("finding_id") for cid, g in finds.groupby("capture_id")}
+    boxes = {cid: g[["x0", "y0", "x1", "y1"]].to_numpy(int).tolist() for cid, g in per_capture.items()}
+    order = {cid: g["finding_id"].tolist() for cid, g in per_capture.items()}
     pictures = _Pictures(store, depot, night, registration, allowed_uri_prefixes)
     cards = []
     for rank, f in enumerate(finds.head(max_findings).to_dict("records"), 1):
