@@ -90,7 +90,9 @@ def evaluate_pairs(
     ``uncovered_frac`` (share of the split's pixels without history) and ``uncovered_anomalous_frac`` (share of
     its anomalous pixels); ``n_samples`` (pairs scored), ``n_anomalous``;
     ``skipped``: ``(key, reason)`` of every pair that could not be scored, in input order (:class:`NothingScored`
-    when that is all of them). ``map_dtype`` is the stored map's (a night's ANODET_MAP_DTYPE); ``read`` reads a
+    when that is all of them); for curves (:mod:`anodet_core.reporting.evaluation_plots`): ``image_scores`` and
+    ``image_labels`` (per pair scored) and ``pixel_hists`` (the paper pixels' ``(pos_hist, neg_hist)``).
+    ``map_dtype`` is the stored map's (a night's ANODET_MAP_DTYPE); ``read`` reads a
     file (default: a local one); ``on_scored(pair, scored)`` sees every post-processed pair. Pairs are
     prepared at the predictor's input size (``predictor.info.input_size``).
     """
@@ -148,7 +150,8 @@ def evaluate_pairs(
     hits = decided - im.false_alarms
     out.update(threshold=op.threshold, min_area=op.min_area, image_auroc=im.image_auroc,
                decision_precision=hits / decided if decided else float("nan"), decision_recall=im.recall,
-               false_alarms=im.false_alarms, n_samples=len(img_scores), n_anomalous=im.n_anomalous, skipped=skipped)
+               false_alarms=im.false_alarms, n_samples=len(img_scores), n_anomalous=im.n_anomalous, skipped=skipped,
+               image_scores=img_scores, image_labels=img_labels, pixel_hists=(pm.pos_hist, pm.neg_hist))
     return out
 
 

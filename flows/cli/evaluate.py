@@ -86,31 +86,51 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     def num(v: float | int) -> float | int | None:
         return v if isinstance(v, int) else (None if math.isnan(v) else float(v))
 
-    if args.json:
-        print(json.dumps({**{k: num(res[k]) for k in EVAL_KEYS}, "n_scored": res["n_samples"], "n_skipped": len(skipped),
-                          "skipped": [{"pair_id": pid, "reason": reason} for pid, reason in skipped]}))
-        return status
     if not res["n_samples"]:
-        print(f"pairs: 0 scored, {len(skipped)} skipped; nothing to evaluate in {path}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({**{k: num(res[k]) for k in EVAL_KEYS}, "n_scored": 0, "n_skipped": len(skipped),
+                              "skipped": [{"pair_id": pid, "reason": reason} for pid, reason in skipped]}))
+        else:
+            print(f"pairs: 0 scored, {len(skipped)} skipped; nothing to evaluate in {path}", file=sys.stderr)
         return status
     name = f"{card.name}:{card.version}" if card.version else card.name
-    print(f"model {name} on {path}: pairs: {res['n_samples']} scored ({res['n_anomalous']} anomalous), "
-          f"{len(skipped)} skipped; native resolution, the nightly post-processing; operating point: threshold "
-          f"{op.threshold:.3f}, min finding area {op.min_area} px, no-history score {op.no_history_score}")
+    lines = [f"model {name} on {path}: pairs: {res['n_samples']} scored ({res['n_anomalous']} anomalous), "
+             f"{len(skipped)} skipped; native resolution, the nightly post-processing; operating point: threshold "
+             f"{op.threshold:.3f}, min finding area {op.min_area} px, no-history score {op.no_history_score}"]
     for title, keys in (("pixels at > 0.5 (paper), summed over all pixels", _PAPER_KEYS),
                         ("pixels at the operating point's threshold", _OP_KEYS),
                         ("captures: AUROC of the capture score; decisions at the operating point (anomalous iff a "
                          "finding)", ("image_auroc", *_DECISION_KEYS)),
                         ("pixels at > 0.5 where the registered history covers cur (elsewhere no pair can show a "
                          "change)", _COVERED_KEYS)):
-        print(f"\n{title}\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
-        print("| " + " | ".join(str(res[k]) if isinstance(res[k], int) else f"{res[k]:.4f}" for k in keys) + " |")
-    return 0
+        lines.append(f"\n{title}\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+        lines.append("| " + " | ".join(str(res[k]) if isinstance(res[k], int) else f"{res[k]:.4f}" for k in keys) + " |")
+    if args.json:
+        print(json.dumps({**{k: num(res[k]) for k in EVAL_KEYS}, "n_scored": res["n_samples"], "n_skipped": len(skipped),
+                          "skipped": [{"pair_id": pid, "reason": reason} for pid, reason in skipped]}))
+    else:
+        print("\n".join(lines))
+    if args.plots:
+        _write_plots(args.plots, "\n".join(lines), res["image_scores"], res["image_labels"], res["pixel_hists"],
+                     f"{name} on {path}")
+    return status
+
+
+def _write_plots(out_dir: str, summary: str, scores: object, labels: object, pixel_hists: object, title: str) -> None:
+    """``--plots DIR``: the ROC and PR curve PNGs and ``evaluate.md`` linking them; the paths on stderr (stdout
+    stays the table or the one JSON object)."""
+    from anodet_core.reporting.evaluation_plots import evaluation_plots, write_evaluation_report
+
+    made, missing = evaluation_plots(scores, labels, pixel_hists, title)  # type: ignore[arg-type]
+    for path in write_evaluation_report(out_dir, summary, made, missing):
+        print(f"wrote {path}", file=sys.stderr)
 
 
 def _evaluate_single_image(args: argparse.Namespace) -> int:
     """``anodet evaluate --model M --normal-dir DIR --anomalous-dir DIR [--mask-dir DIR]``."""
     import math
+
+    import numpy as np
 
     from anodet_core.registry.model_store import load
     from anodet_core.single_image import evaluate_single_image, load_images, load_masks, model_input_size
@@ -136,18 +156,20 @@ def _evaluate_single_image(args: argparse.Namespace) -> int:
     def num(v: float) -> float | None:
         return None if v is None or math.isnan(v) else float(v)
 
-    if args.json:
-        print(json.dumps({k: num(res[k]) for k in SINGLE_IMAGE_EVAL_KEYS}))
-        return 0
     name = f"{card.name}:{card.version}" if card.version else card.name
-    print(f"model {name} ({card.arch}): {res['n_normal']} normal images ({args.normal_dir}) vs {res['n_anomalous']} "
-          f"anomalous ({args.anomalous_dir}) at {size}x{size}; recall and false alarms at the card's image-score "
-          f"threshold {res['threshold']:.6g}; pixel AUROC: exact rank AUC over all pixels"
-          + (" (normal images: all pixels normal)" if masks is not None else " (no --mask-dir: n/a)"))
-    print("| " + " | ".join(SINGLE_IMAGE_EVAL_KEYS) + " | false alarms |")
-    print("|" + "---|" * (len(SINGLE_IMAGE_EVAL_KEYS) + 1))
-    print("| " + " | ".join("n/a" if num(res[k]) is None else f"{res[k]:.4f}" for k in SINGLE_IMAGE_EVAL_KEYS)
-          + f" | {res['false_alarms']}/{res['n_normal']} |")
+    lines = [f"model {name} ({card.arch}): {res['n_normal']} normal images ({args.normal_dir}) vs {res['n_anomalous']} "
+             f"anomalous ({args.anomalous_dir}) at {size}x{size}; recall and false alarms at the card's image-score "
+             f"threshold {res['threshold']:.6g}; pixel AUROC: exact rank AUC over all pixels"
+             + (" (normal images: all pixels normal)" if masks is not None else " (no --mask-dir: n/a)"),
+             "| " + " | ".join(SINGLE_IMAGE_EVAL_KEYS) + " | false alarms |",
+             "|" + "---|" * (len(SINGLE_IMAGE_EVAL_KEYS) + 1),
+             "| " + " | ".join("n/a" if num(res[k]) is None else f"{res[k]:.4f}" for k in SINGLE_IMAGE_EVAL_KEYS)
+             + f" | {res['false_alarms']}/{res['n_normal']} |"]
+    print(json.dumps({k: num(res[k]) for k in SINGLE_IMAGE_EVAL_KEYS}) if args.json else "\n".join(lines))
+    if args.plots:
+        scores = np.concatenate([res["normal_scores"], res["anomalous_scores"]])
+        labels = np.r_[np.zeros(res["n_normal"], bool), np.ones(res["n_anomalous"], bool)]
+        _write_plots(args.plots, "\n".join(lines), scores, labels, None, f"{name} ({card.arch})")
     return 0
 
 
@@ -206,6 +228,8 @@ def add_parsers(sub: Subcommands) -> None:
     e.add_argument("--json", action="store_true", help="one JSON object: " + ", ".join(EVAL_KEYS)
                    + ", n_scored, n_skipped, skipped ([{pair_id, reason}]) (single-image: "
                    + ", ".join(SINGLE_IMAGE_EVAL_KEYS) + "; NaN as null)")
+    e.add_argument("--plots", metavar="DIR", help="also write ROC and precision-recall curves as PNG (per image; "
+                   "paired: per pixel too) and DIR/evaluate.md, the table linking them")
     e.add_argument("--batch-size", type=int)
     e.add_argument("--device", help="auto | cpu | cuda")
     e.set_defaults(func=cmd_evaluate)

@@ -163,6 +163,26 @@ def test_evaluate_json_on_a_paired_folder(tiny_store, tmp_path, capsys):
     assert main(["--store", tiny_store, "evaluate", "--model", "anodfdnet:1", "--data", str(tmp_path / "none")]) == 2
 
 
+def test_evaluate_plots_writes_decodable_curves_linked_from_its_report(tiny_store, tmp_path, capsys):
+    from PIL import Image
+
+    data, plots = tmp_path / "pairs", tmp_path / "plots"
+    write_pair_folders(str(data), 4, seed=4, width=200, height=120, anomaly_rate=0.5)
+    assert main(["--store", tiny_store, "evaluate", "--model", "anodfdnet:1", "--data", str(data), "--json",
+                 "--plots", str(plots)]) == 0
+    captured = capsys.readouterr()
+    json.loads(captured.out)  # stdout is still the one JSON object; the paths go to stderr
+    assert sorted(p.name for p in plots.iterdir()) == ["evaluate.md", "image_roc_pr.png", "pixel_roc_pr.png"]
+    assert f"wrote {plots / 'evaluate.md'}" in captured.err
+    for name in ("image_roc_pr.png", "pixel_roc_pr.png"):
+        with Image.open(plots / name) as im:
+            im.load()
+            assert im.width > 400 and im.height > 200
+    report = (plots / "evaluate.md").read_text()
+    assert "![image_roc_pr](image_roc_pr.png)" in report and "![pixel_roc_pr](pixel_roc_pr.png)" in report
+    assert "| precision |" in report and "pairs: 4 scored" in report
+
+
 def test_ephemeral_runs_share_one_api_server_with_local_workers_and_drop_heartbeats(monkeypatch):
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings

@@ -125,6 +125,11 @@ def test_evaluate_json_and_table(store, data, arch, capsys):
     assert main([*base, "--mask-dir", data["masks"]]) == 0
     out = capsys.readouterr().out
     assert f"model {arch}:1" in out and "| image_auroc | recall | pixel_auroc | false alarms |" in out
+    plots = os.path.join(store, f"plots-{arch}")
+    assert main([*base, "--plots", plots]) == 0
+    assert sorted(os.listdir(plots)) == ["evaluate.md", "image_roc_pr.png"]  # single-image maps: no pixel curves
+    with open(os.path.join(plots, "evaluate.md")) as f:
+        assert "![image_roc_pr](image_roc_pr.png)" in f.read()
 
 
 def _with_blob(imgs: np.ndarray) -> np.ndarray:
