@@ -27,7 +27,7 @@ _SECRET_WORDS = ("secret", "token", "passw", "credential")
 
 # The registered single-image architectures, spelled out so that reading the settings imports no model code
 # (tests check them against the model registry, anodet_core.models.single_image_models()).
-SingleImageArch = Literal["csaflow", "anovit"]
+SingleImageArch = Literal["anovit", "csaflow", "padim", "patchcore"]
 SINGLE_IMAGE_ARCHS: tuple[str, ...] = get_args(SingleImageArch)
 
 

@@ -28,6 +28,8 @@ from . import unet_cat  # noqa: E402,F401
 from . import csaflow  # noqa: E402,F401
 from . import anovit  # noqa: E402,F401
 from . import classical_diff  # noqa: E402,F401
+from . import patchcore  # noqa: E402,F401
+from . import padim  # noqa: E402,F401
 # isort: on
 
 __all__ = ["register_model", "create_model", "list_models", "list_presets", "preset_config", "model_info", "instance_info",

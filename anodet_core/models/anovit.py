@@ -159,6 +159,11 @@ class AnoViT(nn.Module):
         """Max of the anomaly map, (B,)."""
         return self.anomaly_map(x).amax(dim=(1, 2, 3))
 
+    def score_and_map(self, x: torch.Tensor, maps: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(image scores (B,), maps (B, 1, H, W) or None) from one forward pass."""
+        m = self.anomaly_map(x)
+        return m.amax(dim=(1, 2, 3)), (m if maps else None)
+
 
 @register_model("anovit", presets=PRESETS, info=ModelInfo(ModelKind.SINGLE_IMAGE, 224, MEAN, STD, "reconstruction", "img_size"))
 def anovit(preset: str | None = None, **overrides: object) -> AnoViT:

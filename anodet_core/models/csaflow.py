@@ -289,6 +289,11 @@ class CSAFlow(nn.Module):
         """Anomaly score per image, (B,)."""
         return self.score_from(self(x)[0])
 
+    def score_and_map(self, x: torch.Tensor, maps: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(image scores (B,), maps (B, 1, H, W) or None) from one forward pass."""
+        zs = self(x)[0]
+        return self.score_from(zs), (self.map_from(zs, (x.shape[-2], x.shape[-1])) if maps else None)
+
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
         """Per-pixel anomaly map, (B, 1, H, W)."""
         return self.map_from(self(x)[0], (x.shape[-2], x.shape[-1]))

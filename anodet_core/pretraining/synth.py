@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from scipy import ndimage
 
-__all__ = ["SynthPair", "synth_pair", "CHANGE_KINDS"]
+__all__ = ["SynthPair", "synth_pair", "draw_change", "footprint_level", "CHANGE_KINDS"]
 
 CHANGE_KINDS = ("foreign", "missing", "displaced", "scratch", "stain")
 _WORLD = (640, 480)  # world canvas (w, h); views are (512, 384) windows of it
@@ -170,6 +170,25 @@ def _stain(cur_w: np.ndarray, rng: np.random.Generator, r: float) -> np.ndarray:
     return alpha
 
 
+def draw_change(img: np.ndarray, kind: str, donors: list[np.ndarray], rng: np.random.Generator, r: float) -> np.ndarray:
+    """Draw one change of ``kind`` (``foreign``, ``displaced``, ``scratch`` or ``stain``) of radius ~``r`` into the
+    float RGB image ``img`` in place; returns its alpha (threshold it at :func:`footprint_level` for the label)."""
+    if kind == "foreign":
+        return _paste_object(img, donors[int(rng.integers(len(donors)))], rng, r)
+    if kind == "displaced":
+        return _displace(img, rng, r)
+    if kind == "scratch":
+        return _scratch(img, rng)
+    if kind == "stain":
+        return _stain(img, rng, r)
+    raise ValueError(f"unknown change kind {kind!r}")
+
+
+def footprint_level(kind: str) -> float:
+    """Alpha above which a change of ``kind`` is labelled (thin and translucent changes lower)."""
+    return 0.3 if kind in ("scratch", "stain") else 0.5
+
+
 def _view_matrix(rng: np.random.Generator, jitter: float) -> np.ndarray:
     """View (output) pixel -> world pixel: the centred window, rotated/scaled/shifted/tilted by ``jitter``."""
     ww, wh = _WORLD
@@ -264,17 +283,11 @@ def synth_pair(photo: np.ndarray, donors: list[np.ndarray], rng: np.random.Gener
         kind = str(rng.choice(CHANGE_KINDS, p=[0.3, 0.15, 0.15, 0.2, 0.2]))
         r = side * math.exp(rng.uniform(math.log(0.02), math.log(0.16)))  # many sizes, small ones often
         before_c, before_h = cur_w.copy(), his_w.copy()
-        if kind == "foreign":
-            alpha = _paste_object(cur_w, donors[int(rng.integers(len(donors)))], rng, r)
-        elif kind == "missing":
+        if kind == "missing":
             alpha = _paste_object(his_w, donors[int(rng.integers(len(donors)))], rng, r)
-        elif kind == "displaced":
-            alpha = _displace(cur_w, rng, r)
-        elif kind == "scratch":
-            alpha = _scratch(cur_w, rng)
         else:
-            alpha = _stain(cur_w, rng, r)
-        footprint = alpha > (0.3 if kind in ("scratch", "stain") else 0.5)
+            alpha = draw_change(cur_w, kind, donors, rng, r)
+        footprint = alpha > footprint_level(kind)
         visible = np.abs(cur_w - his_w).mean(axis=2)
         if not footprint.any() or float(visible[footprint].mean()) < _MIN_VISIBLE:
             cur_w, his_w = before_c, before_h  # invisible: drop it rather than label it

@@ -27,6 +27,12 @@ THRESHOLD_QUANTILE: float = 0.99
 """Image-score threshold = this quantile of the held-out normal images' scores."""
 VAL_FRAC: float = 0.2
 """Share of the normal images held out (seeded) to calibrate the threshold."""
+SCORE_UNITS: dict[str, str] = {  # what a card's scores mean, per architecture
+    "csaflow": "CSA-Flow: mean z^2/2 (maps: channel-mean z^2)",
+    "anovit": "AnoViT: max of the smoothed squared reconstruction error (maps: that error)",
+    "patchcore": "PatchCore: reweighted max nearest-neighbour patch distance (maps: smoothed patch distances)",
+    "padim": "PaDiM: max of the smoothed Mahalanobis distance map (maps: that map)",
+}
 
 
 def calibrate(scores: np.ndarray, maps: np.ndarray | None = None, quantile: float = THRESHOLD_QUANTILE) -> tuple[float, dict[str, Any]]:
@@ -120,8 +126,7 @@ def fit_single_image(
         "input_size": int(size),
         "mean": list(mean_std(model)[0]),
         "std": list(mean_std(model)[1]),
-        "score_units": "CSA-Flow: mean z^2/2 (maps: channel-mean z^2)" if arch == "csaflow"
-        else "AnoViT: max of the smoothed squared reconstruction error (maps: that error)",
+        "score_units": SCORE_UNITS[arch],
         "threshold_rule": f"quantile {quantile} (numpy linear) of the image scores of {len(va)} held-out normal "
                           f"images (seeded {1 - val_frac:.0%}/{val_frac:.0%} split, seed {seed})",
         "threshold_quantile": quantile,

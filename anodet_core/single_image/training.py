@@ -1,9 +1,10 @@
-"""Unsupervised training of a single-image model on normal images (maximum likelihood / reconstruction).
+"""Unsupervised training of a single-image model on normal images (maximum likelihood / reconstruction / memory).
 
 Random flips as augmentation, seeded, with a wall-time limit; only trainable parameters are optimised
 (CSA-Flow's backbone is frozen).  CSA-Flow uses its paper optimiser (``csaflow.make_optimizer``: Adam lr 2e-4,
 weight decay 1e-5, betas (0.5, 0.9), eps 1e-4) and gradient-norm clipping at 1; AnoViT uses Adam lr 1e-4 (the
-AnoViT file specifies no optimiser; 1e-4 is the usual ViT auto-encoder setting).
+AnoViT file specifies no optimiser; 1e-4 is the usual ViT auto-encoder setting).  PatchCore and PaDiM are not
+trained by gradient: their ``fit`` builds the memory bank / the Gaussians in one pass over the images, unflipped.
 """
 
 from __future__ import annotations
@@ -94,7 +95,14 @@ def train_single_image(
         raise ValueError("epochs and batch_size must be >= 1")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model: Any = create_model(arch, preset=preset, **overrides).to(device)  # CSAFlow or AnoViT, by arch
+    model: Any = create_model(arch, preset=preset, **overrides).to(device)  # CSAFlow, AnoViT, PatchCore or PaDiM
+    if callable(getattr(model, "fit", None)):  # memory-based (PatchCore, PaDiM): one pass, no gradient
+        t0 = time.perf_counter()
+        model.eval().fit(to_input(normal[s : s + batch_size], model, device) for s in range(0, n, batch_size))
+        rec = {"epoch": 1, "loss": float("nan"), "steps": -(-n // batch_size), "seconds": time.perf_counter() - t0}
+        if on_epoch:
+            on_epoch(rec)
+        return model, [rec]
     params = [p for p in model.parameters() if p.requires_grad]
     clip: float | None
     if arch == "csaflow":

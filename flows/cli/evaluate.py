@@ -178,6 +178,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from anodet_core.evaluation.compare import compare, depot_split, folder_split, to_markdown
     from anodet_core.training import TrainConfig
 
+    if args.single_image:
+        return _compare_single_image(args)
+    if not (args.data or args.depot):
+        print("error: compare needs --data DIR or --depot NAME (or --single-image)", file=sys.stderr)
+        return 2
     settings = _settings(args)
     if args.data:
         train, test, note, read = folder_split(args.data, seed=args.seed)
@@ -197,6 +202,54 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(to_markdown(run.results, run.title))
     for kind, path in run.paths.items():
         print(f"wrote {kind}: {path}")
+    return 0
+
+
+def _compare_single_image(args: argparse.Namespace) -> int:
+    """``anodet compare --single-image``: every single-image model on the held-out single-image benchmark."""
+    import os
+
+    from anodet_core.single_image import ARCHS
+    from anodet_core.single_image.benchmark import (
+        compare_single_image,
+        make_benchmark,
+        results_json,
+        results_markdown,
+    )
+
+    if args.depot:
+        print("error: --single-image compares on a folder benchmark (--data), not on a depot", file=sys.stderr)
+        return 2
+    methods = tuple(args.methods or ARCHS)
+    unknown = [m for m in methods if m not in ARCHS]
+    if unknown:
+        print(f"error: unknown single-image model(s) {unknown}; choose from {list(ARCHS)}", file=sys.stderr)
+        return 2
+    root = args.data or args.benchmark_dir
+    if not args.data and not os.path.exists(os.path.join(root, "benchmark.json")):
+        print(f"writing the project's single-image benchmark to {root} (seed 0)", flush=True)
+        make_benchmark(root)
+    settings = _settings(args)
+    overrides = _json_object(args.overrides, "--overrides")
+    bad = [k for k, v in overrides.items() if k not in ARCHS or not isinstance(v, dict)]
+    if bad:
+        print(f"error: --single-image --overrides takes one object per model ('{{\"csaflow\": {{...}}}}'), got {bad}",
+              file=sys.stderr)
+        return 2
+    per_method = {m: dict(overrides.get(m, {})) for m in methods}
+    results = compare_single_image(root, methods, preset=args.preset, overrides=per_method, epochs=args.epochs,
+                                   max_seconds=args.max_minutes_per_method * 60, seed=args.seed,
+                                   device=_device(settings), progress=True)
+    table = results_markdown(results)
+    print(f"\nsingle-image models on {root}: each fitted per category on train/good (80 % fit, 20 % calibrate the "
+          f"threshold: the defaults of anodet train), preset {args.preset}, at most {args.epochs} epochs; test/good vs "
+          f"test/defect\n\n{table}")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "single_image.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(args.out, "single_image.json"), "w") as f:
+        json.dump(results_json(results), f, indent=1)
+    print(f"wrote {os.path.join(args.out, 'single_image.md')} and single_image.json")
     return 0
 
 
@@ -235,9 +288,17 @@ def add_parsers(sub: Subcommands) -> None:
     e.set_defaults(func=cmd_evaluate)
 
     c = sub.add_parser("compare", help="train every method with the same protocol and tabulate test metrics (paper Table I / III)")
-    src = c.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", help="paired folder dataset: DIR/train + DIR/test, else a seeded 80/20 split of DIR")
+    src = c.add_mutually_exclusive_group()
+    src.add_argument("--data", help="paired folder dataset: DIR/train + DIR/test, else a seeded 80/20 split of DIR; "
+                                    "with --single-image: MVTec-layout folders DIR/<category>/train/good, test/good, "
+                                    "test/defect, ground_truth/defect")
     src.add_argument("--depot", help="labelled nights of this depot; the last night is the test split")
+    c.add_argument("--single-image", action="store_true",
+                   help="compare the single-image models (CSA-Flow, AnoViT, PatchCore, PaDiM) instead: image AUROC, "
+                        "pixel AUROC, recall and false alarms at the calibrated threshold, fit and score time")
+    c.add_argument("--methods", nargs="+", help="--single-image: the models to compare (default: all registered)")
+    c.add_argument("--benchmark-dir", default="anodet-sibench",
+                   help="--single-image without --data: the project's held-out benchmark, written here when missing")
     c.add_argument("--preset", default="lite", help="architecture preset of every method: paper | lite")
     c.add_argument("--layers", nargs="+", type=int, help="Table III: AnoDFDNet Transformer depths, e.g. 0 1 2 4 8")
     c.add_argument("--overrides", help='JSON config overrides for every method, flat or per arch: \'{"unet_cat": {...}}\'')

@@ -175,7 +175,7 @@ def test_bad_booleans_raise(env, raw):
 
 @pytest.mark.parametrize("name, raw", [("device", "gpu"), ("device", "cuda1"), ("device", "cuda:x"), ("device", ""),
                                        ("registration", "sift"), ("registration", ""), ("map_dtype", "int8"),
-                                       ("single_image", "patchcore"), ("single_image", "CSAFLOW"), ("second_opinion", "")])
+                                       ("single_image", "spade"), ("single_image", "CSAFLOW"), ("second_opinion", "")])
 def test_bad_choices_raise_naming_the_variable(env, name, raw):
     env(**{name: raw})
     with pytest.raises(InvalidSetting, match=f"^ANODET_{name.upper()}={raw!r}: "):
