@@ -30,7 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._registry import ModelInfo, ModelKind, preset_config, register_model
-from .backbones import create_backbone
+from .backbones import IMAGENET_MEAN, IMAGENET_STD, create_backbone
+from .patch_features import PatchFeatures
 
 __all__ = [
     "MEAN",
@@ -64,9 +65,22 @@ class AnoViTConfig:
     in_chans: int = 3
     decoder_widths: tuple[int, int, int, int, int] = (256, 128, 64, 32, 16)
     blur_sigma: float = 4.0
+    stem: str = "patch"  # "patch": the ViT's own patch embedding on pixels; "lite": frozen ImageNet Lite0 features
+    feature_strides: tuple[int, ...] = (8, 16)  # stem "lite": the levels ...
+    feature_grid: int = 16  # ... on the grid of this stride (16: 16x16 tokens at 256 px, as the paper's ViT-B/16)
+    feature_jitter: float = 0.0  # stem "lite": training noise on the encoder's input, relative to the features' RMS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "decoder_widths", tuple(self.decoder_widths))
+        object.__setattr__(self, "feature_strides", tuple(self.feature_strides))
+        if self.stem not in ("patch", "lite"):
+            raise ValueError(f"stem must be 'patch' or 'lite', got {self.stem!r}")
+        if self.stem == "lite" and self.pretrained:
+            raise ValueError("stem 'lite' builds its ViT for feature tokens: ViT image weights (pretrained) do not fit it")
+        if self.stem == "lite" and self.img_size % max(*self.feature_strides, self.feature_grid):
+            raise ValueError(f"img_size must be a multiple of {max(*self.feature_strides, self.feature_grid)} with stem 'lite'")
+        if self.feature_jitter < 0:
+            raise ValueError(f"feature_jitter must be >= 0, got {self.feature_jitter}")
         if len(self.decoder_widths) != 5:
             raise ValueError(f"decoder_widths needs 5 entries (6 blocks), got {self.decoder_widths}")
         if self.blur_sigma < 0:
@@ -78,6 +92,9 @@ PRESETS: dict[str, AnoViTConfig] = {
     "paper": AnoViTConfig(),
     # ViT-Ti width (192, 3 heads), 4 layers, 128 px: for tests and CPU experiments.
     "lite": AnoViTConfig(encoder="vit_tiny_patch16_224", depth=4, img_size=128),
+    # the same ViT-Ti on frozen ImageNet Lite0 patch features (stride 8 + 16, 16x16 tokens at 256 px), reconstructing
+    # those features (a denoising auto-encoder: jittered input, clean target): no ViT weights needed
+    "hybrid": AnoViTConfig(encoder="vit_tiny_patch16_224", depth=4, img_size=256, stem="lite", feature_jitter=0.2),
 }
 
 
@@ -112,26 +129,59 @@ def _decoder(embed_dim: int, widths: tuple[int, ...], out_chans: int) -> nn.Sequ
 class AnoViT(nn.Module):
     """(B, 3, H, W) normalised image -> reconstruction (B, 3, H, W); H, W multiples of the patch."""
 
+    to_imagenet: torch.Tensor  # stem "lite": (scale, shift) from this input normalisation to ImageNet's
+
     def __init__(self, cfg: AnoViTConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg = cfg or AnoViTConfig()
         vit_kw: dict[str, Any] = {
             k: v for k, v in (("embed_dim", cfg.embed_dim), ("depth", cfg.depth), ("num_heads", cfg.num_heads)) if v is not None
         }
-        self.encoder = create_backbone(
-            cfg.encoder,
-            pretrained=cfg.pretrained,
-            features_only=False,
-            num_classes=0,
-            img_size=cfg.img_size,
-            in_chans=cfg.in_chans,
-            dynamic_img_size=True,
-            **vit_kw,
-        )
+        self.stem: PatchFeatures | None = None
+        if cfg.stem == "lite":  # the ViT sees one token per feature-grid cell: a 1x1 patch embedding
+            self.stem = PatchFeatures("efficientnet_lite0", True, cfg.feature_strides, aggregate=3,
+                                      grid_stride=cfg.feature_grid)
+            vit_kw.update(patch_size=1, img_size=cfg.img_size // self.stem.stride, in_chans=self.stem.channels)
+        else:
+            vit_kw.update(img_size=cfg.img_size, in_chans=cfg.in_chans)
+        self.encoder = create_backbone(cfg.encoder, pretrained=cfg.pretrained, features_only=False, num_classes=0,
+                                       dynamic_img_size=True, **vit_kw)
         self.embed_dim: int = self.encoder.embed_dim
         ps = self.encoder.patch_embed.patch_size
         self.patch_size: int = ps[0] if isinstance(ps, (tuple, list)) else int(ps)
-        self.decoder = _decoder(self.embed_dim, cfg.decoder_widths, cfg.in_chans)
+        if self.stem is None:
+            self.decoder = _decoder(self.embed_dim, cfg.decoder_widths, cfg.in_chans)
+        else:  # back to the features, per token
+            self.decoder = nn.Sequential(nn.Conv2d(self.embed_dim, 256, 1), nn.GELU(), nn.Conv2d(256, self.stem.channels, 1))
+            # the stem wants ImageNet normalisation; the model's input is normalised with MEAN/STD
+            shift = torch.tensor([(m - im) / s for m, im, s in zip(MEAN, IMAGENET_MEAN, IMAGENET_STD)])
+            scale = torch.tensor([sd / s for sd, s in zip(STD, IMAGENET_STD)])
+            self.register_buffer("to_imagenet", torch.stack([scale, shift]).view(2, 1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> AnoViT:
+        """Set training mode; a frozen feature stem always stays in eval mode."""
+        super().train(mode)
+        if self.stem is not None:
+            self.stem.eval()
+        return self
+
+    def target(self, x: torch.Tensor) -> torch.Tensor:
+        """What the model reconstructs: the image (stem "patch") or its frozen stem features (stem "lite")."""
+        if self.stem is None:
+            return x
+        return self.stem(x * self.to_imagenet[0] + self.to_imagenet[1])
+
+    def reconstruct(self, target: torch.Tensor) -> torch.Tensor:
+        """Reconstruction of a :meth:`target`; with stem "lite" in training mode, from a jittered copy of it."""
+        if self.stem is None:
+            return self(target)
+        t = target
+        if self.training and self.cfg.feature_jitter > 0:
+            rms = target.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
+            t = target + self.cfg.feature_jitter * rms * torch.randn_like(target)
+        tokens = self.encoder.forward_features(t)[:, self.encoder.num_prefix_tokens :]
+        h, w = target.shape[-2:]
+        return self.decoder(tokens.transpose(1, 2).reshape(target.shape[0], self.embed_dim, h, w))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Patch-token feature map (B, embed_dim, H/p, W/p); prefix tokens dropped."""
@@ -142,17 +192,23 @@ class AnoViT(nn.Module):
         return tokens.transpose(1, 2).reshape(x.shape[0], self.embed_dim, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Reconstruction at the input size."""
+        """Reconstruction: of the image at the input size (stem "patch"), of its stem features (stem "lite")."""
+        if self.stem is not None:
+            return self.reconstruct(self.target(x))
         y = self.decoder(self.encode(x))
         return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         """MSE reconstruction loss (train on normal images only)."""
-        return F.mse_loss(self(x), x)
+        t = self.target(x)
+        return F.mse_loss(self.reconstruct(t), t)
 
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Smoothed channel-mean squared error, (B, 1, H, W)."""
-        err = (x - self(x)).pow(2).mean(dim=1, keepdim=True)
+        """Smoothed channel-mean squared error at the input size, (B, 1, H, W)."""
+        t = self.target(x)
+        err = (t - self.reconstruct(t)).pow(2).mean(dim=1, keepdim=True)
+        if err.shape[-2:] != x.shape[-2:]:
+            err = F.interpolate(err, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return gaussian_blur(err, self.cfg.blur_sigma)
 
     def image_score(self, x: torch.Tensor) -> torch.Tensor:

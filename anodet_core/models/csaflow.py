@@ -56,6 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._registry import ModelInfo, ModelKind, preset_config, register_model
+from .anovit import gaussian_blur
 from .backbones import IMAGENET_MEAN, IMAGENET_STD, create_backbone
 from .cross_scale_flow import CrossConvolutions, CrossScaleCoupling, CrossScaleFlow
 
@@ -117,6 +118,8 @@ class CSAFlowConfig:
     leaky_slope: float = 0.1
     perm_seed: int = 0
     normalise_loss: bool = True
+    image_score: str = "mean"  # "mean": of z^2/2 over everything (CS-Flow's); "max": of the map smoothed by blur_sigma
+    blur_sigma: float = 4.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kernel_sizes", tuple(self.kernel_sizes))
@@ -128,6 +131,8 @@ class CSAFlowConfig:
             raise ValueError("n_scales, n_blocks and hidden_channels must be >= 1")
         if self.clamp <= 0:
             raise ValueError(f"clamp must be > 0, got {self.clamp}")
+        if self.image_score not in ("mean", "max"):
+            raise ValueError(f"image_score must be 'mean' or 'max', got {self.image_score!r}")
         if self.input_size % self.size_multiple:
             raise ValueError(f"input_size must be a multiple of {self.size_multiple}, got {self.input_size}")
 
@@ -286,17 +291,23 @@ class CSAFlow(nn.Module):
         return torch.stack(maps).mean(dim=0)
 
     def image_score(self, x: torch.Tensor) -> torch.Tensor:
-        """Anomaly score per image, (B,)."""
-        return self.score_from(self(x)[0])
+        """Anomaly score per image, (B,) (``cfg.image_score``)."""
+        return self.score_and_map(x, maps=False)[0]
 
     def score_and_map(self, x: torch.Tensor, maps: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(image scores (B,), maps (B, 1, H, W) or None) from one forward pass."""
+        """(image scores (B,), maps (B, 1, H, W) or None) from one forward pass: with ``image_score="mean"`` the
+        reference score and map; with ``"max"`` the map smoothed by ``blur_sigma`` and its maximum."""
         zs = self(x)[0]
-        return self.score_from(zs), (self.map_from(zs, (x.shape[-2], x.shape[-1])) if maps else None)
+        if self.cfg.image_score == "mean":
+            return self.score_from(zs), (self.map_from(zs, (x.shape[-2], x.shape[-1])) if maps else None)
+        m = gaussian_blur(self.map_from(zs, (x.shape[-2], x.shape[-1])), self.cfg.blur_sigma)
+        return m.amax(dim=(1, 2, 3)), (m if maps else None)
 
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-pixel anomaly map, (B, 1, H, W)."""
-        return self.map_from(self(x)[0], (x.shape[-2], x.shape[-1]))
+        """Per-pixel anomaly map, (B, 1, H, W) (smoothed with ``image_score="max"``)."""
+        m = self.score_and_map(x)[1]
+        assert m is not None
+        return m
 
 
 def make_optimizer(model: nn.Module) -> torch.optim.Adam:

@@ -21,7 +21,8 @@ from .archs import mean_std
 from .scoring import MAX_PIXELS, score_images
 from .training import train_single_image
 
-__all__ = ["THRESHOLD_QUANTILE", "VAL_FRAC", "calibrate", "SingleImageFit", "fit_single_image"]
+__all__ = ["THRESHOLD_QUANTILE", "VAL_FRAC", "SCORE_UNITS", "calibrate", "calibrate_with_anomalies", "SingleImageFit",
+           "fit_single_image"]
 
 THRESHOLD_QUANTILE: float = 0.99
 """Image-score threshold = this quantile of the held-out normal images' scores."""
@@ -62,6 +63,24 @@ def calibrate(scores: np.ndarray, maps: np.ndarray | None = None, quantile: floa
             "normal_map_p99": float(np.quantile(m, 0.99)), "normal_map_p999": float(np.quantile(m, 0.999)),
         })
     return thr, stats
+
+
+def calibrate_with_anomalies(normal_scores: np.ndarray, anomalous_scores: np.ndarray) -> tuple[float, dict[str, Any]]:
+    """(threshold, figures) from held-out normal AND a few labelled anomalous images: the threshold that maximises
+    recall - false-alarm rate (Youden's J) over the two, midway between the neighbouring scores; of equal J the
+    highest (fewest false alarms). Figures: ``recall`` and ``false_alarm_rate`` there, ``n_anomalous``."""
+    n = np.asarray(normal_scores, np.float64)
+    a = np.asarray(anomalous_scores, np.float64)
+    if not n.size or not a.size or not (np.isfinite(n).all() and np.isfinite(a).all()):
+        raise ValueError("calibration with anomalies needs finite scores of both normal and anomalous images")
+    values = np.unique(np.concatenate([n, a]))
+    cands = np.concatenate([(values[:-1] + values[1:]) / 2, [values[-1]]])  # above each score but the last, and all
+    recall = (a[None, :] > cands[:, None]).mean(1)
+    far = (n[None, :] > cands[:, None]).mean(1)
+    j = recall - far
+    best = int(np.flatnonzero(j == j.max())[-1])
+    thr = float(cands[best])
+    return thr, {"recall": float(recall[best]), "false_alarm_rate": float(far[best]), "n_anomalous": int(a.size)}
 
 
 @dataclass
@@ -106,9 +125,13 @@ def fit_single_image(
     val_frac: float = VAL_FRAC,
     quantile: float = THRESHOLD_QUANTILE,
     progress: bool = False,
+    anomalous: np.ndarray | None = None,
 ) -> SingleImageFit:
     """Seeded (1 - val_frac) / val_frac split of the normal images, :func:`train_single_image` on the first
-    part, threshold and normal-score statistics from the held-out part (:func:`calibrate`)."""
+    part, threshold and normal-score statistics from the held-out part (:func:`calibrate`); with ``anomalous``
+    (a few labelled anomalous images, never trained on) the threshold is :func:`calibrate_with_anomalies`' on
+    those and the held-out normals instead. Either way ``metrics`` reports the recall (with anomalies) and the
+    false-alarm rate at the threshold on the calibration images."""
     overrides = dict(overrides or {})
     normal = np.asarray(normal)
     tr, va = _split(len(normal), val_frac, seed)
@@ -119,6 +142,15 @@ def fit_single_image(
     seconds = time.perf_counter() - t0
     scores, maps = score_images(model, normal[va], device, batch_size)
     thr, stats = calibrate(scores, maps, quantile)
+    rule = (f"quantile {quantile} (numpy linear) of the image scores of {len(va)} held-out normal "
+            f"images (seeded {1 - val_frac:.0%}/{val_frac:.0%} split, seed {seed})")
+    recall = float("nan")
+    if anomalous is not None and len(anomalous):
+        a_scores, _ = score_images(model, np.asarray(anomalous), device, batch_size, maps=False)
+        thr, figs = calibrate_with_anomalies(scores, a_scores)
+        recall = figs["recall"]
+        rule = (f"max recall - false-alarm rate (Youden's J) over {len(va)} held-out normal and {len(a_scores)} "
+                f"labelled anomalous images (seeded {1 - val_frac:.0%}/{val_frac:.0%} split of the normal, seed {seed})")
     fpr = float(np.mean(scores > thr))
     size = normal.shape[1]
     extra = {
@@ -127,8 +159,7 @@ def fit_single_image(
         "mean": list(mean_std(model)[0]),
         "std": list(mean_std(model)[1]),
         "score_units": SCORE_UNITS[arch],
-        "threshold_rule": f"quantile {quantile} (numpy linear) of the image scores of {len(va)} held-out normal "
-                          f"images (seeded {1 - val_frac:.0%}/{val_frac:.0%} split, seed {seed})",
+        "threshold_rule": rule,
         "threshold_quantile": quantile,
         **stats,
         "n_train": len(tr),
@@ -140,6 +171,8 @@ def fit_single_image(
     }
     metrics = {"val_false_alarm_rate": fpr, "val_score_mean": stats["normal_score_mean"],
                "val_score_std": stats["normal_score_std"]}
+    if anomalous is not None and len(anomalous):
+        metrics["val_recall"] = recall
     fingerprint = hashlib.sha256(np.ascontiguousarray(normal).tobytes()).hexdigest()[:16]
     return SingleImageFit(model, arch, preset, overrides, thr, history, seconds, len(tr), len(va), metrics, extra,
                           fingerprint)

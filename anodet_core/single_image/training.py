@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..training import flip_augment
 from .archs import check_arch, config_input_size, to_input
-
-if TYPE_CHECKING:
-    from ..models.csaflow import CSAFlow
 
 __all__ = ["ANOVIT_LR", "train_single_image"]
 
@@ -29,11 +27,12 @@ _CACHE_BYTES: int = 1 << 30  # CSA-Flow training caches frozen-backbone features
 
 
 class _FeatureCache:
-    """CSA-Flow's backbone is frozen and in eval mode, so its features of (image, flip) never change: compute
-    them once and reuse them in later epochs (exact, not an approximation), up to a memory budget."""
+    """A frozen backbone in eval mode (CSA-Flow's, AnoViT's feature stem) gives the same features of (image, flip)
+    every epoch: compute them once and reuse them in later epochs (exact, not an approximation), up to a memory
+    budget. ``compute(x)`` returns the features of a batch as a list of levels."""
 
-    def __init__(self, model: CSAFlow, budget: int = _CACHE_BYTES) -> None:
-        self.model = model
+    def __init__(self, compute: Callable[[torch.Tensor], list[torch.Tensor]], budget: int = _CACHE_BYTES) -> None:
+        self.compute = compute
         self.budget = budget
         self.used = 0
         self.store: dict[tuple[int, int], list[torch.Tensor]] = {}
@@ -43,7 +42,7 @@ class _FeatureCache:
         missing = [i for i, k in enumerate(keys) if k not in self.store]
         fresh: dict[int, list[torch.Tensor]] = {}
         if missing:
-            feats = self.model.backbone_features(x[missing])
+            feats = self.compute(x[missing])
             for j, i in enumerate(missing):
                 one = [f[j : j + 1] for f in feats]
                 fresh[i] = one
@@ -113,10 +112,17 @@ def train_single_image(
             for g in opt.param_groups:
                 g["lr"] = lr
         clip = csa.GRAD_CLIP_NORM
-        cache: _FeatureCache | None = _FeatureCache(model)
+        cache: _FeatureCache | None = _FeatureCache(model.backbone_features)
+
+        def loss_of(feats: list[torch.Tensor]) -> torch.Tensor:
+            return model.loss_from(*model.flow(model.attend(feats)))
     else:
         opt = torch.optim.Adam(params, lr=ANOVIT_LR if lr is None else lr)
-        clip, cache = None, None
+        clip = None
+        cache = _FeatureCache(lambda x: [model.target(x)]) if model.stem is not None else None  # AnoViT's feature stem
+
+        def loss_of(feats: list[torch.Tensor]) -> torch.Tensor:
+            return F.mse_loss(model.reconstruct(feats[0]), feats[0])
     history: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     out_of_time = False
@@ -133,8 +139,7 @@ def train_single_image(
             x = torch.stack([flip_augment(xi, flips[i]) for xi, i in zip(x, idx)])
             opt.zero_grad(set_to_none=True)
             if cache is not None:
-                feats = cache.features(x, [(i, flips[i]) for i in idx])
-                loss = model.loss_from(*model.flow(model.attend(feats)))
+                loss = loss_of(cache.features(x, [(i, flips[i]) for i in idx]))
             else:
                 loss = model.loss(x)
             if not torch.isfinite(loss):

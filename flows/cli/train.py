@@ -100,8 +100,10 @@ def _train_single_image(args: argparse.Namespace) -> int:
     device = _device(settings)
     print(f"training {arch} preset={args.preset} on {len(names)} normal images of {args.normal_dir} at {size}x{size} "
           f"({args.epochs} epochs, at most {args.max_minutes:g} min, {device})")
+    anomalous = load_images(args.anomalous_dir, size)[0] if args.anomalous_dir else None
     fit = fit_single_image(arch, normal, preset=args.preset, overrides=overrides, epochs=args.epochs,
-                           max_seconds=args.max_minutes * 60, lr=args.lr, seed=args.seed, device=device, progress=True)
+                           max_seconds=args.max_minutes * 60, lr=args.lr, seed=args.seed, device=device, progress=True,
+                           anomalous=anomalous)
     # the retraining rule on the images fit_single_image held out: normal only here, so image AUROC is undefined
     # and a version is promoted only when there is no production (or with --promote)
     val = _split(len(normal), VAL_FRAC, args.seed)[1]
@@ -119,11 +121,14 @@ def _train_single_image(args: argparse.Namespace) -> int:
     promo = promote_if_better(store, card, cand_value, prod_version, prod_value, metric="image_auroc", margin=MARGIN,
                               eval_split=split, force=args.promote)
     x = card.extra
+    loss = fit.history[-1]["loss"]
+    how = ("fitted in one pass (no gradient)" if loss != loss else f"{len(fit.history)} epochs")  # NaN: memory-based
+    at = (f"recall {fit.metrics['val_recall']:.3f}, false alarms {fit.metrics['val_false_alarm_rate']:.3f} on the "
+          f"calibration images" if "val_recall" in fit.metrics else
+          f"normal scores mean {x['normal_score_mean']:.6g}, std {x['normal_score_std']:.3g}")
     print(f"saved {card.name}:{card.version} ({'production' if promo.promoted else 'not promoted'}); "
-          f"{len(fit.history)} epochs on {fit.n_train} images in {fit.seconds:.1f} s, final loss "
-          f"{fit.history[-1]['loss']:.4f}; threshold {card.threshold:.6g} (quantile {x['threshold_quantile']} of "
-          f"{fit.n_val} held-out normal image scores: mean {x['normal_score_mean']:.6g}, std {x['normal_score_std']:.3g})"
-          f"; {promo.reason}")
+          f"{how} on {fit.n_train} images in {fit.seconds:.1f} s" + ("" if loss != loss else f", final loss {loss:.4f}")
+          + f"; threshold {card.threshold:.6g} ({x['threshold_rule']}; {at}); {promo.reason}")
     return 0
 
 
@@ -207,6 +212,9 @@ def add_parsers(sub: Subcommands) -> None:
                    help="single-image unsupervised model, trained on --normal-dir instead of a depot")
     t.add_argument("--normal-dir", help="folder of normal images (jpg/png/bmp/tif) for --model: 80%% train, 20%% "
                                         "held out to set the image-score threshold (their 99th percentile)")
+    t.add_argument("--anomalous-dir", help="with --normal-dir: a few labelled anomalous images (never trained on); the "
+                                           "threshold then maximises recall - false-alarm rate over them and the "
+                                           "held-out normal images")
     t.add_argument("--init", default="base", help="start from: base (the shipped pretrained model, default), none "
                                                  "(--arch/--preset from scratch) or a model reference NAME[:VERSION]")
     t.add_argument("--preset", default="lite", help="architecture preset with --init none: paper | lite | base")

@@ -190,3 +190,22 @@ def test_bad_input_is_a_clear_error(store, data, tmp_path, capsys):
     assert "--data" in err and "--normal-dir" in err
     assert main(["--store", store, "evaluate", "--model", "csaflow", "--normal-dir", data["normal"]]) == 2
     assert "--anomalous-dir" in capsys.readouterr().err
+
+
+def test_calibration_with_a_few_labelled_anomalies(data, tmp_path, capsys):
+    from anodet_core.single_image.fitting import calibrate_with_anomalies
+
+    thr, figs = calibrate_with_anomalies(np.arange(10.0), np.array([5.0, 20.0, 30.0]))
+    assert thr == 14.5 and figs == {"recall": 2 / 3, "false_alarm_rate": 0.0, "n_anomalous": 3}  # J 2/3 beats 1 - 1/2
+    thr, figs = calibrate_with_anomalies(np.array([1.0, 2.0]), np.array([3.0, 4.0]))
+    assert thr == 2.5 and (figs["recall"], figs["false_alarm_rate"]) == (1.0, 0.0)
+    with pytest.raises(ValueError, match="both normal and anomalous"):
+        calibrate_with_anomalies(np.arange(3.0), np.array([]))
+    rc = main(["--store", str(tmp_path), "train", "--model", "patchcore", "--normal-dir", data["train"],
+               "--anomalous-dir", data["anomalous"], "--overrides", json.dumps(TINY["patchcore"]), "--device", "cpu"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "fitted in one pass" in out and "Youden" in out and "recall" in out
+    card = model_store.resolve_card(Store(str(tmp_path)), "patchcore:1")
+    assert "labelled anomalous" in card.extra["threshold_rule"]
+    assert 0.0 <= card.metrics["val_recall"] <= 1.0

@@ -12,6 +12,7 @@ import torch  # noqa: E402
 from anodet_core.models import anovit as av  # noqa: E402
 from anodet_core.models import create_model, list_models, list_presets  # noqa: E402
 from anodet_core.models import csaflow as csa  # noqa: E402
+from anodet_core.models.backbones import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 SIZE = 128  # CSA-Flow test input: stride-16 maps of 8x8, 4x4, 2x2
 
@@ -51,7 +52,7 @@ def raw4(lite_model) -> list[torch.Tensor]:
 def test_registered():
     assert {"csaflow", "anovit"} <= set(list_models())
     assert list_presets("csaflow") == ["paper", "lite"]
-    assert list_presets("anovit") == ["paper", "lite"]
+    assert list_presets("anovit") == ["paper", "lite", "hybrid"]
     with pytest.raises(ValueError, match="unknown CSA-Flow config"):
         create_model("csaflow", "lite", hidden=3)
 
@@ -239,3 +240,35 @@ def test_gaussian_blur_matches_scipy():
     ref = gaussian_filter(x[0, 0].numpy(), sigma=4.0, mode="nearest", truncate=4.0)
     torch.testing.assert_close(av.gaussian_blur(x, 4.0)[0, 0], torch.from_numpy(ref))
     assert av.gaussian_blur(x, 0.0) is x
+
+
+def test_anovit_hybrid_reconstructs_its_frozen_feature_stem():
+    torch.manual_seed(0)
+    m = create_model("anovit", "hybrid", img_size=128, depth=1)
+    assert m.stem is not None and m.stem.channels == 152 and m.patch_size == 1
+    x = torch.randn(2, 3, 128, 128)
+    t = m.target(x)
+    assert t.shape == (2, 152, 8, 8)  # stride 8 + 16 levels on the stride-16 grid
+    # the stem sees ImageNet normalisation: the model's (x - 0.5) / 0.5 input mapped back to it exactly
+    x01 = x * 0.5 + 0.5
+    imagenet = (x01 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(t, m.stem(imagenet))
+    stem_before = {k: v.clone() for k, v in m.stem.state_dict().items()}
+    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-3)
+    m.train()
+    assert not m.stem.training  # frozen: BN statistics never move
+    losses = []
+    for _ in range(5):
+        opt.zero_grad()
+        loss = m.loss(x)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0]
+    assert all(torch.equal(v, stem_before[k]) for k, v in m.stem.state_dict().items())
+    m.eval()
+    with torch.no_grad():
+        score, amap = m.score_and_map(x)
+    assert amap.shape == (2, 1, 128, 128) and torch.allclose(score, amap.amax(dim=(1, 2, 3)))
+    with pytest.raises(ValueError, match="stem"):
+        create_model("anovit", "hybrid", pretrained="vit.safetensors")
