@@ -42,7 +42,11 @@ scale).  Optimiser: ``make_optimizer`` (Adam, lr 2e-4, wd 1e-5, betas (0.5, 0.9)
 
 Scores: ``image_score`` = mean of z^2 / 2 over all scales, positions and channels (reference
 ``train.py``); ``anomaly_map`` = channel mean of z^2 per scale, bilinearly upsampled to the input
-size and averaged over scales.
+size and averaged over scales.  ``image_score="max"`` takes the maximum of that map smoothed by
+``blur_sigma`` instead (as AnoViT, PatchCore and PaDiM score), and returns the smoothed map.
+
+``feature_strides`` (e.g. (8, 16)) replaces the single level by PatchCore's pyramid: each level 3x3
+locally averaged, resized to the finest one's grid and concatenated, at each of the input scales.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._registry import ModelInfo, ModelKind, preset_config, register_model
+from ._scoring import ScoreAndMap
 from .anovit import gaussian_blur
 from .backbones import IMAGENET_MEAN, IMAGENET_STD, create_backbone
 from .cross_scale_flow import CrossConvolutions, CrossScaleCoupling, CrossScaleFlow
@@ -106,6 +111,8 @@ class CSAFlowConfig:
     backbone: str = "efficientnet_lite0"
     pretrained: bool | str = True
     feature_reduction: int = 16
+    # several levels instead (PatchCore's pyramid): each 3x3 locally averaged, on the finest one's grid, concatenated
+    feature_strides: tuple[int, ...] = ()
     input_size: int = INPUT_SIZE
     n_scales: int = 3
     channel_attention: bool = True
@@ -123,6 +130,7 @@ class CSAFlowConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kernel_sizes", tuple(self.kernel_sizes))
+        object.__setattr__(self, "feature_strides", tuple(sorted(self.feature_strides)))
         if len(self.kernel_sizes) != self.n_blocks:
             raise ValueError(f"need one kernel size per block: {self.kernel_sizes} vs n_blocks={self.n_blocks}")
         if any(k % 2 == 0 for k in self.kernel_sizes):
@@ -139,7 +147,7 @@ class CSAFlowConfig:
     @property
     def size_multiple(self) -> int:
         """H and W must be multiples of this so every scale's map halves exactly."""
-        return self.feature_reduction * 2 ** (self.n_scales - 1)
+        return max(self.feature_strides or (self.feature_reduction,)) * 2 ** (self.n_scales - 1)
 
 
 PRESETS: dict[str, CSAFlowConfig] = {
@@ -181,7 +189,7 @@ def self_attention(x: torch.Tensor) -> torch.Tensor:
     return (t + attn @ t).transpose(1, 2).reshape(b, c, h, w)
 
 
-class CSAFlow(nn.Module):
+class CSAFlow(ScoreAndMap, nn.Module):
     """Image (B, 3, H, W), ImageNet-normalised -> latent maps per scale and per-image log-det.
 
     H, W must be multiples of ``cfg.size_multiple`` (64 by default).  The backbone is frozen:
@@ -193,17 +201,19 @@ class CSAFlow(nn.Module):
         self.cfg = cfg = cfg or CSAFlowConfig()
         probe = create_backbone(cfg.backbone, pretrained=False, features_only=True)
         reductions = probe.feature_info.reduction()
-        matches = [i for i, r in enumerate(reductions) if r == cfg.feature_reduction]
-        if not matches:
-            raise ValueError(f"{cfg.backbone} has no feature level with stride {cfg.feature_reduction}: {reductions}")
-        self.feature_index = matches[-1]
+        indices = []
+        for stride in cfg.feature_strides or (cfg.feature_reduction,):
+            matches = [i for i, r in enumerate(reductions) if r == stride]
+            if not matches:
+                raise ValueError(f"{cfg.backbone} has no feature level with stride {stride}: {reductions}")
+            indices.append(matches[-1])
+        self.feature_index = indices[-1]
         del probe
-        self.backbone = create_backbone(
-            cfg.backbone, pretrained=cfg.pretrained, features_only=True, out_indices=(self.feature_index,)
-        )
+        self.backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained, features_only=True,
+                                        out_indices=tuple(indices))
         self.backbone.requires_grad_(False)
         self.backbone.eval()
-        self.channels: int = self.backbone.feature_info.channels()[0]
+        self.channels: int = sum(self.backbone.feature_info.channels())
         self.channel_attn = ChannelAttention(self.channels, cfg.se_reduction) if cfg.channel_attention else None
         self.flow = CrossScaleFlow(self.channels, cfg)
 
@@ -228,7 +238,13 @@ class CSAFlow(nn.Module):
                 if s:
                     size = (x.shape[-2] >> s, x.shape[-1] >> s)
                     xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-                feats.append(self.backbone(xs)[0])
+                levels = self.backbone(xs)
+                if len(levels) > 1:  # the pyramid: locally averaged, on the finest grid
+                    grid = levels[0].shape[-2:]
+                    levels = [F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
+                              if f.shape[-2:] != grid else f
+                              for f in (F.avg_pool2d(f, 3, 1, 1, count_include_pad=False) for f in levels)]
+                feats.append(torch.cat(levels, dim=1) if len(levels) > 1 else levels[0])
         return feats
 
     def attend(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -290,9 +306,6 @@ class CSAFlow(nn.Module):
         ]
         return torch.stack(maps).mean(dim=0)
 
-    def image_score(self, x: torch.Tensor) -> torch.Tensor:
-        """Anomaly score per image, (B,) (``cfg.image_score``)."""
-        return self.score_and_map(x, maps=False)[0]
 
     def score_and_map(self, x: torch.Tensor, maps: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(image scores (B,), maps (B, 1, H, W) or None) from one forward pass: with ``image_score="mean"`` the
@@ -303,11 +316,6 @@ class CSAFlow(nn.Module):
         m = gaussian_blur(self.map_from(zs, (x.shape[-2], x.shape[-1])), self.cfg.blur_sigma)
         return m.amax(dim=(1, 2, 3)), (m if maps else None)
 
-    def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-pixel anomaly map, (B, 1, H, W) (smoothed with ``image_score="max"``)."""
-        m = self.score_and_map(x)[1]
-        assert m is not None
-        return m
 
 
 def make_optimizer(model: nn.Module) -> torch.optim.Adam:

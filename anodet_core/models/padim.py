@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._registry import ModelInfo, ModelKind, preset_config, register_model
+from ._scoring import ScoreAndMap
 from .anovit import gaussian_blur
 from .backbones import IMAGENET_MEAN, IMAGENET_STD
 from .patch_features import PatchFeatures
@@ -59,7 +60,7 @@ class PaDiMConfig:
 PRESETS: dict[str, PaDiMConfig] = {"paper": PaDiMConfig(), "lite": PaDiMConfig()}
 
 
-class PaDiM(nn.Module):
+class PaDiM(ScoreAndMap, nn.Module):
     """Image (B, 3, H, W), ImageNet-normalised -> Mahalanobis distances per grid position."""
 
     keep: torch.Tensor  # buffers: the kept channels, per-position mean and inverse covariance, fitted yet
@@ -118,15 +119,7 @@ class PaDiM(nn.Module):
         m = gaussian_blur(m, self.cfg.blur_sigma)
         return m.amax(dim=(1, 2, 3)), (m if maps else None)
 
-    def image_score(self, x: torch.Tensor) -> torch.Tensor:
-        """Anomaly score per image, (B,)."""
-        return self.score_and_map(x, maps=False)[0]
 
-    def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Smoothed Mahalanobis map, (B, 1, H, W)."""
-        m = self.score_and_map(x)[1]
-        assert m is not None
-        return m
 
     def extra_repr(self) -> str:
         return f"grid {self.mean.shape[0]} positions, {self.mean.shape[1]} features"

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._registry import ModelInfo, ModelKind, preset_config, register_model
+from ._scoring import ScoreAndMap
 from .anovit import gaussian_blur
 from .backbones import IMAGENET_MEAN, IMAGENET_STD
 from .patch_features import PatchFeatures
@@ -91,7 +92,7 @@ def greedy_coreset(feats: torch.Tensor, n: int, projection_dim: int, seed: int) 
     return chosen
 
 
-class PatchCore(nn.Module):
+class PatchCore(ScoreAndMap, nn.Module):
     """Image (B, 3, H, W), ImageNet-normalised -> patch distances to the memory bank of normal patches."""
 
     memory: torch.Tensor  # buffer (M, C): the coreset of normal patch features
@@ -156,15 +157,7 @@ class PatchCore(nn.Module):
         m = F.interpolate(patch.view(b, 1, h, w), size=x.shape[-2:], mode="bilinear", align_corners=False)
         return score, gaussian_blur(m, self.cfg.blur_sigma)
 
-    def image_score(self, x: torch.Tensor) -> torch.Tensor:
-        """Anomaly score per image, (B,)."""
-        return self.score_and_map(x, maps=False)[0]
 
-    def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Smoothed patch-distance map, (B, 1, H, W)."""
-        m = self.score_and_map(x)[1]
-        assert m is not None
-        return m
 
 
 @register_model("patchcore", presets=PRESETS,

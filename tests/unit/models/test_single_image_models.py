@@ -272,3 +272,21 @@ def test_anovit_hybrid_reconstructs_its_frozen_feature_stem():
     assert amap.shape == (2, 1, 128, 128) and torch.allclose(score, amap.amax(dim=(1, 2, 3)))
     with pytest.raises(ValueError, match="stem"):
         create_model("anovit", "hybrid", pretrained="vit.safetensors")
+
+
+def test_csaflow_feature_pyramid_and_max_score():
+    m = create_model("csaflow", "lite", feature_strides=(16, 8), kernel_sizes=(1, 1, 1, 1), image_score="max").eval()
+    assert m.cfg.feature_strides == (8, 16) and m.channels == 40 + 112 and m.cfg.size_multiple == 64
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        feats = m.backbone_features(x)
+        assert [tuple(f.shape) for f in feats] == [(2, 152, 16, 16), (2, 152, 8, 8), (2, 152, 4, 4)]
+        score, amap = m.score_and_map(x)
+        zs, _ = m(x)
+    assert amap.shape == (2, 1, 128, 128)
+    torch.testing.assert_close(score, amap.amax(dim=(1, 2, 3)))  # max of the smoothed map, not mean z^2
+    assert not torch.allclose(score, csa.CSAFlow.score_from(zs))
+    with pytest.raises(ValueError, match="no feature level with stride 12"):
+        create_model("csaflow", "lite", feature_strides=(8, 12), input_size=192)
+    with pytest.raises(ValueError, match="image_score"):
+        create_model("csaflow", "lite", image_score="median")
