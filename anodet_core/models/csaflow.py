@@ -126,6 +126,9 @@ class CSAFlowConfig:
     perm_seed: int = 0
     normalise_loss: bool = True
     image_score: str = "mean"  # "mean": of z^2/2 over everything (CS-Flow's); "max": of the map smoothed by blur_sigma
+    # standardise each scale's backbone features per channel with the training images' mean and std (set by
+    # ``fit_feature_stats`` before training): the identity flow then starts as a diagonal Gaussian of them
+    normalise_features: bool = False
     blur_sigma: float = 4.0
 
     def __post_init__(self) -> None:
@@ -216,6 +219,10 @@ class CSAFlow(ScoreAndMap, nn.Module):
         self.channels: int = sum(self.backbone.feature_info.channels())
         self.channel_attn = ChannelAttention(self.channels, cfg.se_reduction) if cfg.channel_attention else None
         self.flow = CrossScaleFlow(self.channels, cfg)
+        # per scale, per channel: (mean, std) of the training features; identity until fit_feature_stats
+        stats = torch.zeros(cfg.n_scales, 2, self.channels)
+        stats[:, 1] = 1.0
+        self.register_buffer("feature_stats", stats)
 
     def train(self, mode: bool = True) -> CSAFlow:
         """Set training mode on the trainable parts; the frozen backbone always stays in eval mode."""
@@ -247,10 +254,22 @@ class CSAFlow(ScoreAndMap, nn.Module):
                 feats.append(torch.cat(levels, dim=1) if len(levels) > 1 else levels[0])
         return feats
 
+    @torch.no_grad()
+    def fit_feature_stats(self, feats: Sequence[Sequence[torch.Tensor]]) -> None:
+        """Set the per-scale, per-channel mean and std of ``normalise_features`` from the backbone features
+        (:meth:`backbone_features`) of the training images, one list per batch."""
+        for s in range(self.cfg.n_scales):
+            f = torch.cat([b[s] for b in feats]).double()
+            self.feature_stats[s, 0] = f.mean(dim=(0, 2, 3)).float()
+            self.feature_stats[s, 1] = f.std(dim=(0, 2, 3)).clamp_min(1e-6).float()
+
     def attend(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Channel attention then self-attention, per scale (trainable part of the extractor)."""
+        """Standardisation (``normalise_features``), channel attention then self-attention, per scale (the
+        trainable part of the extractor)."""
         out = []
-        for f in feats:
+        for s, f in enumerate(feats):
+            if self.cfg.normalise_features:
+                f = (f - self.feature_stats[s, 0, :, None, None]) / self.feature_stats[s, 1, :, None, None]
             if self.channel_attn is not None:
                 f = self.channel_attn(f)
             if self.cfg.self_attention:

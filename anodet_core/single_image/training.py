@@ -113,6 +113,10 @@ def train_single_image(
                 g["lr"] = lr
         clip = csa.GRAD_CLIP_NORM
         cache: _FeatureCache | None = _FeatureCache(model.backbone_features)
+        if model.cfg.normalise_features:  # the unflipped training images' features, cached for the epochs too
+            model.fit_feature_stats([cache.features(to_input(normal[s : s + batch_size], model, device),
+                                                    [(i, 0) for i in range(s, min(n, s + batch_size))])
+                                     for s in range(0, n, batch_size)])
 
         def loss_of(feats: list[torch.Tensor]) -> torch.Tensor:
             return model.loss_from(*model.flow(model.attend(feats)))

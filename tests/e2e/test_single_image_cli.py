@@ -209,3 +209,22 @@ def test_calibration_with_a_few_labelled_anomalies(data, tmp_path, capsys):
     card = model_store.resolve_card(Store(str(tmp_path)), "patchcore:1")
     assert "labelled anomalous" in card.extra["threshold_rule"]
     assert 0.0 <= card.metrics["val_recall"] <= 1.0
+
+
+def test_feature_normalisation_standardises_the_training_features(data):
+    imgs, _ = load_images(data["train"], SIZE)
+    cfg = {"input_size": SIZE, "hidden_channels": 8, "normalise_features": True, "channel_attention": False,
+           "self_attention": False}
+    model, _ = train_single_image("csaflow", imgs[:6], overrides=cfg, epochs=1, batch_size=3, seed=0)
+    from anodet_core.single_image import to_input
+
+    with torch.no_grad():
+        feats = model.backbone_features(to_input(imgs[:6], model))
+        std = model.attend(feats)  # no attention here: only the standardisation
+    for f, s in zip(feats, std):
+        assert not torch.allclose(f, s)
+        torch.testing.assert_close(s.mean(dim=(0, 2, 3)), torch.zeros(s.shape[1]), atol=1e-4, rtol=0)
+        torch.testing.assert_close(s.std(dim=(0, 2, 3)), torch.ones(s.shape[1]), atol=1e-3, rtol=0)
+    fresh = type(model)(model.cfg)
+    fresh.load_state_dict(model.state_dict())  # the statistics travel with the weights
+    assert torch.equal(fresh.feature_stats, model.feature_stats)
