@@ -131,6 +131,7 @@ def test_csaflow_per_image_log_det_and_loss(model64, raw4):
 
 def test_csaflow_shapes_lite():
     m = create_model("csaflow", "lite").eval()
+    assert m.cfg.normalise_features and m.cfg.image_score == "mean"
     assert m.channels == m.backbone.feature_info.channels()[0] == 112
     x = torch.randn(2, 3, SIZE, 192)
     with torch.no_grad():
