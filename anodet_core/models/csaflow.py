@@ -200,6 +200,8 @@ class CSAFlow(ScoreAndMap, nn.Module):
     no gradients, and it stays in eval mode whatever ``train()`` is called with.
     """
 
+    feature_stats: torch.Tensor  # buffer (n_scales, 2, C): mean and std of normalise_features
+
     def __init__(self, cfg: CSAFlowConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg = cfg or CSAFlowConfig()

@@ -112,9 +112,10 @@ def train_single_image(
             for g in opt.param_groups:
                 g["lr"] = lr
         clip = csa.GRAD_CLIP_NORM
-        cache: _FeatureCache | None = _FeatureCache(model.backbone_features)
+        flow_cache = _FeatureCache(model.backbone_features)
+        cache: _FeatureCache | None = flow_cache
         if model.cfg.normalise_features:  # the unflipped training images' features, cached for the epochs too
-            model.fit_feature_stats([cache.features(to_input(normal[s : s + batch_size], model, device),
+            model.fit_feature_stats([flow_cache.features(to_input(normal[s : s + batch_size], model, device),
                                                     [(i, 0) for i in range(s, min(n, s + batch_size))])
                                      for s in range(0, n, batch_size)])
 
