@@ -1,8 +1,10 @@
-"""Single-image unsupervised models (CSA-Flow, AnoViT): folders in, trained and calibrated model cards out.
+"""Single-image unsupervised models (CSA-Flow, AnoViT; the baselines PatchCore, PaDiM): folders in, trained and
+calibrated model cards out.
 
 Unlike the paired models (current vs historical capture, trained on labelled changes), these models see one
 image and are trained on NORMAL images only; an image is anomalous when it is unlikely (CSA-Flow: flow negative
-log-likelihood of its features) or badly reconstructed (AnoViT).  This package holds everything the
+log-likelihood of its features), badly reconstructed (AnoViT) or far from the normal features (PatchCore: nearest
+memory patch; PaDiM: per-position Gaussian).  This package holds everything the
 ``anodet train --model ...`` and ``anodet evaluate --normal-dir ...`` commands, the night and the retraining
 flow need, one concern per module:
 
@@ -14,6 +16,7 @@ flow need, one concern per module:
 * :mod:`.evaluation`: :func:`evaluate_single_image`, image AUROC, recall, false alarms, pixel AUROC.
 * :mod:`.registry`: :func:`save_single_image_model`, a model-store version.
 * :mod:`.night`: :class:`SingleImageScorer` and the map normalisation of the night.
+* :mod:`.benchmark`: the project's held-out single-image benchmark and ``anodet compare --single-image``.
 * :mod:`.retraining`: :func:`retrain_region_model`, the per-region models of the retraining flow, and
   :func:`evaluate_against_production`, the same-images comparison that ``train`` uses too.
 """

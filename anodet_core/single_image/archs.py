@@ -1,4 +1,4 @@
-"""The single-image architectures (CSA-Flow, AnoViT): their names, configs, input sizes and input normalisation."""
+"""The single-image architectures (CSA-Flow, AnoViT, PatchCore, PaDiM): names, configs, input sizes and normalisation."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _info(model: torch.nn.Module) -> ModelInfo:
 
 
 def arch_of(model: torch.nn.Module) -> str:
-    """The registered name (``"csaflow"``, ``"anovit"``) of a single-image model; ``ValueError`` for any other."""
+    """The registered name (``"csaflow"``, ``"anovit"``, ...) of a single-image model; ``ValueError`` for any other."""
     return _info(model).architecture
 
 

@@ -68,7 +68,7 @@ def _init_ref(choice: str | None, arch: str) -> str | None:
 
 
 def _train_single_image(args: argparse.Namespace) -> int:
-    """``anodet train --model csaflow|anovit --normal-dir DIR``: unsupervised training on normal images."""
+    """``anodet train --model csaflow|anovit|patchcore|padim --normal-dir DIR``: unsupervised training on normal images."""
     import numpy as np
 
     from anodet_core.registry.promotion import MARGIN, promote_if_better
