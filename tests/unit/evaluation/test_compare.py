@@ -130,5 +130,7 @@ def test_cli_compare_on_a_folder_dataset(tmp_path, capsys):
 
 
 def test_cli_compare_needs_a_data_source(capsys):
-    with pytest.raises(SystemExit):
-        main(["compare", "--epochs", "1"])
+    assert main(["compare", "--epochs", "1"]) == 2  # a bad argument: exit status 2 with the reason
+    assert "--data DIR or --depot" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # and the two sources stay exclusive
+        main(["compare", "--data", "x", "--depot", "y"])

@@ -130,8 +130,9 @@ def test_csaflow_per_image_log_det_and_loss(model64, raw4):
 
 
 def test_csaflow_shapes_lite():
-    m = create_model("csaflow", "lite").eval()
-    assert m.cfg.normalise_features and m.cfg.image_score == "mean"
+    assert create_model("csaflow", "lite").cfg.image_score == "max" and csa.PRESETS["paper"].image_score == "mean"
+    m = create_model("csaflow", "lite", image_score="mean").eval()  # the reference score
+    assert m.cfg.normalise_features
     assert m.channels == m.backbone.feature_info.channels()[0] == 112
     x = torch.randn(2, 3, SIZE, 192)
     with torch.no_grad():
@@ -162,7 +163,8 @@ def test_csaflow_train_step_reaches_flow_not_backbone():
     m = create_model("csaflow", "lite", hidden_channels=16)
     bb_before = {k: v.clone() for k, v in m.backbone.state_dict().items()}
     opt = csa.make_optimizer(m)
-    assert opt.defaults["lr"] == csa.ADAM_LR and opt.defaults["betas"] == csa.ADAM_BETAS
+    assert opt.defaults["lr"] == m.cfg.lr == 1e-3 and opt.defaults["betas"] == csa.ADAM_BETAS  # lite: 5x
+    assert create_model("csaflow", "paper").cfg.lr == csa.ADAM_LR == 2e-4  # the reference's
     x = torch.randn(2, 3, SIZE, SIZE)
 
     loss = csa.train_step(m, x, opt)  # zero-init gammas: only gammas / SE head see gradient
