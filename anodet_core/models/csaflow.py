@@ -64,6 +64,7 @@ from ._scoring import ScoreAndMap
 from .anovit import gaussian_blur
 from .backbones import IMAGENET_MEAN, IMAGENET_STD, create_backbone
 from .cross_scale_flow import CrossConvolutions, CrossScaleCoupling, CrossScaleFlow
+from .patch_features import combine_levels
 
 __all__ = [
     "INPUT_SIZE",
@@ -251,12 +252,8 @@ class CSAFlow(ScoreAndMap, nn.Module):
                     size = (x.shape[-2] >> s, x.shape[-1] >> s)
                     xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
                 levels = self.backbone(xs)
-                if len(levels) > 1:  # the pyramid: locally averaged, on the finest grid
-                    grid = levels[0].shape[-2:]
-                    levels = [F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
-                              if f.shape[-2:] != grid else f
-                              for f in (F.avg_pool2d(f, 3, 1, 1, count_include_pad=False) for f in levels)]
-                feats.append(torch.cat(levels, dim=1) if len(levels) > 1 else levels[0])
+                # the pyramid (feature_strides): PatchCore's locally averaged levels on the finest grid
+                feats.append(combine_levels(levels, levels[0].shape[-2:]) if len(levels) > 1 else levels[0])
         return feats
 
     @torch.no_grad()

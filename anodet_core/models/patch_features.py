@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .backbones import create_backbone
 
-__all__ = ["PatchFeatures"]
+__all__ = ["PatchFeatures", "combine_levels"]
 
 
 class PatchFeatures(nn.Module):
@@ -49,16 +49,21 @@ class PatchFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Concatenated, locally averaged levels on the finest level's grid."""
-        feats = self.backbone(x)
-        size = (x.shape[-2] // self.stride, x.shape[-1] // self.stride)
-        out = []
-        for f in feats:
-            if self.aggregate > 1:
-                f = F.avg_pool2d(f, self.aggregate, stride=1, padding=self.aggregate // 2, count_include_pad=False)
-            if f.shape[-2] > size[0]:  # a finer level than the grid: average it down
-                f = F.adaptive_avg_pool2d(f, size)
-            elif f.shape[-2:] != size:
-                f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
-            out.append(f)
-        return torch.cat(out, dim=1)
+        """Concatenated, locally averaged levels on the grid of ``self.stride``."""
+        return combine_levels(self.backbone(x), (x.shape[-2] // self.stride, x.shape[-1] // self.stride),
+                              self.aggregate)
+
+
+def combine_levels(feats: Sequence[torch.Tensor], size: tuple[int, int], aggregate: int = 3) -> torch.Tensor:
+    """Backbone levels, each ``aggregate`` x ``aggregate`` locally averaged, on one ``size`` grid (finer levels
+    averaged down, coarser ones resized up), concatenated along channels."""
+    out = []
+    for f in feats:
+        if aggregate > 1:
+            f = F.avg_pool2d(f, aggregate, stride=1, padding=aggregate // 2, count_include_pad=False)
+        if f.shape[-2] > size[0]:  # a finer level than the grid: average it down
+            f = F.adaptive_avg_pool2d(f, size)
+        elif f.shape[-2:] != size:
+            f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+        out.append(f)
+    return torch.cat(out, dim=1)
