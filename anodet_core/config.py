@@ -192,6 +192,10 @@ class Settings(BaseSettings):
         None, description="native px, smaller connected regions are ignored as noise; None (empty variable): the card's, else 64")
     model: str = Field("anodfdnet", description="model name in the store's registry (its production version is used)")
     fast: _Bool = Field(True, description="bf16 autocast (when the hardware supports it) + channels_last")
+    # anodet_core.scoring.backends.BACKENDS (tests check the two agree)
+    backend: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
+        "auto", description="auto (CPU: the fastest of torch and the version's exports, measured) | torch | openvino | "
+                            "onnxruntime")
     # anodet_core.imaging.registration.METHODS (tests check the two agree)
     registration: Literal["auto", "phase", "features"] = Field("auto", description="auto | phase | features")
     prep_processes: _Int = Field(

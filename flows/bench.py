@@ -6,7 +6,14 @@ OpenMP threads spin while they wait); (c) the nightly flow from store to Zarr +
 Parquet on a generated night of 1920x1200 JPEGs (depot ``bench-<captures>``, generated once per store) with the
 paper preset, after a warm-up run of the same night (Prefect server start, Dask worker and model load are not
 counted), (a)/(b) measured before and after (c); (d) stage breakdown from the report's timing columns and peak
-resident memory; (e) F1 of the store's production model with the fast path minus fp32, on the bench night's labels.
+resident memory; (e) F1 of the store's production model with the fast path minus fp32, on the bench night's labels;
+(f) every inference backend side by side on the same inputs (eager fp32, torch fast path, ONNX Runtime, OpenVINO
+fp32, OpenVINO int8), for the paper preset and the production model, with each backend's F1 change on the bench
+night (production model) and the CPU's relevant flags.
+
+The bench model's exports (ONNX, OpenVINO, OpenVINO int8 calibrated on the bench night) are written beside its
+version in the store once, like any ``anodet export``, so that the nightly run's ``ANODET_BACKEND=auto`` chooses
+among them as it would in production; the production model's are made in memory and never written.
 """
 
 from __future__ import annotations
@@ -24,11 +31,14 @@ import torch
 
 from anodet_core.config import Settings, resolve_device
 from anodet_core.demo_data import DemoSpec, generate_depot
-from anodet_core.evaluation.bench import ModelSpeed, compare_model_paths
-from anodet_core.evaluation.metrics import PixelMetrics
+from anodet_core.evaluation.bench import ModelSpeed, compare_predictors
+from anodet_core.export.cpu import cpu_flags, cpu_summary, isa_limit
+from anodet_core.export.graph import available_formats, export_graph, load_runner, quantize_openvino
 from anodet_core.models import create_model
 from anodet_core.registry import model_store
+from anodet_core.registry.exports import EXPORT_KEYS, Int8Refused, check_export, export_version, exports_of, pixel_f1
 from anodet_core.registry.model_store import ModelCard
+from anodet_core.scoring.backends import make_predictor, random_pairs, time_predictors
 from anodet_core.scoring.predictor import Predictor
 from anodet_core.store.layout import Store
 from anodet_core.training import prepare_arrays, store_pairs
@@ -41,6 +51,7 @@ BENCH_MODEL = "anodfdnet-bench"
 # down by BENCH_LOGIT_SHIFT, which makes its maps as sparse as a trained model's.
 BENCH_LOGIT_SHIFT = -12.0
 BENCH_CONFIG = {"final_bias": True}  # create_model overrides of the bench model (on top of preset="paper")
+EXPORT_SAMPLES = 32  # bench pairs that check the exports against torch and calibrate int8
 
 
 def bench_model() -> torch.nn.Module:
@@ -77,30 +88,96 @@ def _worker_peak_mb() -> float:
 
 
 def _model_speed(settings: Settings, batch_size: int, repeats: int) -> ModelSpeed:
-    """Runs in a Dask worker: the paper preset, fp32 eager against the fast path, same inputs, alternating."""
+    """Runs in a Dask worker: the bench model (paper preset) in eager fp32 against the predictor the nightly run
+    uses (``ANODET_BACKEND``; the torch fast path unless an export measured faster), same inputs, alternating."""
     from anodet_core.night.batch import worker_threads
 
     torch.set_num_threads(worker_threads(settings))
-    paper = bench_model()
+    store = Store(settings.store, settings.storage_options or None)
     device = resolve_device(settings.device)
-    return compare_model_paths(paper, copy.deepcopy(paper), device=device, batch_size=batch_size, repeats=repeats)
+    model, card = model_store.load(store, BENCH_MODEL, device)
+    night = make_predictor(store, copy.deepcopy(model), card, backend=settings.backend, device=device,
+                           fast=settings.fast, batch_size=batch_size)
+    return compare_predictors(Predictor(model, device, fast=False), night, batch_size=batch_size, repeats=repeats)
 
 
-def _f1_delta(store: Store, depot: str, night: str, model_ref: str, device: str) -> tuple[float | None, str]:
-    try:
-        model, card = model_store.load(store, model_ref, device)
-    except LookupError as exc:
-        return None, f"no f1_delta: {exc}"
-    pairs = store_pairs(store, depot, [night])
-    data = prepare_arrays(store.read_bytes, pairs)
+BACKEND_NAMES: tuple[str, ...] = ("eager_fp32", "torch", "onnxruntime", "openvino", "openvino_int8")
+"""The backends ``anodet bench`` times side by side; ``onnxruntime`` runs the ``onnx`` export."""
+_EXPORT_OF = {"onnxruntime": "onnx", "openvino": "openvino", "openvino_int8": "openvino-int8"}
+
+
+def _backend_speeds(settings: Settings, ref: str, exports: dict[str, dict[str, bytes]] | None, batch_size: int,
+                    repeats: int) -> dict[str, float]:
+    """Runs in a Dask worker: pairs/s of every backend of model ``ref`` on the same random batch, alternating.
+    ``exports``: export key -> files; None: the version's exports recorded in the store."""
+    from anodet_core.night.batch import worker_threads
+    from anodet_core.registry.exports import load_export
+
+    threads = worker_threads(settings)
+    torch.set_num_threads(threads)
+    store = Store(settings.store, settings.storage_options or None)
+    model, card = model_store.load(store, ref, "cpu")
+    preds = {"eager_fp32": Predictor(copy.deepcopy(model), "cpu", fast=False), "torch": Predictor(model, "cpu", fast=True)}
+    for name, key in _EXPORT_OF.items():
+        if exports is None and key in exports_of(card):
+            runner = load_export(store, card, key, threads)
+        elif exports is not None and key in exports:
+            runner = load_runner(key.split("-")[0], exports[key], threads)
+        else:
+            continue
+        preds[name] = Predictor(model, "cpu", runner=runner, backend=key)
+    return time_predictors(preds, *random_pairs(batch_size, preds["torch"].info.input_size), repeats=repeats, warmup=1)
+
+
+def _exports_in_memory(model: torch.nn.Module, data: Any, calibration: int, batch_size: int,
+                       log: Callable[[str], Any]) -> dict[str, dict[str, bytes]]:
+    """Export key -> files of every format installed here (int8 calibrated on the first ``calibration`` samples)."""
+    from anodet_core.registry.exports import _inputs
+
+    out: dict[str, dict[str, bytes]] = {}
+    example = _inputs(model, data, slice(0, min(len(data), batch_size)))
+    for fmt in available_formats():
+        try:
+            out[fmt] = export_graph(model, fmt, example)
+            if fmt == "openvino":
+                n = min(len(data), calibration)
+                out["openvino-int8"] = quantize_openvino(out[fmt], (
+                    [t.numpy() for t in _inputs(model, data, slice(s, min(n, s + batch_size)))] for s in range(0, n, batch_size)))
+        except (RuntimeError, ValueError) as exc:  # a format that cannot take this model is reported, not fatal
+            log(f"no {fmt} export of the production model: {exc}")
+    return out
+
+
+def _export_bench_model(store: Store, card: ModelCard, data: Any, note: str, batch_size: int,
+                        log: Callable[[str], Any]) -> None:
+    """Write the bench model's missing exports into the store (once per store), as ``anodet export`` would."""
+    have = set(exports_of(card))
+    for key in EXPORT_KEYS:
+        fmt = key.split("-")[0]
+        if key in have or fmt not in available_formats():
+            continue
+        try:
+            rec = export_version(store, f"{BENCH_MODEL}:{card.version}", fmt, int8=key.endswith("int8"), data=data,
+                                 data_note=note, batch_size=batch_size)
+            log(f"bench model exported as {key}: parity {rec.parity_max_abs_diff:.2e}, {rec.seconds:.1f} s")
+        except Int8Refused as exc:  # the bench model's maps are ~0 everywhere: the guard can refuse it, harmlessly
+            log(f"bench model: {exc}")
+
+
+def _backend_f1(model: torch.nn.Module, exports: dict[str, dict[str, bytes]], data: Any, device: str,
+                batch_size: int) -> dict[str, float]:
+    """Pixel F1 at 0.5 of the production model on ``data`` (labelled bench pairs) per backend."""
     f1 = {}
-    for fast in (False, True):
+    for name, fast in (("eager_fp32", False), ("torch", True)):
         pred = Predictor(copy.deepcopy(model), device, fast=fast)
-        pm = PixelMetrics(threshold=0.5)
-        for s in range(0, len(data), 8):
-            pm.update(pred.predict(data.cur[s : s + 8], data.his[s : s + 8]).cpu().numpy(), data.mask[s : s + 8])
-        f1[fast] = pm.compute()["f1"]
-    return abs(f1[True] - f1[False]), f"{card.name}:{card.version} F1 fp32 {f1[False]:.4f} fast {f1[True]:.4f} on {len(data)} pairs"
+        f1[name] = pixel_f1([pred.predict(data.cur[s : s + batch_size], data.his[s : s + batch_size]).cpu().numpy()[:, None]
+                             for s in range(0, len(data), batch_size)], data.mask)
+    cpu_model = copy.deepcopy(model).cpu().eval()
+    for name, key in _EXPORT_OF.items():
+        if key in exports:
+            _, _, maps = check_export(cpu_model, load_runner(key.split("-")[0], exports[key]), data, batch_size)
+            f1[name] = pixel_f1(maps, data.mask)
+    return f1
 
 
 def run_bench(
@@ -143,6 +220,15 @@ def run_bench(
         card = model_store.save_version(store, bench_model(), ModelCard(name=BENCH_MODEL, arch="anodfdnet",
                                                                         preset="paper", config=BENCH_CONFIG))
         model_store.set_alias(store, BENCH_MODEL, card.version)
+        current = card.version
+    flags = cpu_flags()
+    log(f"CPU: {cpu_summary()}" + ("" if isa_limit() else " (no instruction-set limit: set ONEDNN_MAX_CPU_ISA=AVX2 "
+                                   "ATEN_CPU_CAPABILITY=avx2 to measure torch's AVX2 path here)"))
+    pairs = store_pairs(store, spec.depot, [night])
+    data = prepare_arrays(store.read_bytes, pairs)  # every labelled bench pair: the F1 figures
+    few = prepare_arrays(store.read_bytes, pairs[:EXPORT_SAMPLES])  # the exports' parity and int8 calibration
+    note = f"{len(few)} prepared captures of {spec.depot} {night}"
+    _export_bench_model(store, model_store.read_card(store, BENCH_MODEL, current), few, note, batch_size, log)
     run_settings = settings.with_(model=BENCH_MODEL, batch_size=batch_size)
     cluster = LocalCluster(**local_cluster_kwargs(run_settings))
     # The nightly workers' OpenMP threads sleep while they wait (OMP_WAIT_POLICY=PASSIVE, for the preparation
@@ -182,11 +268,21 @@ def run_bench(
             e2e_times.append(time.perf_counter() - t0)
             model_only(spinning=i == e2e_runs - 1)
         worker_peaks = client.run(_worker_peak_mb)
+        # (f) every backend side by side, paper preset (its exports in the store) and production (in memory)
+        prod_model, prod_card = model_store.load(store, settings.model, "cpu")
+        prod_exports = _exports_in_memory(prod_model, few, EXPORT_SAMPLES, batch_size, log)
+        backend_rates = {
+            "paper": client.submit(_backend_speeds, run_settings, BENCH_MODEL, None, batch_size, repeats,
+                                   pure=False).result(),
+            "production": client.submit(_backend_speeds, run_settings, settings.model, prod_exports, batch_size,
+                                        repeats, pure=False).result(),
+        }
     finally:
         for c in (client, spin_client):
             c.close()
         for cl in (cluster, spin_cluster):
             cl.close()
+    prod_f1 = _backend_f1(prod_model, prod_exports, data, device, batch_size)
 
     def rate(kind: str, path: str) -> float:  # equal pairs per measurement: pairs / summed time
         return len(speeds[kind]) / sum(1.0 / getattr(sp, path) for sp in speeds[kind])
@@ -194,8 +290,9 @@ def run_bench(
     fp32, fast = rate("nightly", "fp32_pairs_s"), rate("nightly", "fast_pairs_s")
     spin_fp32, spin_fast = rate("spinning", "fp32_pairs_s"), rate("spinning", "fast_pairs_s")
     sp0 = speeds["nightly"][0]
-    log(f"model only, paper preset, batch {batch_size}, in a nightly worker: fp32 eager {fp32:.2f} pairs/s, fast path "
-        f"{fast:.2f} pairs/s (bf16={sp0.bf16}, channels_last={sp0.channels_last}): x{fast / fp32:.2f} (before the "
+    log(f"model only, paper preset, batch {batch_size}, in a nightly worker: fp32 eager {fp32:.2f} pairs/s, the night's "
+        f"path ({sp0.backend}, bf16={sp0.bf16}, channels_last={sp0.channels_last}) {fast:.2f} pairs/s: x{fast / fp32:.2f} "
+        "(before the "
         "nightly runs and after each: fp32 " + ", ".join(f"{sp.fp32_pairs_s:.2f}" for sp in speeds["nightly"])
         + ", fast " + ", ".join(f"{sp.fast_pairs_s:.2f}" for sp in speeds["nightly"])
         + f"; OMP_WAIT_POLICY {policies['nightly']}); in a worker whose OpenMP threads "
@@ -217,18 +314,38 @@ def run_bench(
         "batch's time / batch size): "
         + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
 
-    # (e)
-    delta, note = _f1_delta(store, spec.depot, night, settings.model, device)
-    log(note if delta is None else f"f1_delta {delta:.4f} ({note})")
+    # (e), (f)
+    delta = abs(prod_f1["torch"] - prod_f1["eager_fp32"])
+    prod_name = f"{prod_card.name}:{prod_card.version}"
+    log(f"f1_delta {delta:.4f} ({prod_name} F1 fp32 {prod_f1['eager_fp32']:.4f} fast {prod_f1['torch']:.4f} on "
+        f"{len(data)} pairs)")
+    log(f"backends side by side, batch {batch_size}, pairs/s (x eager fp32); production's F1 change on {len(data)} "
+        f"bench pairs; the night ran on {sp0.backend}:")
+    for which, rates in backend_rates.items():
+        ref = rates["eager_fp32"]
+        log(f"  {which} ({'paper preset, random init' if which == 'paper' else prod_name}): " + ", ".join(
+            f"{n} {r:.2f} (x{r / ref:.2f}"
+            + (f", F1 {prod_f1[n] - prod_f1['eager_fp32']:+.4f}" if which == "production" and n in prod_f1 else "")
+            + ")" for n, r in rates.items()))
     out = {
         "model_fp32_pairs_s": round(fp32, 3),
         "model_fast_pairs_s": round(fast, 3),
         "speedup": round(fast / fp32, 3),
         "e2e_pairs_s": round(e2e, 3),
         "e2e_over_model": round(e2e / fast, 3),
-        "f1_delta": None if delta is None else round(delta, 5),
+        "f1_delta": round(delta, 5),
         "peak_rss_mb": round(max([_vmhwm_mb(), *worker_peaks.values()]), 1),
+        "night_backend": sp0.backend,
+        "cpu_flags": flags,
+        "isa_limit": isa_limit(),
     }
+    for which, rates in backend_rates.items():
+        prefix = "" if which == "paper" else "production_"
+        for n in BACKEND_NAMES:  # one key per backend; null where this machine lacks it
+            out[f"{prefix}pairs_s_{n}"] = round(rates[n], 3) if n in rates else None
+            out[f"{prefix}speedup_{n}"] = round(rates[n] / rates["eager_fp32"], 3) if n in rates else None
+    for n in BACKEND_NAMES[1:]:
+        out[f"production_f1_delta_{n}"] = (round(abs(prod_f1[n] - prod_f1["eager_fp32"]), 5) if n in prod_f1 else None)
     log(f"peak resident memory: this process {_vmhwm_mb():.0f} MiB, Dask workers with their preparation helpers "
         + ", ".join(f"{v:.0f}" for v in worker_peaks.values()) + " MiB")
     return out

@@ -22,6 +22,8 @@ reconstruction noise does not dominate; ``image_score`` = max of that map.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +71,10 @@ class AnoViTConfig:
     feature_strides: tuple[int, ...] = (8, 16)  # stem "lite": the levels ...
     feature_grid: int = 16  # ... on the grid of this stride (16: 16x16 tokens at 256 px, as the paper's ViT-B/16)
     feature_jitter: float = 0.0  # stem "lite": training noise on the encoder's input, relative to the features' RMS
+    normalise_features: bool = False  # stem "lite": standardise each feature channel with the training images' stats
+    mask_block: int = 0  # stem "lite", > 0: masked inpainting (see the module docstring) in blocks of this many tokens
+    position_stats: bool = False  # stem "lite": each token's error as a z-score against the training images' there
+    lr: float = 1e-4  # Adam's learning rate (the paper names none; 1e-4 is the usual ViT auto-encoder setting)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "decoder_widths", tuple(self.decoder_widths))
@@ -79,6 +85,13 @@ class AnoViTConfig:
             raise ValueError("stem 'lite' builds its ViT for feature tokens: ViT image weights (pretrained) do not fit it")
         if self.stem == "lite" and self.img_size % max(*self.feature_strides, self.feature_grid):
             raise ValueError(f"img_size must be a multiple of {max(*self.feature_strides, self.feature_grid)} with stem 'lite'")
+        if self.stem != "lite" and (self.normalise_features or self.mask_block or self.position_stats):
+            raise ValueError("normalise_features, mask_block and position_stats work on feature tokens: they need "
+                             "stem 'lite'")
+        if self.mask_block < 0:
+            raise ValueError(f"mask_block must be >= 0, got {self.mask_block}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.feature_jitter < 0:
             raise ValueError(f"feature_jitter must be >= 0, got {self.feature_jitter}")
         if len(self.decoder_widths) != 5:
@@ -95,6 +108,9 @@ PRESETS: dict[str, AnoViTConfig] = {
     # the same ViT-Ti on frozen ImageNet Lite0 patch features (stride 8 + 16, 16x16 tokens at 256 px), reconstructing
     # those features (a denoising auto-encoder: jittered input, clean target): no ViT weights needed
     "hybrid": AnoViTConfig(encoder="vit_tiny_patch16_224", depth=4, img_size=256, stem="lite", feature_jitter=0.2),
+    # the hybrid as a masked inpainter of standardised features: every token is predicted from its context only
+    "inpaint": AnoViTConfig(encoder="vit_tiny_patch16_224", depth=4, img_size=256, stem="lite",
+                            normalise_features=True, mask_block=1, position_stats=True, lr=1e-3),
 }
 
 
@@ -103,14 +119,15 @@ def gaussian_blur(x: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch
     if sigma <= 0:
         return x
     radius = max(1, int(truncate * sigma + 0.5))
-    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    kh = k.view(1, 1, 1, -1).expand(c, 1, 1, -1)
-    kv = k.view(1, 1, -1, 1).expand(c, 1, -1, 1)
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kh, groups=c)
-    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kv, groups=c)
+    # the kernel from Python numbers and every channel as its own image: a constant one-channel kernel, so that
+    # exported graphs (anodet_core.export) see a fixed convolution rather than weights computed from the input
+    w = [math.exp(-0.5 * (t / sigma) ** 2) for t in range(-radius, radius + 1)]
+    k = torch.tensor([v / sum(w) for v in w], device=x.device, dtype=x.dtype)
+    b, c, h, wd = x.shape
+    y = x.reshape(b * c, 1, h, wd)
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))
+    return y.reshape(b, c, h, wd)
 
 
 def _decoder(embed_dim: int, widths: tuple[int, ...], out_chans: int) -> nn.Sequential:
@@ -130,6 +147,8 @@ class AnoViT(nn.Module):
     """(B, 3, H, W) normalised image -> reconstruction (B, 3, H, W); H, W multiples of the patch."""
 
     to_imagenet: torch.Tensor  # stem "lite": (scale, shift) from this input normalisation to ImageNet's
+    feature_stats: torch.Tensor  # stem "lite": (2, C) per-channel mean and std of normalise_features
+    error_stats: torch.Tensor  # stem "lite": (2, 1, h, w) per-token mean and std of the training error (position_stats)
 
     def __init__(self, cfg: AnoViTConfig | None = None) -> None:
         super().__init__()
@@ -157,6 +176,15 @@ class AnoViT(nn.Module):
             shift = torch.tensor([(m - im) / s for m, im, s in zip(MEAN, IMAGENET_MEAN, IMAGENET_STD)])
             scale = torch.tensor([sd / s for sd, s in zip(STD, IMAGENET_STD)])
             self.register_buffer("to_imagenet", torch.stack([scale, shift]).view(2, 1, 3, 1, 1), persistent=False)
+            stats = torch.zeros(2, self.stem.channels)
+            stats[1] = 1.0  # identity until fit_feature_stats
+            self.register_buffer("feature_stats", stats)
+            g = cfg.img_size // self.stem.stride
+            err_stats = torch.zeros(2, 1, g, g)
+            err_stats[1] = 1.0  # identity until fit_error_stats
+            self.register_buffer("error_stats", err_stats)
+            # what a masked token is replaced with (learned; starts at the standardised mean, 0)
+            self.mask_token = nn.Parameter(torch.zeros(self.stem.channels))
 
     def train(self, mode: bool = True) -> AnoViT:
         """Set training mode; a frozen feature stem always stays in eval mode."""
@@ -165,23 +193,89 @@ class AnoViT(nn.Module):
             self.stem.eval()
         return self
 
-    def target(self, x: torch.Tensor) -> torch.Tensor:
-        """What the model reconstructs: the image (stem "patch") or its frozen stem features (stem "lite")."""
+    def stem_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Frozen stem features of a model-normalised image, before any standardisation (stem "lite" only)."""
         if self.stem is None:
-            return x
+            raise ValueError("stem_features needs stem 'lite'")
         return self.stem(x * self.to_imagenet[0] + self.to_imagenet[1])
 
-    def reconstruct(self, target: torch.Tensor) -> torch.Tensor:
-        """Reconstruction of a :meth:`target`; with stem "lite" in training mode, from a jittered copy of it."""
+    @torch.no_grad()
+    def fit_feature_stats(self, feats: Sequence[torch.Tensor]) -> None:
+        """Per-channel mean and std of ``normalise_features`` from :meth:`stem_features` batches of training images."""
+        f = torch.cat(list(feats)).double()
+        self.feature_stats[0] = f.mean(dim=(0, 2, 3)).float()
+        self.feature_stats[1] = f.std(dim=(0, 2, 3)).clamp_min(1e-6).float()
+
+    @torch.no_grad()
+    def fit_error_stats(self, targets: Sequence[torch.Tensor]) -> None:
+        """Per-token mean and std of :meth:`token_error` over batches of training :meth:`target` s (eval mode)."""
+        e = torch.cat([self.token_error(t) for t in targets]).double()
+        if e.shape[-2:] != self.error_stats.shape[-2:]:
+            raise ValueError(f"targets on a {tuple(e.shape[-2:])} grid, the model's is {tuple(self.error_stats.shape[-2:])}")
+        self.error_stats[0] = e.mean(0).float()
+        self.error_stats[1] = e.std(0).clamp_min(1e-6).float() if len(e) > 1 else torch.ones_like(e[0]).float()
+
+    def target(self, x: torch.Tensor) -> torch.Tensor:
+        """What the model reconstructs: the image (stem "patch") or its frozen stem features (stem "lite"),
+        standardised with ``normalise_features``."""
+        if self.stem is None:
+            return x
+        f = self.stem_features(x)
+        if self.cfg.normalise_features:
+            f = (f - self.feature_stats[0, :, None, None]) / self.feature_stats[1, :, None, None]
+        return f
+
+    def inference_masks(self, h: int, w: int, device: torch.device | None = None) -> torch.Tensor:
+        """(4, 1, h, w) bool: the checkerboard of ``mask_block``-token blocks at its four phases; together they
+        mask every token exactly once, and a masked block's neighbours are all visible."""
+        b = self.cfg.mask_block
+        i = torch.arange(h, device=device)[:, None] // b % 2
+        j = torch.arange(w, device=device)[None, :] // b % 2
+        return torch.stack([(i == a) & (j == c) for a in (0, 1) for c in (0, 1)])[:, None]
+
+    def training_mask(self, n: int, h: int, w: int, device: torch.device | None = None) -> torch.Tensor:
+        """(n, 1, h, w) bool: per image, one checkerboard phase at a random offset (the inference masks, shifted)."""
+        b = self.cfg.mask_block
+        oi, oj, phase = (torch.randint(0, k, (n, 1, 1, 1), device=device) for k in (2 * b, 2 * b, 4))
+        i = (torch.arange(h, device=device).view(1, 1, h, 1) + oi) // b % 2
+        j = (torch.arange(w, device=device).view(1, 1, 1, w) + oj) // b % 2
+        return (i == phase // 2) & (j == phase % 2)
+
+    def reconstruct(self, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Reconstruction of a :meth:`target`; with stem "lite" in training mode, from a jittered copy of it;
+        tokens where ``mask`` (broadcast to (B, 1, h, w)) is true are replaced by the mask token first."""
         if self.stem is None:
             return self(target)
         t = target
         if self.training and self.cfg.feature_jitter > 0:
             rms = target.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
             t = target + self.cfg.feature_jitter * rms * torch.randn_like(target)
+        if mask is not None:
+            t = torch.where(mask, self.mask_token.view(1, -1, 1, 1).to(t.dtype), t)
         tokens = self.encoder.forward_features(t)[:, self.encoder.num_prefix_tokens :]
         h, w = target.shape[-2:]
         return self.decoder(tokens.transpose(1, 2).reshape(target.shape[0], self.embed_dim, h, w))
+
+    def feature_loss(self, target: torch.Tensor) -> torch.Tensor:
+        """Training loss on stem targets: MSE of the reconstruction, on the masked tokens only with ``mask_block``."""
+        if not self.cfg.mask_block:
+            return F.mse_loss(self.reconstruct(target), target)
+        h, w = target.shape[-2:]
+        mask = self.training_mask(target.shape[0], h, w, device=target.device)
+        err = (self.reconstruct(target, mask) - target).pow(2).mean(dim=1, keepdim=True)
+        return (err * mask).sum() / mask.sum().clamp_min(1)
+
+    def token_error(self, target: torch.Tensor) -> torch.Tensor:
+        """(B, 1, h, w) channel-mean squared error per token; with ``mask_block``, each token's error is from
+        the pass that masked it (four passes, :meth:`inference_masks`)."""
+        if not self.cfg.mask_block:
+            return (target - self.reconstruct(target)).pow(2).mean(dim=1, keepdim=True)
+        err = torch.zeros_like(target[:, :1])
+        h, w = target.shape[-2:]
+        for m in self.inference_masks(h, w, device=target.device):
+            e = (target - self.reconstruct(target, m)).pow(2).mean(dim=1, keepdim=True)
+            err = torch.where(m, e, err)
+        return err
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Patch-token feature map (B, embed_dim, H/p, W/p); prefix tokens dropped."""
@@ -200,13 +294,18 @@ class AnoViT(nn.Module):
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         """MSE reconstruction loss (train on normal images only)."""
-        t = self.target(x)
-        return F.mse_loss(self.reconstruct(t), t)
+        if self.stem is not None:
+            return self.feature_loss(self.target(x))
+        return F.mse_loss(self(x), x)
 
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
         """Smoothed channel-mean squared error at the input size, (B, 1, H, W)."""
-        t = self.target(x)
-        err = (t - self.reconstruct(t)).pow(2).mean(dim=1, keepdim=True)
+        if self.stem is None:
+            err = (x - self(x)).pow(2).mean(dim=1, keepdim=True)
+        else:
+            err = self.token_error(self.target(x))
+            if self.cfg.position_stats:  # edge tokens see less context: their normal error is larger
+                err = (err - self.error_stats[0]) / self.error_stats[1]
         if err.shape[-2:] != x.shape[-2:]:
             err = F.interpolate(err, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return gaussian_blur(err, self.cfg.blur_sigma)

@@ -26,6 +26,7 @@ from ..allocator import release_freed_memory
 from ..config import Settings, available_cores, resolve_device
 from ..imaging.prepare import PreparedPair
 from ..registry.model_store import ModelCard, load
+from ..scoring.backends import make_predictor
 from ..scoring.postprocess import OperatingPoint, operating_point
 from ..scoring.predictor import Predictor
 from ..single_image import SingleImageScorer
@@ -66,11 +67,13 @@ def prep_processes(settings: Settings) -> int:
 def get_predictor(store: Store, model_ref: str, settings: Settings) -> tuple[Predictor, ModelCard]:
     """Load a model once per process (Dask workers live across tasks and nights)."""
     device = resolve_device(settings.device)
-    key = (store.root, model_ref, device, settings.fast)
+    key = (store.root, model_ref, device, settings.fast, settings.backend)
     with _LOCK:
         if key not in _MODELS:
             model, card = load(store, model_ref, device)
-            _MODELS[key] = (Predictor(model, device, fast=settings.fast), card)
+            pred = make_predictor(store, model, card, backend=settings.backend, device=device, fast=settings.fast,
+                                  batch_size=settings.batch_size)
+            _MODELS[key] = (pred, card)
         return _MODELS[key]
 
 
@@ -127,6 +130,7 @@ class _Written(NamedTuple):
     card: ModelCard
     t_infer_ms: float
     future: Future[Scored]
+    backend: str  # what ran the forward pass (Predictor.backend; single-image models: torch)
 
 
 @dataclass
@@ -165,8 +169,8 @@ class _BatchRun:
         self.result.captures.append(capture_row(job, card, self.run_id, error.status, error=error.message))
 
     def _writing(self, card: ModelCard, t_infer_ms: float, jobs: list[PairJob],
-                 futures: list[Future[Scored]]) -> None:
-        self.written.extend(_Written(job, card, t_infer_ms, fut) for job, fut in zip(jobs, futures))
+                 futures: list[Future[Scored]], backend: str = "torch") -> None:
+        self.written.extend(_Written(job, card, t_infer_ms, fut, backend) for job, fut in zip(jobs, futures))
         for fut in futures:  # finish writing before the next phase starts
             fut.exception()
 
@@ -197,7 +201,7 @@ class _BatchRun:
         futures = [self.io.submit(finish_pair, self.maps, job, prep, scores[k], self.op) for k, (job, prep) in enumerate(pairs)]
         if second:  # while the IO threads write the paired maps
             self.second_opinions(second)
-        self._writing(self.card, t_infer, [job for job, _ in pairs], futures)
+        self._writing(self.card, t_infer, [job for job, _ in pairs], futures, self.predictor.backend)
 
     def second_opinions(self, images: list[tuple[PairJob, np.ndarray]]) -> None:
         """Image scores of their region's single-image model for captures with history (report ``second_*``)."""
@@ -244,7 +248,7 @@ class _BatchRun:
         for w in self.written:
             done = w.future.result()
             row = capture_row(w.job, w.card, self.run_id, done.status, **done.columns, **self.second.get(w.job.index, {}),
-                            t_infer_ms=w.t_infer_ms, map_uri=map_uri, processed_at=processed_at)
+                            t_infer_ms=w.t_infer_ms, backend=w.backend, map_uri=map_uri, processed_at=processed_at)
             self.result.captures.append(row)
             self.result.findings.extend(finding_rows(row, done.findings, w.card, self.run_id))
 

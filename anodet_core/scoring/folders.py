@@ -23,6 +23,7 @@ from ..imaging.prepare import PreparedPair, prepare_pair
 from ..registry.model_store import load
 from ..store.layout import Store
 from ..text import printable
+from .backends import make_predictor
 from .postprocess import OperatingPoint, operating_point, postprocess
 from .predictor import Predictor
 
@@ -148,7 +149,8 @@ def predict_folders(store: Store, model_ref: str, pairs_dir: str, out_dir: str, 
     if not os.path.isdir(pairs_dir):
         raise FileNotFoundError(f"pairs folder not found: {pairs_dir}")
     model, card = load(store, model_ref, resolve_device(settings.device))
-    predictor = Predictor(model, resolve_device(settings.device), fast=settings.fast)
+    predictor = make_predictor(store, model, card, backend=settings.backend, device=resolve_device(settings.device),
+                               fast=settings.fast, batch_size=settings.batch_size)
     os.makedirs(out_dir, exist_ok=True)
     folders = sorted(d for d in glob.glob(os.path.join(pairs_dir, "*")) if os.path.isdir(d))
     rows: list[dict[str, Any]] = []

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..models._registry import ModelInfo, instance_info
+
+if TYPE_CHECKING:
+    from ..export.graph import Runner
 
 
 def bf16_supported(device: str) -> bool:
@@ -45,17 +49,21 @@ def model_input(batch: np.ndarray, model: torch.nn.Module, device: str, channels
 
 
 class Predictor:
-    """A loaded model plus how to run it: the production fast path, or the reference eager fp32 way."""
+    """A loaded model plus how to run it: the production fast path, the reference eager fp32 way, or an exported
+    graph (``runner``, :mod:`anodet_core.export`; CPU, fp32 inputs, ``backend`` names it)."""
 
-    def __init__(self, model: torch.nn.Module, device: str = "cpu", fast: bool = True):
-        self.device = device
-        self.bf16 = fast and bf16_supported(device)
-        self.channels_last = fast
-        model = model.to(device).eval()
+    def __init__(self, model: torch.nn.Module, device: str = "cpu", fast: bool = True, *,
+                 runner: Runner | None = None, backend: str | None = None):
+        self.device = "cpu" if runner is not None else device
+        self.runner = runner
+        self.bf16 = runner is None and fast and bf16_supported(device)
+        self.channels_last = runner is None and fast
+        model = model.to(self.device).eval()
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.info: ModelInfo = instance_info(model)  # input size and normalisation the registry declares
+        self.backend: str = backend or ("torch" if fast else "torch-eager")
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if not self.bf16:
@@ -70,6 +78,8 @@ class Predictor:
         """Anomaly maps (B, H, W) float32 in [0, 1] for uint8 NHWC batches of aligned pairs."""
         if cur.shape != his.shape or cur.ndim != 4 or cur.shape[-1] != 3:
             raise ValueError(f"expected two uint8 NHWC batches of equal shape, got {cur.shape} and {his.shape}")
+        if self.runner is not None:
+            return torch.from_numpy(self.runner(self._input(cur).numpy(), self._input(his).numpy())[0])[:, 0]
         with self._autocast():
             out = self.model(self._input(cur), self._input(his))
         return out.float()[:, 0]

@@ -3,8 +3,8 @@
 Random flips as augmentation, seeded, with a wall-time limit; only trainable parameters are optimised
 (CSA-Flow's backbone is frozen).  CSA-Flow uses its paper optimiser (``csaflow.make_optimizer``: Adam at the config's
 lr, the paper's 2e-4, 1e-3 in the lite preset,
-weight decay 1e-5, betas (0.5, 0.9), eps 1e-4) and gradient-norm clipping at 1; AnoViT uses Adam lr 1e-4 (the
-AnoViT file specifies no optimiser; 1e-4 is the usual ViT auto-encoder setting).  PatchCore and PaDiM are not
+weight decay 1e-5, betas (0.5, 0.9), eps 1e-4) and gradient-norm clipping at 1; AnoViT uses Adam at its config's lr (1e-4:
+the paper names no optimiser, 1e-4 is the usual ViT auto-encoder setting; 1e-3 in the inpaint preset).  PatchCore and PaDiM are not
 trained by gradient: their ``fit`` builds the memory bank / the Gaussians in one pass over the images, unflipped.
 """
 
@@ -16,14 +16,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..training import flip_augment
 from .archs import check_arch, config_input_size, to_input
 
 __all__ = ["ANOVIT_LR", "train_single_image"]
 
-ANOVIT_LR: float = 1e-4
+ANOVIT_LR: float = 1e-4  # AnoViTConfig.lr's default
 _CACHE_BYTES: int = 1 << 30  # CSA-Flow training caches frozen-backbone features up to this size
 
 
@@ -123,12 +122,18 @@ def train_single_image(
         def loss_of(feats: list[torch.Tensor]) -> torch.Tensor:
             return model.loss_from(*model.flow(model.attend(feats)))
     else:
-        opt = torch.optim.Adam(params, lr=ANOVIT_LR if lr is None else lr)
+        opt = torch.optim.Adam(params, lr=model.cfg.lr if lr is None else lr)
         clip = None
-        cache = _FeatureCache(lambda x: [model.target(x)]) if model.stem is not None else None  # AnoViT's feature stem
+        cache = None
+        if model.stem is not None:  # AnoViT's frozen feature stem: its targets are cached like CSA-Flow's features
+            if model.cfg.normalise_features:  # statistics first: the cached targets are standardised with them
+                with torch.no_grad():
+                    model.fit_feature_stats([model.stem_features(to_input(normal[s : s + batch_size], model, device))
+                                             for s in range(0, n, batch_size)])
+            cache = _FeatureCache(lambda x: [model.target(x)])
 
         def loss_of(feats: list[torch.Tensor]) -> torch.Tensor:
-            return F.mse_loss(model.reconstruct(feats[0]), feats[0])
+            return model.feature_loss(feats[0])
     history: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     out_of_time = False
@@ -166,4 +171,9 @@ def train_single_image(
             on_epoch(rec)
         if out_of_time:
             break
-    return model.eval(), history
+    model.eval()
+    if arch == "anovit" and model.cfg.position_stats and cache is not None:  # the trained model's errors, unflipped
+        model.fit_error_stats([cache.features(to_input(normal[s : s + batch_size], model, device),
+                                              [(i, 0) for i in range(s, min(n, s + batch_size))])[0]
+                               for s in range(0, n, batch_size)])
+    return model, history

@@ -16,6 +16,8 @@ Layout under the root (``ANODET_STORE``: a local folder, ``file://``, ``s3://buc
     reports/findings/depot=<depot>/night=<night>/part-<generation>.parquet   one row per finding (FindingRow)
     reports/_nights/depot=<depot>/night=<night>.json    the night's commit: the generation readers see
     models/<name>/versions/<version>/weights.safetensors + card.json   immutable model versions
+    models/<name>/versions/<version>/exports/<key>/...  exported graphs of a version (anodet export): onnx,
+                                                        openvino, openvino-int8; recorded in the card
     pages/<depot>/<night>/night.html (+ its plots, *.png)   the night's HTML report (anodet_core.reporting), after publishing
     models/<name>/aliases/<alias>                       text file holding a version (e.g. "production")
 
@@ -422,6 +424,11 @@ class Store:
     def model_version_rel(name: str, version: str) -> str:
         """Relative folder of a model version; ValueError for an invalid name or version."""
         return f"models/{check_name(name, 'model name')}/versions/{check_name(version, 'model version')}"
+
+    @staticmethod
+    def model_export_rel(name: str, version: str, key: str) -> str:
+        """Relative folder of one export of a model version (``key``: onnx, openvino, openvino-int8)."""
+        return f"{Store.model_version_rel(name, version)}/exports/{check_name(key, 'export')}"
 
     @staticmethod
     def model_alias_rel(name: str, alias: str) -> str:

@@ -115,6 +115,9 @@ class CaptureRow:
     history_uri: str | None = _col(pa.string())
     model_name: str | None = _col(pa.string())
     model_version: str | None = _col(pa.string())
+    # the engine of the forward pass (ANODET_BACKEND's choice): torch, torch-eager, onnx, openvino, openvino-int8;
+    # null when not scored and in nights written before it existed
+    backend: str | None = _col(pa.string())
     threshold: float | None = _col(pa.float32())
     reg_method: str | None = _col(pa.string())
     reg_ok: bool | None = _col(pa.bool_())

@@ -14,12 +14,13 @@ from typing import Any
 import tasks._env  # noqa: F401  (Prefect defaults before anything imports prefect)
 from anodet_core.allocator import keep_freed_memory
 
-from . import bench, data, deploy, evaluate, night, query, review, train
+from . import bench, data, deploy, evaluate, export, night, query, review, train
 from ._common import SINGLE_IMAGE_ARCHS, setting_default
 from .bench import cmd_bench
 from .data import cmd_demo, cmd_demo_data
 from .deploy import cmd_retrain, cmd_serve
 from .evaluate import EVAL_KEYS, SINGLE_IMAGE_EVAL_KEYS, cmd_compare, cmd_evaluate, cmd_predict
+from .export import cmd_export
 from .night import cmd_backfill, cmd_run_night
 from .query import cmd_query
 from .review import cmd_label, cmd_report
@@ -27,13 +28,13 @@ from .train import PAIRED_LR, cmd_pretrain, cmd_train
 
 __all__ = [
     "EVAL_KEYS", "PAIRED_LR", "SINGLE_IMAGE_ARCHS", "SINGLE_IMAGE_EVAL_KEYS", "build_parser", "cmd_backfill", "cmd_bench", "cmd_compare",
-    "cmd_demo", "cmd_demo_data", "cmd_evaluate", "cmd_label", "cmd_predict", "cmd_pretrain", "cmd_query", "cmd_report", "cmd_retrain",
+    "cmd_demo", "cmd_demo_data", "cmd_evaluate", "cmd_export", "cmd_label", "cmd_predict", "cmd_pretrain", "cmd_query", "cmd_report", "cmd_retrain",
     "cmd_run_night",
     "cmd_serve", "cmd_train", "main",
 ]
 
 # in the order ``anodet --help`` lists the commands
-_GROUPS = (data, train, night, evaluate, bench, deploy, query, review)
+_GROUPS = (data, train, night, evaluate, export, bench, deploy, query, review)
 
 
 def build_parser() -> argparse.ArgumentParser:

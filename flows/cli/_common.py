@@ -23,6 +23,7 @@ SETTING_FLAGS: dict[str, str] = {
     "batch_size": "batch_size",
     "device": "device",
     "second_opinion": "second_opinion",
+    "backend": "backend",
 }
 
 

@@ -58,6 +58,9 @@ def add_parsers(sub: Subcommands) -> None:
     b.add_argument("--model", help="model whose fp32-vs-fast F1 difference is measured "
                                    f"(default: production {setting_default('model')})")
     b.add_argument("--device", help="auto | cpu | cuda")
+    b.add_argument("--backend", choices=("auto", "torch", "openvino", "onnxruntime"),
+                   help="paired models' inference engine (env ANODET_BACKEND, default auto: on a CPU the "
+                        "fastest of torch and the version's exports, measured)")
     b.add_argument("--allocator", action="store_true",
                    help="instead: glibc's default allocator against the kept heap (anodet_core.allocator), the base "
                         "architecture's fp32 forward in fresh processes side by side (--e2e-runs of them a side, "

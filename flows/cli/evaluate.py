@@ -55,8 +55,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from anodet_core.evaluation.evaluate import NothingScored, dataset_split, evaluate_pairs, unpaired_folders
     from anodet_core.registry.model_store import load
+    from anodet_core.scoring.backends import make_predictor
     from anodet_core.scoring.postprocess import operating_point
-    from anodet_core.scoring.predictor import Predictor
 
     if getattr(args, "normal_dir", None) or getattr(args, "anomalous_dir", None):
         return _evaluate_single_image(args)
@@ -74,7 +74,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 2
     op = operating_point(card, settings)  # the night's: ANODET_THRESHOLD / ANODET_MIN_FINDING_AREA over the card's
     try:
-        res = evaluate_pairs(Predictor(model, device, fast=settings.fast), pairs, op, registration=settings.registration,
+        pred = make_predictor(_store(settings), model, card, backend=settings.backend, device=device, fast=settings.fast,
+                              batch_size=settings.batch_size, report=lambda m: print(m, file=sys.stderr))
+        res = evaluate_pairs(pred, pairs, op, registration=settings.registration,
                              batch_size=settings.batch_size, map_dtype=settings.map_dtype)
     except NothingScored as exc:
         res = {**dict.fromkeys(EVAL_KEYS, math.nan), "threshold": op.threshold, "min_area": op.min_area, "n_samples": 0,
@@ -264,6 +266,9 @@ def add_parsers(sub: Subcommands) -> None:
     pr.add_argument("--out", required=True)
     pr.add_argument("--batch-size", type=int)
     pr.add_argument("--device", help="auto | cpu | cuda")
+    pr.add_argument("--backend", choices=("auto", "torch", "openvino", "onnxruntime"),
+                   help="paired models' inference engine (env ANODET_BACKEND, default auto: on a CPU the "
+                        "fastest of torch and the version's exports, measured)")
     pr.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("evaluate", help="metrics of a paired model on a labelled folder dataset (DIR/<pair>/cur, his, mask), "
@@ -285,6 +290,9 @@ def add_parsers(sub: Subcommands) -> None:
                    "paired: per pixel too) and DIR/evaluate.md, the table linking them")
     e.add_argument("--batch-size", type=int)
     e.add_argument("--device", help="auto | cpu | cuda")
+    e.add_argument("--backend", choices=("auto", "torch", "openvino", "onnxruntime"),
+                   help="paired models' inference engine (env ANODET_BACKEND, default auto: on a CPU the "
+                        "fastest of torch and the version's exports, measured)")
     e.set_defaults(func=cmd_evaluate)
 
     c = sub.add_parser("compare", help="train every method with the same protocol and tabulate test metrics (paper Table I / III)")

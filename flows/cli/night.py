@@ -123,6 +123,9 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     """The settings flags every command that runs the nightly flow takes."""
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--backend", choices=("auto", "torch", "openvino", "onnxruntime"),
+                   help="paired models' inference engine (env ANODET_BACKEND, default auto: on a CPU the "
+                        "fastest of torch and the version's exports, measured)")
     p.add_argument("--second-opinion", action="store_true", default=None,
                    help="also score captures with history by their region's single-image model (report columns "
                         "second_*; env ANODET_SECOND_OPINION)")

@@ -40,7 +40,7 @@ def test_model_paths_are_timed_side_by_side():
 def test_model_path_rates_count_only_the_timed_batches_of_each_path(monkeypatch):
     """On a fake clock (fp32 batch 0.5 s, fast batch 0.2 s, warm-up batches 10x slower): the rates are pairs over
     the summed time of each path's timed batches, the paths alternate, and each path is the Predictor it claims."""
-    import anodet_core.evaluation.bench as bench
+    import anodet_core.scoring.backends as backends
     from anodet_core.scoring.predictor import bf16_supported
 
     clock = [0.0]
@@ -54,7 +54,7 @@ def test_model_path_rates_count_only_the_timed_batches_of_each_path(monkeypatch)
         clock[0] += (0.2 if fast else 0.5) * (10 if warm else 1)
         return torch.zeros(cur.shape[0], 8, 8)
 
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(backends.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(Predictor, "predict", predict)
     speed = compare_model_paths(torch.nn.Conv2d(3, 1, 1), torch.nn.Conv2d(3, 1, 1), batch_size=batch, repeats=n_repeats, warmup=n_warmup)
     assert [fast for fast, _ in calls] == [False, True] * (n_warmup + n_repeats)  # alternating, fp32 first
@@ -75,9 +75,19 @@ def test_bench_command_on_a_tiny_night(tmp_path, prefect_harness, capsys):
     assert rc == 0
     captured = capsys.readouterr()
     out = json.loads(captured.out)  # stdout carries the JSON object alone
-    assert set(out) == JSON_KEYS
+    from flows.bench import BACKEND_NAMES
+
+    per_backend = {f"{p}{k}_{n}" for p in ("", "production_") for k in ("pairs_s", "speedup") for n in BACKEND_NAMES}
+    per_backend |= {f"production_f1_delta_{n}" for n in BACKEND_NAMES[1:]}
+    assert set(out) == JSON_KEYS | {"night_backend", "cpu_flags", "isa_limit"} | per_backend
     for key in JSON_KEYS - {"f1_delta"}:
         assert out[key] > 0, key
+    for key in per_backend - {k for k in per_backend if "f1_delta" in k}:  # every engine measured (test extra installs them)
+        assert out[key] > 0, key
+    assert out["speedup_eager_fp32"] == 1.0 and out["production_speedup_eager_fp32"] == 1.0
+    assert out["night_backend"] in ("torch", "onnx", "openvino", "openvino-int8")
+    assert set(out["cpu_flags"]) >= {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
+    assert "backends side by side" in captured.err and "CPU:" in captured.err
     assert out["speedup"] == pytest.approx(out["model_fast_pairs_s"] / out["model_fp32_pairs_s"], rel=1e-2, abs=1e-3)
     assert out["e2e_over_model"] == pytest.approx(out["e2e_pairs_s"] / out["model_fast_pairs_s"], rel=1e-2, abs=1e-3)  # JSON keeps 3 decimals
     # the store has no production anodfdnet, so the shipped base is production: its fast path scores like fp32

@@ -33,7 +33,7 @@ CAPTURES = [
     ("capture_id", pa.string()), ("train_id", pa.string()), ("car", pa.int32()), ("region_id", pa.string()),
     ("captured_at", TS), ("uri", pa.string()), ("status", pa.string()), ("decision", pa.string()),
     ("error", pa.string()), ("history_source", pa.string()), ("history_capture_id", pa.string()),
-    ("history_uri", pa.string()), ("model_name", pa.string()), ("model_version", pa.string()),
+    ("history_uri", pa.string()), ("model_name", pa.string()), ("model_version", pa.string()), ("backend", pa.string()),
     ("threshold", pa.float32()), ("reg_method", pa.string()), ("reg_ok", pa.bool_()), ("reg_inliers", pa.int32()),
     ("reg_residual_px", pa.float32()), ("reg_ncc_before", pa.float32()), ("reg_ncc_after", pa.float32()),
     ("history_coverage", pa.float32()), ("score_max", pa.float32()), ("score_mean", pa.float32()), ("capture_score", pa.float32()),
