@@ -15,6 +15,15 @@ Decoder: six ConvTranspose2d blocks, embed_dim->256 k3 s1, 256->128 k3 s1, 128->
 after the last: the target is the normalised image, not a [0, 1] one).  From a 14x14 grid this
 gives 153x153, which is bilinearly resized to the input size.
 
+Hybrid stem (``stem="lite"``, no ViT weights needed): the ViT runs on frozen ImageNet Lite0 patch features (one
+token per 16-px cell at 256 px) and reconstructs those features. ``lite`` preset (the honest AnoViT without
+downloadable ViT weights): the features are standardised per channel (``normalise_features``), and the model is a
+masked inpainter (``mask_block``): in training a checkerboard of token blocks at a random offset is replaced by a
+learned mask token and the loss is the error on the masked tokens only; at test time four passes mask the four
+phases of the checkerboard, so every token is predicted from its unmasked neighbours only and cannot be copied
+through (a plain auto-encoder reconstructs anomalies too). Edge tokens see less context, so their normal error is
+larger: with ``position_stats`` each token's error is a z-score against the training images' error at that token.
+
 Scores: ``anomaly_map`` = per-pixel squared error averaged over channels, Gaussian-smoothed
 (sigma 4 by default, separable kernel truncated at 4 sigma, replicate padding) so single-pixel
 reconstruction noise does not dominate; ``image_score`` = max of that map.
@@ -103,14 +112,15 @@ class AnoViTConfig:
 PRESETS: dict[str, AnoViTConfig] = {
     # ViT-B/16 at 224 (86M encoder params), the paper's configuration.
     "paper": AnoViTConfig(),
-    # ViT-Ti width (192, 3 heads), 4 layers, 128 px: for tests and CPU experiments.
-    "lite": AnoViTConfig(encoder="vit_tiny_patch16_224", depth=4, img_size=128),
-    # the same ViT-Ti on frozen ImageNet Lite0 patch features (stride 8 + 16, 16x16 tokens at 256 px), reconstructing
-    # those features (a denoising auto-encoder: jittered input, clean target): no ViT weights needed
+    # the default of `anodet train`: AnoViT without downloadable ViT weights, a ViT-Ti (4 layers) over frozen ImageNet
+    # Lite0 patch features (stride 8 + 16, 16x16 tokens at 256 px) as a masked inpainter of the standardised
+    # features, each token's error a z-score against the training images' at that token (module docstring)
+    "lite": AnoViTConfig(encoder="vit_tiny_patch16_224", depth=4, img_size=256, stem="lite",
+                         normalise_features=True, mask_block=1, position_stats=True, lr=1e-3),
+    # ViT-Ti width (192, 3 heads), 4 layers, 128 px, on pixels: the paper's design small enough for tests and CPUs
+    "pixel": AnoViTConfig(encoder="vit_tiny_patch16_224", depth=4, img_size=128),
+    # the ViT-Ti on the Lite0 features as a plain denoising auto-encoder (jittered input, clean target, no masking)
     "hybrid": AnoViTConfig(encoder="vit_tiny_patch16_224", depth=4, img_size=256, stem="lite", feature_jitter=0.2),
-    # the hybrid as a masked inpainter of standardised features: every token is predicted from its context only
-    "inpaint": AnoViTConfig(encoder="vit_tiny_patch16_224", depth=4, img_size=256, stem="lite",
-                            normalise_features=True, mask_block=1, position_stats=True, lr=1e-3),
 }
 
 

@@ -4,7 +4,7 @@ Random flips as augmentation, seeded, with a wall-time limit; only trainable par
 (CSA-Flow's backbone is frozen).  CSA-Flow uses its paper optimiser (``csaflow.make_optimizer``: Adam at the config's
 lr, the paper's 2e-4, 1e-3 in the lite preset,
 weight decay 1e-5, betas (0.5, 0.9), eps 1e-4) and gradient-norm clipping at 1; AnoViT uses Adam at its config's lr (1e-4:
-the paper names no optimiser, 1e-4 is the usual ViT auto-encoder setting; 1e-3 in the inpaint preset).  PatchCore and PaDiM are not
+the paper names no optimiser, 1e-4 is the usual ViT auto-encoder setting; 1e-3 in the lite preset).  PatchCore and PaDiM are not
 trained by gradient: their ``fit`` builds the memory bank / the Gaussians in one pass over the images, unflipped.
 """
 

@@ -232,7 +232,7 @@ def add_parsers(sub: Subcommands) -> None:
     t.add_argument("--max-minutes", type=float, default=30.0)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--lr", type=float, help="Adam learning rate (default: paired paper 2e-4; --model: CSA-Flow "
-                                            "its preset's: paper 2e-4, lite 1e-3; AnoViT 1e-4)")
+                                            "and AnoViT its preset's: CSA-Flow paper 2e-4, lite 1e-3; AnoViT paper 1e-4, lite 1e-3)")
     t.add_argument("--loss", choices=["bce", "bce+dice"], default="bce+dice", help="bce is the paper's loss")
     t.add_argument("--synthetic", type=float, default=0.5,
                    help="probability of a pasted synthetic change per sample (0 = the paper's protocol)")

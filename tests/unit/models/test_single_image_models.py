@@ -52,7 +52,7 @@ def raw4(lite_model) -> list[torch.Tensor]:
 def test_registered():
     assert {"csaflow", "anovit"} <= set(list_models())
     assert list_presets("csaflow") == ["paper", "lite"]
-    assert list_presets("anovit") == ["paper", "lite", "hybrid"]
+    assert list_presets("anovit") == ["paper", "lite", "pixel", "hybrid"]
     with pytest.raises(ValueError, match="unknown CSA-Flow config"):
         create_model("csaflow", "lite", hidden=3)
 
@@ -187,9 +187,9 @@ def test_csaflow_train_step_reaches_flow_not_backbone():
             assert p.grad.abs().sum() > 0, name
 
 
-def test_anovit_lite_shapes_and_step():
+def test_anovit_pixel_shapes_and_step():
     torch.manual_seed(0)
-    m = create_model("anovit", "lite")
+    m = create_model("anovit", "pixel")
     assert m.embed_dim == 192 and len(m.encoder.blocks) == 4
     convs = [layer for layer in m.decoder if isinstance(layer, torch.nn.ConvTranspose2d)]
     assert [(c.in_channels, c.out_channels, c.stride[0], c.padding[0]) for c in convs] == [
@@ -217,11 +217,11 @@ def test_anovit_local_weights(tmp_path):
     from safetensors.torch import save_file
 
     torch.manual_seed(1)
-    src = create_model("anovit", "lite")
+    src = create_model("anovit", "pixel")
     sd = {k: v.clone() for k, v in src.encoder.state_dict().items()}
     path = tmp_path / "vit.safetensors"
     save_file(sd, str(path))
-    m = create_model("anovit", "lite", pretrained=str(path))
+    m = create_model("anovit", "pixel", pretrained=str(path))
     for k, v in m.encoder.state_dict().items():
         assert torch.equal(v, sd[k]), k
 
@@ -275,6 +275,50 @@ def test_anovit_hybrid_reconstructs_its_frozen_feature_stem():
     assert amap.shape == (2, 1, 128, 128) and torch.allclose(score, amap.amax(dim=(1, 2, 3)))
     with pytest.raises(ValueError, match="stem"):
         create_model("anovit", "hybrid", pretrained="vit.safetensors")
+
+
+def test_anovit_inpaint_predicts_each_token_from_its_context_only():
+    torch.manual_seed(0)
+    m = create_model("anovit", "lite", img_size=128, depth=1).eval()
+    assert m.cfg.mask_block == 1 and m.cfg.normalise_features and m.cfg.position_stats
+    masks = m.inference_masks(8, 8)
+    assert masks.shape == (4, 1, 8, 8) and torch.equal(masks.sum(0), torch.ones(1, 8, 8, dtype=torch.long))
+    m2 = create_model("anovit", "lite", img_size=128, depth=1, mask_block=2)
+    assert m2.inference_masks(8, 8)[0, 0, :4, :4].tolist() == [[True, True, False, False]] * 2 + [[False] * 4] * 2
+    train_mask = m.training_mask(16, 8, 8)
+    assert train_mask.shape == (16, 1, 8, 8) and all(int(k.sum()) == 16 for k in train_mask)  # a quarter each
+    # a masked token's prediction does not depend on its own value: an anomaly there cannot be copied through
+    t = torch.randn(1, 152, 8, 8)
+    changed = t.clone()
+    changed[:, :, 2, 3] += 10.0
+    mask = masks[[k for k in range(4) if masks[k, 0, 2, 3]][0]]
+    with torch.no_grad():
+        a, b = m.reconstruct(t, mask), m.reconstruct(changed, mask)
+    torch.testing.assert_close(a[..., 2, 3], b[..., 2, 3])
+    assert not torch.allclose(m.reconstruct(t)[..., 2, 3], m.reconstruct(changed)[..., 2, 3])  # unmasked: it does
+    # the changed token's error is what the map shows
+    with torch.no_grad():
+        err = m.token_error(changed) - m.token_error(t)
+    assert err[0, 0].flatten().argmax() == 2 * 8 + 3
+    # standardisation and per-token error statistics are fitted, stored and used
+    x = torch.randn(4, 3, 128, 128)
+    with torch.no_grad():
+        m.fit_feature_stats([m.stem_features(x)])
+        f = m.target(x)
+        assert f.mean(dim=(0, 2, 3)).abs().max() < 1e-4 and (f.std(dim=(0, 2, 3)) - 1).abs().max() < 1e-3
+        m.fit_error_stats([f])
+        e = m.token_error(f)
+        torch.testing.assert_close(m.error_stats[0], e.mean(0))
+        z = (e - m.error_stats[0]) / m.error_stats[1]
+        torch.testing.assert_close(z.mean(0), torch.zeros_like(z[0]), atol=1e-5, rtol=0)
+    state = m.state_dict()
+    assert {"feature_stats", "error_stats", "mask_token"} <= set(state)
+    m3 = create_model("anovit", "lite", img_size=128, depth=1)
+    m3.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(m3.anomaly_map(x), m.anomaly_map(x))
+    with pytest.raises(ValueError, match="need stem 'lite'"):
+        create_model("anovit", "pixel", mask_block=1)
 
 
 def test_csaflow_feature_pyramid_and_max_score():
