@@ -26,10 +26,10 @@ from anodet_core.store.layout import Store  # noqa: E402
 from flows.cli import main  # noqa: E402
 
 SIZE = 128
-# tiny but real: ImageNet Lite0 features (packaged weights), narrow flow; AnoViT lite with 2 layers
+# tiny but real: ImageNet Lite0 features (packaged weights), narrow flow; AnoViT lite (on Lite0 features) with 2 layers
 TINY = {
     "csaflow": {"input_size": SIZE, "hidden_channels": 16},
-    "anovit": {"depth": 2},
+    "anovit": {"depth": 2, "img_size": SIZE},
     "patchcore": {"input_size": SIZE},  # the reference baselines: fitted in one pass, no epochs
     "padim": {"input_size": SIZE},
 }
