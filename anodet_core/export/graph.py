@@ -14,9 +14,12 @@ copy. Nothing here imports onnxruntime or openvino before it is needed: both are
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
+import logging
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -125,11 +128,19 @@ def quantize_openvino(files: dict[str, bytes], calibration: Iterable[Sequence[np
     graph's inputs, float32 NCHW, as :func:`export_graph` takes them)."""
     _require("openvino")
     import nncf
+    from nncf.common.logging.logger import nncf_logger
 
     items = [list(x) for x in calibration]
     if not items:
         raise ValueError("int8 calibration needs at least one batch")
-    quantized = nncf.quantize(_read_ov(files), nncf.Dataset(items), subset_size=sum(len(x[0]) for x in items))
+    # NNCF logs to stdout and draws its progress bars there: both belong with the log (stderr), or a command's
+    # output (``anodet bench --json``: one JSON object on stdout) is broken by them
+    for h in nncf_logger.handlers:
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            h.setStream(sys.stderr)
+    with contextlib.redirect_stdout(sys.stderr):
+        # NNCF counts dataset items (here: batches) against subset_size
+        quantized = nncf.quantize(_read_ov(files), nncf.Dataset(items), subset_size=len(items))
     return _ov_files(quantized)
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-from typing import TYPE_CHECKING, Any
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, TextIO
 
 from anodet_core.config import SINGLE_IMAGE_ARCHS as SINGLE_IMAGE_ARCHS  # spelled out there: the parser imports no model code
 from anodet_core.config import Settings
@@ -25,6 +28,18 @@ SETTING_FLAGS: dict[str, str] = {
     "second_opinion": "second_opinion",
     "backend": "backend",
 }
+
+
+@contextlib.contextmanager
+def json_stdout(enabled: bool) -> Iterator[TextIO]:
+    """With ``--json`` stdout carries the one JSON object alone: whatever prints while the work runs (a library's
+    progress bar, our narrative) goes to stderr. Yields the stream the JSON object is printed to."""
+    out = sys.stdout
+    if not enabled:
+        yield out
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield out
 
 
 def setting_default(field: str) -> Any:

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from ._common import _settings, setting_default
+from ._common import _settings, json_stdout, setting_default
 
 if TYPE_CHECKING:
     from ._common import Subcommands
@@ -20,11 +20,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.allocator:
         return _bench_allocator(args)
     settings = _settings(args)
-    # with --json, stdout carries the JSON object alone; the narrative goes to stderr
-    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
-    out = run_bench(settings, captures=args.captures, batch_size=settings.batch_size, repeats=args.repeats,
-                    e2e_runs=args.e2e_runs, log=log)
-    print(json.dumps(out) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()))
+    with json_stdout(args.json) as stdout:  # with --json, the narrative goes to stderr
+        out = run_bench(settings, captures=args.captures, batch_size=settings.batch_size, repeats=args.repeats,
+                        e2e_runs=args.e2e_runs, log=print)
+    print(json.dumps(out) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()), file=stdout)
     return 0
 
 

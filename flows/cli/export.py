@@ -7,7 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from ._common import _settings, _store, setting_default
+from ._common import _settings, _store, json_stdout, setting_default
 
 if TYPE_CHECKING:
     from ._common import Subcommands
@@ -37,9 +37,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     data = prepare_arrays(store.read_bytes, pairs, size=size, registration=settings.registration)
     note = f"{len(data)} prepared captures of {args.depot} nights {nights[0]}..{nights[-1]}"
     try:
-        rec = export_version(store, f"{card.name}:{card.version}" if card.version else settings.model, args.format,
-                             int8=args.int8, data=data, data_note=note, calibration_samples=args.calibration_samples,
-                             batch_size=settings.batch_size)
+        with json_stdout(args.json):  # NNCF's progress output stays off a --json stdout
+            rec = export_version(store, f"{card.name}:{card.version}" if card.version else settings.model, args.format,
+                                 int8=args.int8, data=data, data_note=note,
+                                 calibration_samples=args.calibration_samples, batch_size=settings.batch_size)
     except Int8Refused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

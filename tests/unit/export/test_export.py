@@ -165,6 +165,15 @@ def test_export_command_writes_and_reports(stored, capsys):
     assert rc == 0
     rec = json.loads(capsys.readouterr().out)
     assert rec["key"] == "openvino" and rec["parity_max_abs_diff"] < 1e-4 and rec["parity_samples"] == len(data)
+    # int8: NNCF's progress bars and log lines go to stderr; stdout holds the record alone (or nothing, refused)
+    rc = main(["export", "--store", store.root, "--format", "openvino", "--int8", "--depot", "demo", "--json",
+               "--calibration-samples", "4"])
+    out = capsys.readouterr()
+    assert rc in (0, 1) and "Statistics collection" in out.err
+    if rc == 0:
+        assert json.loads(out.out)["key"] == "openvino-int8"
+    else:
+        assert out.out == "" and "F1" in out.err
     assert main(["export", "--store", store.root, "--format", "onnx", "--int8"]) == 2
     assert "int8 is made by NNCF" in capsys.readouterr().err
     assert main(["export", "--store", store.root, "--format", "onnx", "--depot", "nowhere"]) == 2

@@ -283,11 +283,12 @@ def test_cli_flags_set_the_settings_of_the_table(env):
     assert set(SETTING_FLAGS.values()) <= set(Settings.model_fields)
     parser = build_parser()
     night = ["run-night", "--depot", "d", "--night", "2026-01-02"]
-    given = parser.parse_args(["--store", "/flag", *night, "--model", "m", "--batch-size", "3", "--device", "cpu", "--second-opinion"])
+    given = parser.parse_args(["--store", "/flag", *night, "--model", "m", "--batch-size", "3", "--device", "cpu", "--second-opinion",
+                               "--backend", "openvino"])
     assert {dest: getattr(given, dest) for dest in SETTING_FLAGS} == dict(store="/flag", model="m", batch_size=3, device="cpu",
-                                                                         second_opinion=True)
+                                                                         second_opinion=True, backend="openvino")
     s = _settings(given)
-    assert (s.store, s.model, s.batch_size, s.device, s.second_opinion) == ("/flag", "m", 3, "cpu", True)
+    assert (s.store, s.model, s.batch_size, s.device, s.second_opinion, s.backend) == ("/flag", "m", 3, "cpu", True, "openvino")
     assert _settings(parser.parse_args(night)) == Settings()  # no flag: the defaults
     env(store="/env", batch_size="5", second_opinion="yes")
     s = _settings(parser.parse_args(night))  # no flag: the environment
