@@ -209,6 +209,8 @@ def run_bench(
     device = resolve_device(settings.device)
     regions = captures // 4  # 2 trains x 2 cars x regions
     spec = DemoSpec(depot=f"bench-{4 * regions}", nights=1, trains=2, cars=2, regions=regions, seed=11)
+    # marked first, so that even a half-generated bench depot stays out of a real store's schedules
+    store.mark_bench_depot(spec.depot, f"anodet bench: a generated night of {4 * regions} captures")
     if not store.nights(spec.depot):
         log(f"generating the bench night (once per store): {4 * regions} captures at {spec.width}x{spec.height}")
         generate_depot(store, spec)

@@ -7,6 +7,8 @@ Layout under the root (``ANODET_STORE``: a local folder, ``file://``, ``s3://buc
 
     captures/<depot>/<night>/<capture_id>.jpg          images left by the robot
     manifests/<depot>/<night>.parquet                   one row per capture (MANIFEST_SCHEMA)
+    manifests/<depot>/_bench.json                       marks a depot of generated bench data (anodet bench): not
+                                                        served beside a store's real depots unless listed
     references/<train_id>/<car>/<region_id>.jpg         pinned good image of a region (history of last resort)
     labels/<depot>/<night>/labels.parquet               ground truth per capture (LABELS_SCHEMA)
     labels/<depot>/<night>/<capture_id>.png             pixel mask, white = anomaly, capture's native size
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import os
 import posixpath
 from collections.abc import Iterable, Sequence
@@ -220,6 +223,19 @@ class Store:
     def depots(self) -> list[str]:
         """Depots that have a manifest folder, sorted."""
         return self.ls("manifests")
+
+    @staticmethod
+    def bench_marker_rel(depot: str) -> str:
+        """Relative path of the marker of a bench depot (generated data, :meth:`mark_bench_depot`)."""
+        return f"manifests/{check_name(depot, 'depot')}/_bench.json"
+
+    def mark_bench_depot(self, depot: str, note: str) -> None:
+        """Mark ``depot`` as generated bench data (``note``: what wrote it), so that scheduling can keep it apart."""
+        self.write_text(self.bench_marker_rel(depot), json.dumps({"bench": True, "note": note}))
+
+    def is_bench_depot(self, depot: str) -> bool:
+        """Whether ``depot`` holds generated bench data (:meth:`mark_bench_depot`)."""
+        return self.exists(self.bench_marker_rel(depot))
 
     def nights(self, depot: str) -> list[str]:
         """Nights (``YYYY-MM-DD``) of a depot that have a manifest, oldest first."""

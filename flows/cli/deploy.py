@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from ._common import _json_object, _settings
+from ._common import _json_object, _settings, _store
 
 if TYPE_CHECKING:
     from ._common import Subcommands
@@ -13,11 +13,18 @@ if TYPE_CHECKING:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``anodet serve``: serve the nightly and retraining deployments on their schedules."""
-    from flows.deployments import build_deployments, schedules
+    from flows.deployments import build_deployments, schedules, store_depots
 
-    planned = schedules(_settings(args))
+    settings = _settings(args)
+    planned = schedules(settings)
+    store = _store(settings)
     for s in planned:
-        print(f"depot {s.depot}: nightly '{s.nightly_cron}', retrain '{s.retrain_cron}' ({s.timezone})")
+        note = " [bench data]" if store.is_bench_depot(s.depot) else ""
+        print(f"depot {s.depot}{note}: nightly '{s.nightly_cron}', retrain '{s.retrain_cron}' ({s.timezone})")
+    if not settings.depots:
+        for depot in store_depots(settings)[1]:
+            print(f"not served: bench depot {depot} (generated bench data beside real depots; ANODET_DEPOTS lists it "
+                  "to serve it)")
     if args.dry_run:
         return 0
     from prefect import serve

@@ -75,6 +75,9 @@ def test_bench_command_on_a_tiny_night(tmp_path, prefect_harness, capsys):
     assert rc == 0
     captured = capsys.readouterr()
     out = json.loads(captured.out)  # stdout carries the JSON object alone
+    from anodet_core.store.layout import Store
+
+    assert Store(root).is_bench_depot("bench-4")  # kept out of a real store's schedules
     from flows.bench import BACKEND_NAMES
 
     per_backend = {f"{p}{k}_{n}" for p in ("", "production_") for k in ("pairs_s", "speedup") for n in BACKEND_NAMES}

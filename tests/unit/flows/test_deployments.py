@@ -64,6 +64,26 @@ def test_schedule_defaults_without_variables(env, tmp_path):
     assert [s.depot for s in schedules(Settings(store=str(tmp_path), depots="north"))] == ["north"]
 
 
+def test_bench_depots_are_served_alone_never_beside_real_ones(env, tmp_path, capsys):
+    from flows.cli import main
+
+    store = Store(str(tmp_path))
+    store.write_bytes("manifests/bench-8/2026-01-01.parquet", b"")
+    store.mark_bench_depot("bench-8", "test")
+    env(store=str(tmp_path), timezone="UTC")
+    assert [s.depot for s in schedules(Settings.from_env())] == ["bench-8"]  # a store of bench data alone: served
+    assert main(["serve", "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("depot bench-8 [bench data]: nightly '0 2 * * *'")
+    store.write_bytes("manifests/north/2026-01-01.parquet", b"")
+    assert [s.depot for s in schedules(Settings.from_env())] == ["north"]  # beside a real depot: kept out
+    assert main(["serve", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("depot north: ") and out[1].startswith("not served: bench depot bench-8 ")
+    env(depots="north,bench-8")  # listed: served
+    assert [s.depot for s in schedules(Settings.from_env())] == ["north", "bench-8"]
+    assert store.nights("bench-8") == ["2026-01-01"]  # the marker is not a night
+
+
 @pytest.mark.parametrize("name, raw", [
     ("depots", "north,../south"), ("depots", "north,north"), ("depots", "north@"), ("depots", "north@0 2 * *"),
     ("depots", "north@0 2 * * 1,s/x"), ("nightly_cron", "0 24 * * *"), ("nightly_cron", ""), ("retrain_cron", "@reboot"),
