@@ -83,6 +83,7 @@ class AnoViTConfig:
     normalise_features: bool = False  # stem "lite": standardise each feature channel with the training images' stats
     mask_block: int = 0  # stem "lite", > 0: masked inpainting (see the module docstring) in blocks of this many tokens
     position_stats: bool = False  # stem "lite": each token's error as a z-score against the training images' there
+    channel_stats: bool = False  # with position_stats: standardise each channel's residual at each token instead
     lr: float = 1e-4  # Adam's learning rate (the paper names none; 1e-4 is the usual ViT auto-encoder setting)
 
     def __post_init__(self) -> None:
@@ -94,6 +95,8 @@ class AnoViTConfig:
             raise ValueError("stem 'lite' builds its ViT for feature tokens: ViT image weights (pretrained) do not fit it")
         if self.stem == "lite" and self.img_size % max(*self.feature_strides, self.feature_grid):
             raise ValueError(f"img_size must be a multiple of {max(*self.feature_strides, self.feature_grid)} with stem 'lite'")
+        if self.channel_stats and not self.position_stats:
+            raise ValueError("channel_stats refines position_stats: it needs position_stats=True")
         if self.stem != "lite" and (self.normalise_features or self.mask_block or self.position_stats):
             raise ValueError("normalise_features, mask_block and position_stats work on feature tokens: they need "
                              "stem 'lite'")
@@ -158,7 +161,8 @@ class AnoViT(nn.Module):
 
     to_imagenet: torch.Tensor  # stem "lite": (scale, shift) from this input normalisation to ImageNet's
     feature_stats: torch.Tensor  # stem "lite": (2, C) per-channel mean and std of normalise_features
-    error_stats: torch.Tensor  # stem "lite": (2, 1, h, w) per-token mean and std of the training error (position_stats)
+    error_stats: torch.Tensor  # stem "lite": (2, 1 or C, h, w) per-token mean and std of the training error or
+    # (channel_stats) of each channel's residual (position_stats)
 
     def __init__(self, cfg: AnoViTConfig | None = None) -> None:
         super().__init__()
@@ -190,7 +194,7 @@ class AnoViT(nn.Module):
             stats[1] = 1.0  # identity until fit_feature_stats
             self.register_buffer("feature_stats", stats)
             g = cfg.img_size // self.stem.stride
-            err_stats = torch.zeros(2, 1, g, g)
+            err_stats = torch.zeros(2, self.stem.channels if cfg.channel_stats else 1, g, g)
             err_stats[1] = 1.0  # identity until fit_error_stats
             self.register_buffer("error_stats", err_stats)
             # what a masked token is replaced with (learned; starts at the standardised mean, 0)
@@ -218,8 +222,10 @@ class AnoViT(nn.Module):
 
     @torch.no_grad()
     def fit_error_stats(self, targets: Sequence[torch.Tensor]) -> None:
-        """Per-token mean and std of :meth:`token_error` over batches of training :meth:`target` s (eval mode)."""
-        e = torch.cat([self.token_error(t) for t in targets]).double()
+        """Per-token mean and std of :meth:`token_error` (``channel_stats``: of each channel of
+        :meth:`token_residual`) over batches of training :meth:`target` s (eval mode)."""
+        of = self.token_residual if self.cfg.channel_stats else self.token_error
+        e = torch.cat([of(t) for t in targets]).double()
         if e.shape[-2:] != self.error_stats.shape[-2:]:
             raise ValueError(f"targets on a {tuple(e.shape[-2:])} grid, the model's is {tuple(self.error_stats.shape[-2:])}")
         self.error_stats[0] = e.mean(0).float()
@@ -275,16 +281,31 @@ class AnoViT(nn.Module):
         err = (self.reconstruct(target, mask) - target).pow(2).mean(dim=1, keepdim=True)
         return (err * mask).sum() / mask.sum().clamp_min(1)
 
-    def token_error(self, target: torch.Tensor) -> torch.Tensor:
-        """(B, 1, h, w) channel-mean squared error per token; with ``mask_block``, each token's error is from
-        the pass that masked it (four passes, :meth:`inference_masks`)."""
+    def token_residual(self, target: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) target minus reconstruction; with ``mask_block``, each token's from the pass that masked it
+        (four passes, :meth:`inference_masks`)."""
         if not self.cfg.mask_block:
-            return (target - self.reconstruct(target)).pow(2).mean(dim=1, keepdim=True)
-        err = torch.zeros_like(target[:, :1])
+            return target - self.reconstruct(target)
+        res = torch.zeros_like(target)
         h, w = target.shape[-2:]
         for m in self.inference_masks(h, w, device=target.device):
-            e = (target - self.reconstruct(target, m)).pow(2).mean(dim=1, keepdim=True)
-            err = torch.where(m, e, err)
+            res = torch.where(m, target - self.reconstruct(target, m), res)
+        return res
+
+    def token_error(self, target: torch.Tensor) -> torch.Tensor:
+        """(B, 1, h, w) channel-mean squared :meth:`token_residual` per token."""
+        return self.token_residual(target).pow(2).mean(dim=1, keepdim=True)
+
+    def standard_error(self, target: torch.Tensor) -> torch.Tensor:
+        """(B, 1, h, w) the map's token error: :meth:`token_error`, with ``position_stats`` as a z-score against the
+        training error at that token, with ``channel_stats`` the channel-mean square of each channel's residual
+        standardised there (a diagonal Gaussian of the residual per token)."""
+        if self.cfg.channel_stats:
+            z = (self.token_residual(target) - self.error_stats[0]) / self.error_stats[1]
+            return z.pow(2).mean(dim=1, keepdim=True)
+        err = self.token_error(target)
+        if self.cfg.position_stats:  # edge tokens see less context: their normal error is larger
+            err = (err - self.error_stats[0]) / self.error_stats[1]
         return err
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -313,9 +334,7 @@ class AnoViT(nn.Module):
         if self.stem is None:
             err = (x - self(x)).pow(2).mean(dim=1, keepdim=True)
         else:
-            err = self.token_error(self.target(x))
-            if self.cfg.position_stats:  # edge tokens see less context: their normal error is larger
-                err = (err - self.error_stats[0]) / self.error_stats[1]
+            err = self.standard_error(self.target(x))
         if err.shape[-2:] != x.shape[-2:]:
             err = F.interpolate(err, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return gaussian_blur(err, self.cfg.blur_sigma)

@@ -319,6 +319,21 @@ def test_anovit_inpaint_predicts_each_token_from_its_context_only():
         torch.testing.assert_close(m3.anomaly_map(x), m.anomaly_map(x))
     with pytest.raises(ValueError, match="need stem 'lite'"):
         create_model("anovit", "pixel", mask_block=1)
+    # channel_stats: each channel's residual standardised per token; a normal image's map averages about 1
+    m4 = create_model("anovit", "lite", img_size=128, depth=1, channel_stats=True).eval()
+    with torch.no_grad():
+        m4.fit_feature_stats([m4.stem_features(x)])
+        f4 = m4.target(x)
+        m4.fit_error_stats([f4])
+        assert m4.error_stats.shape == (2, 152, 8, 8)
+        torch.testing.assert_close(m4.error_stats[0], m4.token_residual(f4).mean(0))
+        z4 = m4.standard_error(f4)
+        assert z4.shape == (4, 1, 8, 8) and abs(float(z4.mean()) - 0.75) < 0.01  # (n-1)/n of 1 with n = 4 images
+        bad = f4.clone()
+        bad[:, :, 5, 1] += 3.0
+        assert (m4.standard_error(bad) - z4)[:, 0].flatten(1).argmax(1).tolist() == [5 * 8 + 1] * 4
+    with pytest.raises(ValueError, match="needs position_stats"):
+        create_model("anovit", "pixel", channel_stats=True)
 
 
 def test_csaflow_feature_pyramid_and_max_score():
