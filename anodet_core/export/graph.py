@@ -135,12 +135,18 @@ def quantize_openvino(files: dict[str, bytes], calibration: Iterable[Sequence[np
         raise ValueError("int8 calibration needs at least one batch")
     # NNCF logs to stdout and draws its progress bars there: both belong with the log (stderr), or a command's
     # output (``anodet bench --json``: one JSON object on stdout) is broken by them
-    for h in nncf_logger.handlers:
-        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-            h.setStream(sys.stderr)
-    with contextlib.redirect_stdout(sys.stderr):
-        # NNCF counts dataset items (here: batches) against subset_size
-        quantized = nncf.quantize(_read_ov(files), nncf.Dataset(items), subset_size=len(items))
+    # (the streams are swapped for the call only: setStream would flush a stream that may be closed by now)
+    handlers = [(h, h.stream) for h in nncf_logger.handlers
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    try:
+        for h, _ in handlers:
+            h.stream = sys.stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            # NNCF counts dataset items (here: batches) against subset_size
+            quantized = nncf.quantize(_read_ov(files), nncf.Dataset(items), subset_size=len(items))
+    finally:
+        for h, stream in handlers:
+            h.stream = stream
     return _ov_files(quantized)
 
 

@@ -22,7 +22,9 @@ masked inpainter (``mask_block``): in training a checkerboard of token blocks at
 learned mask token and the loss is the error on the masked tokens only; at test time four passes mask the four
 phases of the checkerboard, so every token is predicted from its unmasked neighbours only and cannot be copied
 through (a plain auto-encoder reconstructs anomalies too). Edge tokens see less context, so their normal error is
-larger: with ``position_stats`` each token's error is a z-score against the training images' error at that token.
+larger: with ``position_stats`` each token's error is a z-score against the training images' error at that token,
+and with ``channel_stats`` (in ``lite``) each channel's residual is standardised there instead, a diagonal Gaussian
+of the residual per token (some channels are harder to predict than others, and not equally hard everywhere).
 
 Scores: ``anomaly_map`` = per-pixel squared error averaged over channels, Gaussian-smoothed
 (sigma 4 by default, separable kernel truncated at 4 sigma, replicate padding) so single-pixel
@@ -84,6 +86,7 @@ class AnoViTConfig:
     mask_block: int = 0  # stem "lite", > 0: masked inpainting (see the module docstring) in blocks of this many tokens
     position_stats: bool = False  # stem "lite": each token's error as a z-score against the training images' there
     channel_stats: bool = False  # with position_stats: standardise each channel's residual at each token instead
+    train_flips: bool = True  # train on the four flips (the training loop's augmentation); False: as captured
     lr: float = 1e-4  # Adam's learning rate (the paper names none; 1e-4 is the usual ViT auto-encoder setting)
 
     def __post_init__(self) -> None:
@@ -117,9 +120,11 @@ PRESETS: dict[str, AnoViTConfig] = {
     "paper": AnoViTConfig(),
     # the default of `anodet train`: AnoViT without downloadable ViT weights, a ViT-Ti (4 layers) over frozen ImageNet
     # Lite0 patch features (stride 8 + 16, 16x16 tokens at 256 px) as a masked inpainter of the standardised
-    # features, each token's error a z-score against the training images' at that token (module docstring)
+    # features, each channel's residual standardised against the training images' at that token (module docstring);
+    # trained on the images as captured: its tokens know their position, and a capture is never upside down
     "lite": AnoViTConfig(encoder="vit_tiny_patch16_224", depth=4, img_size=256, stem="lite",
-                         normalise_features=True, mask_block=1, position_stats=True, lr=1e-3),
+                         normalise_features=True, mask_block=1, position_stats=True, channel_stats=True,
+                         train_flips=False, lr=1e-3),
     # ViT-Ti width (192, 3 heads), 4 layers, 128 px, on pixels: the paper's design small enough for tests and CPUs
     "pixel": AnoViTConfig(encoder="vit_tiny_patch16_224", depth=4, img_size=128),
     # the ViT-Ti on the Lite0 features as a plain denoising auto-encoder (jittered input, clean target, no masking)

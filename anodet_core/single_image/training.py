@@ -141,6 +141,8 @@ def train_single_image(
         model.train()
         order = torch.randperm(n, generator=gen).tolist()
         flips = torch.randint(0, 4, (n,), generator=gen).tolist()
+        if not getattr(model.cfg, "train_flips", True):  # a model whose config turns the flips off sees images as captured
+            flips = [0] * n
         losses: list[float] = []
         bar = tqdm(range(0, n, batch_size), desc=f"{arch} epoch {epoch + 1}/{epochs}",
                    disable=not bars_enabled(progress), leave=False)

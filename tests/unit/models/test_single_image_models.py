@@ -279,7 +279,7 @@ def test_anovit_hybrid_reconstructs_its_frozen_feature_stem():
 
 def test_anovit_inpaint_predicts_each_token_from_its_context_only():
     torch.manual_seed(0)
-    m = create_model("anovit", "lite", img_size=128, depth=1).eval()
+    m = create_model("anovit", "lite", img_size=128, depth=1, channel_stats=False).eval()  # the scalar z-score
     assert m.cfg.mask_block == 1 and m.cfg.normalise_features and m.cfg.position_stats
     masks = m.inference_masks(8, 8)
     assert masks.shape == (4, 1, 8, 8) and torch.equal(masks.sum(0), torch.ones(1, 8, 8, dtype=torch.long))
@@ -313,14 +313,15 @@ def test_anovit_inpaint_predicts_each_token_from_its_context_only():
         torch.testing.assert_close(z.mean(0), torch.zeros_like(z[0]), atol=1e-5, rtol=0)
     state = m.state_dict()
     assert {"feature_stats", "error_stats", "mask_token"} <= set(state)
-    m3 = create_model("anovit", "lite", img_size=128, depth=1)
+    m3 = create_model("anovit", "lite", img_size=128, depth=1, channel_stats=False)
     m3.load_state_dict(state)
     with torch.no_grad():
         torch.testing.assert_close(m3.anomaly_map(x), m.anomaly_map(x))
     with pytest.raises(ValueError, match="need stem 'lite'"):
         create_model("anovit", "pixel", mask_block=1)
     # channel_stats: each channel's residual standardised per token; a normal image's map averages about 1
-    m4 = create_model("anovit", "lite", img_size=128, depth=1, channel_stats=True).eval()
+    m4 = create_model("anovit", "lite", img_size=128, depth=1).eval()
+    assert m4.cfg.channel_stats  # the preset's
     with torch.no_grad():
         m4.fit_feature_stats([m4.stem_features(x)])
         f4 = m4.target(x)
@@ -352,3 +353,19 @@ def test_csaflow_feature_pyramid_and_max_score():
         create_model("csaflow", "lite", feature_strides=(8, 12), input_size=192)
     with pytest.raises(ValueError, match="image_score"):
         create_model("csaflow", "lite", image_score="median")
+
+
+@pytest.mark.parametrize("flips", [True, False])
+def test_anovit_trains_on_flipped_images_only_when_its_config_says_so(monkeypatch, flips):
+    from anodet_core.single_image import training
+
+    seen: list[int] = []
+    real = training.flip_augment
+    monkeypatch.setattr(training, "flip_augment", lambda x, which: (seen.append(which), real(x, which))[1])
+    import numpy as np
+
+    images = np.random.default_rng(0).integers(0, 256, (8, 128, 128, 3), dtype=np.uint8)
+    training.train_single_image("anovit", images, preset="lite", overrides={"img_size": 128, "depth": 1,
+                                                                             "train_flips": flips}, epochs=1)
+    assert len(seen) == 8 and (set(seen) != {0}) == flips
+    assert not create_model("anovit", "lite").cfg.train_flips  # the preset trains on the images as captured
