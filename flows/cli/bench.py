@@ -33,15 +33,16 @@ def _bench_allocator(args: argparse.Namespace) -> int:
 
     size = args.input_size
     batch = args.batch_size or 4
-    sp = compare_allocators(size=size, batch_size=batch, repeats=args.repeats, rounds=args.e2e_runs)
-    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
-    log(f"base architecture, fp32 forward at {size}x{size}, batch {batch}, {args.e2e_runs} alternating fresh processes "
+    with json_stdout(args.json) as stdout:  # with --json, the narrative goes to stderr
+        sp = compare_allocators(size=size, batch_size=batch, repeats=args.repeats, rounds=args.e2e_runs)
+    print(f"base architecture, fp32 forward at {size}x{size}, batch {batch}, {args.e2e_runs} alternating fresh processes "
         f"a side: glibc defaults {sp.default_pairs_s:.3f} pairs/s ({sp.default_faults_per_pair:.0f} page faults, "
         f"{sp.default_sys_s_per_pair:.2f} s kernel CPU per pair), kept heap {sp.kept_pairs_s:.3f} pairs/s "
-        f"({sp.kept_faults_per_pair:.0f} faults, {sp.kept_sys_s_per_pair:.2f} s): x{sp.speedup:.2f}")
+        f"({sp.kept_faults_per_pair:.0f} faults, {sp.kept_sys_s_per_pair:.2f} s): x{sp.speedup:.2f}",
+        file=sys.stderr if args.json else stdout)
     out = {"allocator_default_pairs_s": round(sp.default_pairs_s, 3), "allocator_kept_pairs_s": round(sp.kept_pairs_s, 3),
            "allocator_speedup": round(sp.speedup, 3)}
-    print(json.dumps(out) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()))
+    print(json.dumps(out) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()), file=stdout)
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from ._common import _json_object, _settings, _store
+from ._common import _json_object, _settings
 
 if TYPE_CHECKING:
     from ._common import Subcommands
@@ -13,18 +13,15 @@ if TYPE_CHECKING:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``anodet serve``: serve the nightly and retraining deployments on their schedules."""
-    from flows.deployments import build_deployments, schedules, store_depots
+    from flows.deployments import build_deployments, plan
 
-    settings = _settings(args)
-    planned = schedules(settings)
-    store = _store(settings)
+    planned, kept_out = plan(_settings(args))
     for s in planned:
-        note = " [bench data]" if store.is_bench_depot(s.depot) else ""
+        note = " [bench data]" if s.bench else ""
         print(f"depot {s.depot}{note}: nightly '{s.nightly_cron}', retrain '{s.retrain_cron}' ({s.timezone})")
-    if not settings.depots:
-        for depot in store_depots(settings)[1]:
-            print(f"not served: bench depot {depot} (generated bench data beside real depots; ANODET_DEPOTS lists it "
-                  "to serve it)")
+    for depot in kept_out:
+        print(f"not served: bench depot {depot} (generated bench data beside real depots; ANODET_DEPOTS lists it "
+              "to serve it)")
     if args.dry_run:
         return 0
     from prefect import serve
