@@ -33,10 +33,18 @@ from anodet_core.config import Settings, resolve_device
 from anodet_core.demo_data import DemoSpec, generate_depot
 from anodet_core.evaluation.bench import ModelSpeed, compare_predictors
 from anodet_core.export.cpu import cpu_flags, cpu_summary, isa_limit
-from anodet_core.export.graph import available_formats, export_graph, load_runner, quantize_openvino
+from anodet_core.export.graph import available_formats, export_graph, load_runner
 from anodet_core.models import create_model
 from anodet_core.registry import model_store
-from anodet_core.registry.exports import EXPORT_KEYS, Int8Refused, check_export, export_version, exports_of, pixel_f1
+from anodet_core.registry.exports import (
+    EXPORT_KEYS,
+    Int8Refused,
+    check_export,
+    export_version,
+    exports_of,
+    pixel_f1,
+    quantize_guarded,
+)
 from anodet_core.registry.model_store import ModelCard
 from anodet_core.scoring.backends import make_predictor, random_pairs, time_predictors
 from anodet_core.scoring.predictor import Predictor
@@ -129,22 +137,25 @@ def _backend_speeds(settings: Settings, ref: str, exports: dict[str, dict[str, b
     return time_predictors(preds, *random_pairs(batch_size, preds["torch"].info.input_size), repeats=repeats, warmup=1)
 
 
-def _exports_in_memory(model: torch.nn.Module, data: Any, calibration: int, batch_size: int,
+def _exports_in_memory(model: torch.nn.Module, data: Any, few: Any, batch_size: int,
                        log: Callable[[str], Any]) -> dict[str, dict[str, bytes]]:
-    """Export key -> files of every format installed here (int8 calibrated on the first ``calibration`` samples)."""
+    """Export key -> files of every format installed here; int8 as ``anodet export --int8`` makes it (calibrated on
+    ``few``, kept only if it passes the F1 guard on ``data``, the labelled bench pairs)."""
     from anodet_core.registry.exports import _inputs
 
     out: dict[str, dict[str, bytes]] = {}
-    example = _inputs(model, data, slice(0, min(len(data), batch_size)))
+    example = _inputs(model, few, slice(0, min(len(few), batch_size)))
     for fmt in available_formats():
         try:
             out[fmt] = export_graph(model, fmt, example)
-            if fmt == "openvino":
-                n = min(len(data), calibration)
-                out["openvino-int8"] = quantize_openvino(out[fmt], (
-                    [t.numpy() for t in _inputs(model, data, slice(s, min(n, s + batch_size)))] for s in range(0, n, batch_size)))
         except (RuntimeError, ValueError) as exc:  # a format that cannot take this model is reported, not fatal
             log(f"no {fmt} export of the production model: {exc}")
+    if "openvino" in out:
+        try:
+            out["openvino-int8"], cf, (f1_t, f1_q), _ = quantize_guarded(model, data, "bench pairs", len(few), batch_size)
+            log(f"production int8: {'channels-first' if cf else 'as-is'} Transformer, F1 {f1_q:.4f} against {f1_t:.4f}")
+        except Int8Refused as exc:
+            log(f"no int8 timing of the production model: {exc}")
     return out
 
 
@@ -272,7 +283,7 @@ def run_bench(
         worker_peaks = client.run(_worker_peak_mb)
         # (f) every backend side by side, paper preset (its exports in the store) and production (in memory)
         prod_model, prod_card = model_store.load(store, settings.model, "cpu")
-        prod_exports = _exports_in_memory(prod_model, few, EXPORT_SAMPLES, batch_size, log)
+        prod_exports = _exports_in_memory(prod_model, data, few, batch_size, log)
         backend_rates = {
             "paper": client.submit(_backend_speeds, run_settings, BENCH_MODEL, None, batch_size, repeats,
                                    pure=False).result(),

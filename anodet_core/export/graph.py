@@ -3,7 +3,9 @@
 The graphs take what the torch model takes, float32 NCHW already normalised, so the one input preparation
 (:func:`anodet_core.scoring.predictor.to_input`) serves every backend. Paired models: inputs ``cur``, ``his``,
 output ``map`` (the sigmoid map, (B, 1, H, W)). Single-image models: input ``image``, outputs ``score`` (B,) and
-``map`` (B, 1, H, W), i.e. their ``score_and_map``. Paired graphs take any batch; single-image graphs are
+``map`` (B, 1, H, W), i.e. their ``score_and_map``. What is exported is the model's deploy form
+(:mod:`anodet_core.export.deploy`: transposed convolutions and the Transformer rewritten as convolutions).
+Paired graphs take any batch; single-image graphs are
 traced at batch 1 (their feature pyramids record the batch as a constant) and the runner feeds them one image at a
 time. Single-image models export to OpenVINO only: the ONNX exporter cannot express their adaptive pooling.
 
@@ -76,14 +78,18 @@ def input_names(model: torch.nn.Module) -> tuple[list[str], list[str]]:
     return (["cur", "his"], ["map"]) if _paired(model) else (["image"], ["score", "map"])
 
 
-def export_graph(model: torch.nn.Module, fmt: str, example: Sequence[torch.Tensor]) -> dict[str, bytes]:
-    """The files of ``model`` exported to ``fmt`` (fp32), traced on ``example`` (the model's inputs, CPU float32)."""
+def export_graph(model: torch.nn.Module, fmt: str, example: Sequence[torch.Tensor], *,
+                 channels_first_transformer: bool = False) -> dict[str, bytes]:
+    """The files of ``model``'s deploy form exported to ``fmt`` (fp32), traced on ``example`` (the model's inputs,
+    CPU float32); ``channels_first_transformer``: see :func:`anodet_core.export.deploy.deploy_form`."""
     _require(fmt)
     paired = _paired(model)
     if fmt == "onnx" and not paired:
         raise ValueError("single-image models export to openvino only: the ONNX exporter cannot express the adaptive "
                          "pooling of their feature pyramid")
-    module = graph_module(model).cpu()
+    from .deploy import deploy_form
+
+    module = graph_module(deploy_form(model, channels_first_transformer)).cpu()  # the same function in the ops int8 CPU runtimes run fast
     example = tuple(t.cpu().float() if paired else t[:1].cpu().float() for t in example)
     inputs, outputs = input_names(model)
     with torch.no_grad():

@@ -5,7 +5,9 @@ against the torch model on real prepared captures before anything is written: th
 absolute difference of the outputs (maps; single-image models: maps and scores) over all of them. An int8 export
 (OpenVINO through NNCF post-training quantization, calibrated on captures from the store) is also scored on the
 labelled pairs, and refused (:class:`Int8Refused`, nothing written) when its pixel F1 at 0.5 moves by more than
-:data:`INT8_MAX_F1_DELTA` from the torch fp32 F1. The card's ``extra["exports"]`` maps each export key to its
+:data:`INT8_MAX_F1_DELTA` from the torch fp32 F1. int8 tries the faster deploy form first (the Transformer as 1x1
+convolutions, :mod:`anodet_core.export.deploy`) and falls back to the Transformer as it is when that form fails the
+guard (:func:`quantize_guarded`). The card's ``extra["exports"]`` maps each export key to its
 :class:`ExportRecord`; the files are ``models/<name>/versions/<version>/exports/<key>/`` (:meth:`Store.model_export_rel`).
 """
 
@@ -24,7 +26,7 @@ from ..models._registry import ModelKind, instance_info
 from ..store.layout import Store
 from .model_store import PACKAGED_VERSION, ModelCard, load, update_card
 
-__all__ = ["EXPORT_KEYS", "INT8_MAX_F1_DELTA", "ExportRecord", "Int8Refused", "check_export", "export_key",
+__all__ = ["EXPORT_KEYS", "INT8_MAX_F1_DELTA", "ExportRecord", "Int8Refused", "check_export", "export_key", "quantize_guarded",
            "export_version", "exports_of", "load_export", "model_outputs", "pixel_f1"]
 
 EXPORT_KEYS: tuple[str, ...] = ("onnx", "openvino", "openvino-int8")
@@ -54,6 +56,7 @@ class ExportRecord:
     f1_export: float | None = None
     f1_delta: float | None = None
     calibration_samples: int = 0
+    channels_first_transformer: bool = False  # int8: the faster deploy form passed the guard (export.deploy)
 
 
 def export_key(fmt: str, int8: bool) -> str:
@@ -119,6 +122,31 @@ def check_export(model: torch.nn.Module, runner: Runner, data: Any, batch_size: 
     return worst, ref_maps, out_maps
 
 
+def quantize_guarded(model: torch.nn.Module, data: Any, data_note: str, calibration_samples: int = 32,
+                     batch_size: int = 8) -> tuple[dict[str, bytes], bool, tuple[float, float], float]:
+    """The OpenVINO int8 graph of a paired model that passes the F1 guard on ``data`` (labelled prepared pairs; the
+    first ``calibration_samples`` calibrate): (files, whether it is the channels-first deploy form, (torch F1, int8
+    F1), parity). The channels-first form runs the paper preset's Transformer on int8 convolutions (AVX2: about
+    1.4x the int8 graph with the Transformer as it is), but quantized that way the production model lost 0.12 F1
+    on 96 bench pairs; the guard decides. Raises :class:`Int8Refused` when neither form passes."""
+    if not np.asarray(data.mask).any():
+        raise Int8Refused(f"the int8 guard needs labelled anomalous pairs (masks with anomalous pixels): none in {data_note}")
+    n_cal = min(len(data), calibration_samples)
+    example = _inputs(model, data, slice(0, min(len(data), batch_size)))
+    reasons = []
+    for cf in (True, False):
+        files = quantize_openvino(export_graph(model, "openvino", example, channels_first_transformer=cf), (
+            [t.numpy() for t in _inputs(model, data, slice(s, min(n_cal, s + batch_size)))]
+            for s in range(0, n_cal, batch_size)))
+        worst, ref_maps, out_maps = check_export(model, load_runner("openvino", files), data, batch_size)
+        f1_torch, f1_int8 = pixel_f1(ref_maps, data.mask), pixel_f1(out_maps, data.mask)
+        if abs(f1_int8 - f1_torch) <= INT8_MAX_F1_DELTA:
+            return files, cf, (f1_torch, f1_int8), worst
+        reasons.append(f"{'channels-first' if cf else 'as-is'} Transformer {f1_int8:.4f} (change {abs(f1_int8 - f1_torch):.4f})")
+    raise Int8Refused(f"int8 refused: pixel F1 against fp32 {f1_torch:.4f} on {len(data)} pairs ({data_note}): "
+                      + ", ".join(reasons) + f"; both changes > {INT8_MAX_F1_DELTA}")
+
+
 def export_version(store: Store, ref: str, fmt: str, *, int8: bool = False, data: Any, data_note: str,
                    calibration_samples: int = 32, batch_size: int = 8) -> ExportRecord:
     """Export a stored version (``NAME`` = production, or ``NAME:VERSION``) and record it in its card.
@@ -139,26 +167,21 @@ def export_version(store: Store, ref: str, fmt: str, *, int8: bool = False, data
     if len(data) == 0:
         raise ValueError("export needs at least one prepared capture to check the graph against torch")
     t0 = time.perf_counter()
-    files = export_graph(model, fmt, _inputs(model, data, slice(0, min(len(data), batch_size))))
-    n_cal = 0
+    n_cal, cf, f1s = 0, False, (0.0, 0.0)
     if int8:
         n_cal = min(len(data), calibration_samples)
-        files = quantize_openvino(files, ([t.numpy() for t in _inputs(model, data, slice(s, min(n_cal, s + batch_size)))]
-                                          for s in range(0, n_cal, batch_size)))
+        files, cf, f1s, worst = quantize_guarded(model, data, data_note, n_cal, batch_size)
+    else:
+        files = export_graph(model, fmt, _inputs(model, data, slice(0, min(len(data), batch_size))))
+        worst = check_export(model, load_runner(fmt, files), data, batch_size)[0]
     seconds = time.perf_counter() - t0
-    worst, ref_maps, out_maps = check_export(model, load_runner(fmt, files), data, batch_size)
     rec = ExportRecord(key=key, format=fmt, int8=int8, files=sorted(files), size_bytes=sum(map(len, files.values())),
                        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), seconds=round(seconds, 2),
-                       parity_max_abs_diff=worst, parity_samples=len(data), data=data_note, calibration_samples=n_cal)
+                       parity_max_abs_diff=worst, parity_samples=len(data), data=data_note, calibration_samples=n_cal,
+                       channels_first_transformer=cf)
     if int8:
-        if not np.asarray(data.mask).any():
-            raise Int8Refused("the int8 guard needs labelled anomalous pairs (masks with anomalous pixels): none in "
-                              f"{data_note}")
-        rec.f1_torch, rec.f1_export = pixel_f1(ref_maps, data.mask), pixel_f1(out_maps, data.mask)
-        rec.f1_delta = abs(rec.f1_export - rec.f1_torch)
-        if rec.f1_delta > INT8_MAX_F1_DELTA:
-            raise Int8Refused(f"int8 refused: pixel F1 {rec.f1_export:.4f} against fp32 {rec.f1_torch:.4f} on "
-                              f"{len(data)} pairs ({data_note}): a change of {rec.f1_delta:.4f} > {INT8_MAX_F1_DELTA}")
+        rec.f1_torch, rec.f1_export = f1s
+        rec.f1_delta = abs(f1s[1] - f1s[0])
     rel = store.model_export_rel(card.name, card.version, key)
     for fname, blob in files.items():
         store.write_bytes(f"{rel}/{fname}", blob)
