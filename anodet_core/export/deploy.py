@@ -60,13 +60,12 @@ class PhaseConvTranspose(nn.Module):
         super().__init__()
         if not phase_convertible(deconv):
             raise ValueError(f"not a stride-2 4x4 padding-1 ConvTranspose2d: {deconv}")
-        w = deconv.weight.detach()  # (Cin, Cout, 4, 4)
+        bias = deconv.bias.detach() if deconv.bias is not None else None
+        w, bias = _fold_bn(deconv.weight.detach(), bias, bn, 1)  # (Cin, Cout, 4, 4): Cout is axis 1
         taps = ((3, 1), (2, 0))  # kernel indices read by phase 0 and phase 1, input offsets -1/0 and 0/+1
         phases = [w[:, :, list(taps[a])][:, :, :, list(taps[b])] for a in (0, 1) for b in (0, 1)]
         weight = torch.cat([p.transpose(0, 1) for p in phases], 0)  # (4 Cout, Cin, 2, 2), phase-major
-        bias = deconv.bias.detach().repeat(4) if deconv.bias is not None else None
-        if bn is not None:
-            weight, bias = _fold_bn(weight, bias, _repeat_bn(bn, 4), 0)
+        bias = bias.repeat(4) if bias is not None else None
         self.cout = deconv.out_channels
         self.conv = nn.Conv2d(deconv.in_channels, 4 * self.cout, 2, padding=1, bias=bias is not None)
         with torch.no_grad():
@@ -81,20 +80,6 @@ class PhaseConvTranspose(nn.Module):
         y = self.conv(x).view(b, 4, self.cout, h + 1, w + 1)
         phases = torch.stack([y[:, 2 * a + c, :, a : a + h, c : c + w] for a in (0, 1) for c in (0, 1)], 2)
         return F.pixel_shuffle(phases.reshape(b, 4 * self.cout, h, w), 2)  # channel 4 co + 2 a + c -> (2m+a, 2n+c)
-
-
-def _repeat_bn(bn: nn.BatchNorm2d, n: int) -> nn.BatchNorm2d:
-    """``bn`` repeated ``n`` times along channels (phase-major), for folding into a phase conv."""
-    out = nn.BatchNorm2d(bn.num_features * n, eps=bn.eps, affine=bn.affine).eval()
-    with torch.no_grad():
-        assert bn.running_mean is not None and bn.running_var is not None
-        assert out.running_mean is not None and out.running_var is not None
-        out.running_mean.copy_(bn.running_mean.repeat(n))
-        out.running_var.copy_(bn.running_var.repeat(n))
-        if bn.affine:
-            out.weight.copy_(bn.weight.repeat(n))
-            out.bias.copy_(bn.bias.repeat(n))
-    return out
 
 
 def phase_convertible(m: nn.Module) -> bool:

@@ -133,11 +133,11 @@ def quantize_guarded(model: torch.nn.Module, data: Any, data_note: str, calibrat
         raise Int8Refused(f"the int8 guard needs labelled anomalous pairs (masks with anomalous pixels): none in {data_note}")
     n_cal = min(len(data), calibration_samples)
     example = _inputs(model, data, slice(0, min(len(data), batch_size)))
+    calibration = [[t.numpy() for t in _inputs(model, data, slice(s, min(n_cal, s + batch_size)))]
+                   for s in range(0, n_cal, batch_size)]  # once for both forms
     reasons = []
     for cf in (True, False):
-        files = quantize_openvino(export_graph(model, "openvino", example, channels_first_transformer=cf), (
-            [t.numpy() for t in _inputs(model, data, slice(s, min(n_cal, s + batch_size)))]
-            for s in range(0, n_cal, batch_size)))
+        files = quantize_openvino(export_graph(model, "openvino", example, channels_first_transformer=cf), calibration)
         worst, ref_maps, out_maps = check_export(model, load_runner("openvino", files), data, batch_size)
         f1_torch, f1_int8 = pixel_f1(ref_maps, data.mask), pixel_f1(out_maps, data.mask)
         if abs(f1_int8 - f1_torch) <= INT8_MAX_F1_DELTA:
